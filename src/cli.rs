@@ -1,0 +1,38 @@
+//! Command-line interface: one binary, three modes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "maubot", version, about = "Hosts Matrix bot instances: `setup` creates state, `run` expects it")]
+pub struct Cli {
+    /// YAML config file; repeat to layer several (later wins).
+    #[arg(long = "config", short = 'c', value_name = "FILE", global = true, env = "MAUBOT_CONFIG")]
+    pub config: Vec<PathBuf>,
+    /// Override file (YAML or JSON) merged over the config files, e.g. the settings the NixOS module renders.
+    #[arg(long = "override", value_name = "FILE", global = true)]
+    pub overrides: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the state `run` needs: bot logins, one E2EE store per bot, and recovery keys (shown once).
+    Setup(SetupArgs),
+    /// Run the bots. Never creates state: without it, exits 78 and says how to create or restore it.
+    Run,
+    /// Validate the merged config and print it (secrets redacted) with the layer each value came from.
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Set up this newly configured instance in existing state (repeatable). Nothing else is changed.
+    #[arg(long = "add-instance", value_name = "ID")]
+    pub add_instance: Vec<String>,
+    /// Write the recovery keys to this new file (mode 0400) instead of printing them.
+    #[arg(long, value_name = "PATH")]
+    pub recovery_key_file: Option<PathBuf>,
+}

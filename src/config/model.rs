@@ -1,0 +1,249 @@
+//! The configuration schema. Field names follow the maubot service data model (seed 002) where it fits.
+//! Every struct denies unknown keys, so a typo is an error that names the key, not a silently ignored value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+
+/// The default management API port (the port maubot uses).
+pub const DEFAULT_PORT: u16 = 29316;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where `setup` creates state and `run` expects it. Defaults to systemd's `$STATE_DIRECTORY`, else
+    /// `/var/lib/maubot`.
+    pub state_dir: PathBuf,
+    /// The host's own SQLite database, relative to `state_dir` (it must live inside it).
+    pub database: PathBuf,
+    pub server: ServerConfig,
+    /// Management API users: name -> bcrypt password hash (cost >= 12).
+    #[serde(default)]
+    pub admins: BTreeMap<String, Secret>,
+    #[serde(default)]
+    pub homeservers: BTreeMap<String, HomeserverConfig>,
+    pub logging: LoggingConfig,
+    pub host: HostConfig,
+    #[serde(default)]
+    pub instances: BTreeMap<String, InstanceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the management API. Loopback by default: reach it through an SSH tunnel.
+    pub hostname: String,
+    pub port: u16,
+    /// Signs management API tokens; at least 32 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// Client-server API base URL, e.g. `http://127.0.0.1:8008`.
+    pub url: String,
+    /// The server name in user IDs (`@bot:<server_name>`); checked against instance users when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Registration token for `m.login.registration_token` (conduwuit family, Synapse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_token: Option<Secret>,
+    /// Synapse's `registration_shared_secret` for admin registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_shared_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A tracing filter: `info`, `debug`, `maubot=debug,matrix_sdk=warn`, ... `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// `READY=1` is sent at the latest this long after start, even if some bot has not finished its first sync
+    /// (the status line then says which are degraded).
+    pub ready_timeout_secs: u64,
+    /// Long-poll timeout of each `/sync`.
+    pub sync_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Plugin type, e.g. `ping`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The bot's Matrix user ID, `@local:server`.
+    pub user: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Name of an entry in `homeservers`; may be left out when there is exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homeserver: Option<String>,
+    /// Password for login (and for registration, when the homeserver has a registration secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// An existing access token to adopt instead of logging in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<Secret>,
+    /// Display name of the bot's device; defaults to `maubot <id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// When not empty, the bot acts only in these rooms (room IDs `!x:server`).
+    #[serde(default)]
+    pub room_subscriptions: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Commands older than this when the bot sees them (after downtime) are not answered.
+    #[serde(default = "default_max_command_age_secs")]
+    pub max_command_age_secs: u64,
+    /// Minimum severity that is sent to the admin room.
+    #[serde(default)]
+    pub error_notification_level: NotificationLevel,
+    /// Plugin-specific settings, checked by the plugin type.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// 1..=60.
+    #[serde(default = "default_max_requests_per_minute")]
+    pub max_requests_per_minute: u32,
+    #[serde(default = "default_burst_size")]
+    pub burst_size: u32,
+    #[serde(default = "default_backoff_seconds")]
+    pub backoff_seconds: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            max_requests_per_minute: default_max_requests_per_minute(),
+            burst_size: default_burst_size(),
+            backoff_seconds: default_backoff_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NotificationLevel {
+    Debug,
+    Info,
+    Warn,
+    #[default]
+    Error,
+    Critical,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+fn default_max_command_age_secs() -> u64 {
+    300
+}
+
+fn default_max_requests_per_minute() -> u32 {
+    10
+}
+
+fn default_burst_size() -> u32 {
+    3
+}
+
+fn default_backoff_seconds() -> u64 {
+    30
+}
+
+impl InstanceConfig {
+    /// The device display name used at login.
+    pub fn device_name_or_default(&self, id: &str) -> String {
+        self.device_name.clone().unwrap_or_else(|| format!("maubot {id}"))
+    }
+}
+
+impl Config {
+    /// The built-in defaults layer. `state_dir` follows systemd's `$STATE_DIRECTORY` (first entry) when given.
+    pub fn defaults(state_directory: Option<&str>) -> serde_json::Value {
+        let state_dir = state_directory
+            .and_then(|dirs| dirs.split(':').find(|d| !d.is_empty()))
+            .unwrap_or("/var/lib/maubot");
+        serde_json::json!({
+            "state_dir": state_dir,
+            "database": "maubot.db",
+            "server": { "hostname": "127.0.0.1", "port": DEFAULT_PORT },
+            "logging": { "level": "info" },
+            "host": { "ready_timeout_secs": 20, "sync_timeout_secs": 30 },
+        })
+    }
+
+    /// The database file's full path.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join(&self.database)
+    }
+
+    /// Every secret with its key path, for resolution.
+    pub fn secrets_mut(&mut self) -> Vec<(String, &mut Secret)> {
+        let mut out = Vec::new();
+        if let Some(key) = self.server.secret_key.as_mut() {
+            out.push(("server.secret_key".to_owned(), key));
+        }
+        for (name, hash) in &mut self.admins {
+            out.push((format!("admins.{name}"), hash));
+        }
+        for (name, hs) in &mut self.homeservers {
+            if let Some(s) = hs.registration_token.as_mut() {
+                out.push((format!("homeservers.{name}.registration_token"), s));
+            }
+            if let Some(s) = hs.registration_shared_secret.as_mut() {
+                out.push((format!("homeservers.{name}.registration_shared_secret"), s));
+            }
+        }
+        for (id, instance) in &mut self.instances {
+            if let Some(s) = instance.password.as_mut() {
+                out.push((format!("instances.{id}.password"), s));
+            }
+            if let Some(s) = instance.access_token.as_mut() {
+                out.push((format!("instances.{id}.access_token"), s));
+            }
+        }
+        out
+    }
+
+    /// The homeserver an instance uses: its `homeserver`, or the only one configured.
+    pub fn homeserver_of(&self, instance: &InstanceConfig) -> Option<(&str, &HomeserverConfig)> {
+        match &instance.homeserver {
+            Some(name) => self.homeservers.get_key_value(name).map(|(k, v)| (k.as_str(), v)),
+            None if self.homeservers.len() == 1 => {
+                self.homeservers.iter().next().map(|(k, v)| (k.as_str(), v))
+            }
+            None => None,
+        }
+    }
+
+    /// All secret values, for scrubbing text that leaves the process (logs, notifications).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut clone = self.clone();
+        clone
+            .secrets_mut()
+            .into_iter()
+            .map(|(_, s)| s.expose().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+}

@@ -1,0 +1,93 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use maubot::cli::{Cli, Command};
+use maubot::config::{self, Sources, provenance};
+use maubot::setup::{RecoveryKey, SetupOptions};
+use maubot::systemd::{Notifier, logging};
+use maubot::{EXIT_CONFIG, host, setup};
+
+fn main() -> ExitCode {
+    // State files hold access tokens and E2EE keys: nothing this process creates is for other users.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let cli = Cli::parse();
+    let sources = Sources::from_process(cli.config, cli.overrides);
+    let loaded = match config::load(&sources) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("maubot: {e}");
+            if matches!(cli.command, Command::Run) {
+                Notifier::from_env().status(&format!("configuration error: {e}"));
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
+    if let Command::CheckConfig = cli.command {
+        for warning in &loaded.warnings {
+            eprintln!("maubot: warning: {warning}");
+        }
+        print!("{}", provenance::render(&loaded.config, &loaded.figment));
+        return ExitCode::SUCCESS;
+    }
+
+    logging::init(&loaded.config.logging.level);
+    for warning in &loaded.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("maubot: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    match cli.command {
+        Command::CheckConfig => unreachable!("handled above"),
+        Command::Setup(args) => {
+            let options = SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
+            match runtime.block_on(setup::setup(&loaded.config, &options)) {
+                Ok(keys) => {
+                    match &args.recovery_key_file {
+                        Some(path) => println!("Recovery keys written to {} (mode 0400).", path.display()),
+                        None => print_recovery_keys(&keys),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("maubot setup: {e}");
+                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+                }
+            }
+        }
+        Command::Run => {
+            let notifier = Notifier::from_env();
+            match runtime.block_on(host::run(&loaded.config, &notifier)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("maubot run: {e}");
+                    notifier.status(&format!("failed: {e}"));
+                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+                }
+            }
+        }
+    }
+}
+
+/// The one place recovery keys are shown: stdout, never the log.
+fn print_recovery_keys(keys: &[RecoveryKey]) {
+    if keys.is_empty() {
+        println!("Setup complete (no bot instances configured).");
+        return;
+    }
+    for key in keys {
+        println!("Recovery key for instance `{}` ({}, device {}):\n\n    {}\n", key.instance, key.user_id, key.device_id, key.key);
+    }
+    println!(
+        "These keys are shown only this once and are not logged. Store them somewhere safe (a password manager):\n\
+         with a key, the bot's encryption identity and message keys can be recovered if the state directory is lost."
+    );
+}

@@ -1,0 +1,98 @@
+//! Matrix clients for bot instances: one SQLite store per bot, sessions restored from the database, and the
+//! store check that keeps `run` from ever creating new device keys for an existing device.
+
+use std::path::Path;
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
+use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
+use matrix_sdk::store::{StateStoreDataKey, StateStoreDataValue};
+use matrix_sdk::{Client, SessionMeta, SessionTokens, SqliteCryptoStore};
+use matrix_sdk_base::crypto::store::CryptoStore;
+
+use crate::state::{CRYPTO_STORE_FILE, InstanceRecord, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot create the Matrix client for {homeserver}: {source}")]
+    Build { homeserver: String, source: matrix_sdk::ClientBuildError },
+    #[error("the recorded session is malformed ({what}); restore the state from a backup")]
+    BadSession { what: &'static str },
+    #[error(transparent)]
+    Matrix(#[from] matrix_sdk::Error),
+}
+
+/// A client whose stores live in `store_dir`. Builds no network connection.
+pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, ClientError> {
+    Client::builder()
+        .homeserver_url(homeserver_url)
+        .sqlite_store(store_dir, None)
+        .with_encryption_settings(EncryptionSettings {
+            // Cross-signing is bootstrapped explicitly by `setup`, never implicitly.
+            auto_enable_cross_signing: false,
+            backup_download_strategy: BackupDownloadStrategy::AfterDecryptionFailure,
+            auto_enable_backups: false,
+        })
+        .build()
+        .await
+        .map_err(|source| ClientError::Build { homeserver: homeserver_url.to_owned(), source })
+}
+
+/// The session `setup` recorded, in matrix-sdk's form.
+pub fn session_of(record: &InstanceRecord) -> Result<MatrixSession, ClientError> {
+    let user_id = OwnedUserId::try_from(record.user_id.as_str()).map_err(|_| ClientError::BadSession { what: "user id" })?;
+    let device_id = OwnedDeviceId::from(record.device_id.as_str());
+    Ok(MatrixSession {
+        meta: SessionMeta { user_id, device_id },
+        tokens: SessionTokens { access_token: record.access_token.clone(), refresh_token: record.refresh_token.clone() },
+    })
+}
+
+/// Checks, without network access and without creating anything, that `store_dir` holds the E2EE account of
+/// the recorded session. A missing, empty or foreign store is an error: restoring a session onto it would make
+/// matrix-sdk create and upload new keys for an existing device.
+pub async fn verify_store(record: &InstanceRecord, store_dir: &Path) -> Result<(), StateError> {
+    let id = record.id.clone();
+    let crypto_file = store_dir.join(CRYPTO_STORE_FILE);
+    if !crypto_file.is_file() {
+        return Err(StateError::StoreMissing { id, path: crypto_file });
+    }
+    let store = SqliteCryptoStore::open(store_dir, None)
+        .await
+        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
+    let account = store
+        .load_account()
+        .await
+        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
+    let Some(account) = account else {
+        return Err(StateError::StoreEmpty { id, path: crypto_file });
+    };
+    if account.user_id().as_str() != record.user_id || account.device_id().as_str() != record.device_id {
+        return Err(StateError::StoreMismatch {
+            id,
+            store_user: account.user_id().to_string(),
+            store_device: account.device_id().to_string(),
+            session_user: record.user_id.clone(),
+            session_device: record.device_id.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes matrix-sdk's own sync position equal to the host's before the session is restored.
+///
+/// matrix-sdk drops a sync response whose `next_batch` equals the position it stored last. After a crash in
+/// the middle of handling a batch, the host syncs again from its older position and the homeserver answers
+/// with that same `next_batch`: without this, the re-delivered events would be silently dropped.
+pub async fn align_sync_position(client: &Client, position: Option<&str>) -> Result<(), ClientError> {
+    let store = client.state_store();
+    match position {
+        Some(token) => {
+            store
+                .set_kv_data(StateStoreDataKey::SyncToken, StateStoreDataValue::SyncToken(token.to_owned()))
+                .await
+        }
+        None => store.remove_kv_data(StateStoreDataKey::SyncToken).await,
+    }
+    .map_err(|e| ClientError::Matrix(e.into()))
+}

@@ -1,0 +1,5 @@
+//! Talking to the homeserver: clients and stores, registration, E2EE bootstrap.
+
+pub mod client;
+pub mod e2ee;
+pub mod register;

@@ -1,0 +1,118 @@
+//! `ping`: answers `!ping` with `pong` and the measured delay, as a reply to the command.
+
+use async_trait::async_trait;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use serde::Deserialize;
+
+use super::{Action, ConfigProblem, IncomingMessage, Plugin, PluginType, parse_config};
+use crate::config::ids::glob_matches;
+
+pub struct PingType;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingConfig {
+    /// The command word; a message whose first word is this gets a pong.
+    #[serde(default = "default_command")]
+    pub command: String,
+    /// User ID globs (`*`, `?`) whose invites the bot accepts, e.g. `@*:example.org`. Empty: join nothing.
+    #[serde(default)]
+    pub allow_invites_from: Vec<String>,
+}
+
+fn default_command() -> String {
+    "!ping".to_owned()
+}
+
+impl PluginType for PingType {
+    fn name(&self) -> &'static str {
+        "ping"
+    }
+
+    fn description(&self) -> &'static str {
+        "answers `!ping` with `pong` and the delay the command took to arrive"
+    }
+
+    fn check_config(&self, config: &serde_json::Value) -> Vec<ConfigProblem> {
+        let parsed: PingConfig = match parse_config(config) {
+            Ok(parsed) => parsed,
+            Err(problem) => return vec![problem],
+        };
+        let mut problems = Vec::new();
+        if parsed.command.is_empty() || parsed.command.chars().any(char::is_whitespace) {
+            problems.push(ConfigProblem {
+                key: "command".into(),
+                message: format!("`{}` must be one word, like `!ping`", parsed.command),
+            });
+        }
+        for (i, glob) in parsed.allow_invites_from.iter().enumerate() {
+            if !(glob.starts_with('@') || glob.starts_with('*')) || !glob.contains(':') && glob != "*" {
+                problems.push(ConfigProblem {
+                    key: format!("allow_invites_from.{i}"),
+                    message: format!("`{glob}` should match user IDs, like `@*:example.org` or `@alice:example.org`"),
+                });
+            }
+        }
+        problems
+    }
+
+    fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem> {
+        Ok(Box::new(Ping { config: parse_config(config)? }))
+    }
+}
+
+pub struct Ping {
+    config: PingConfig,
+}
+
+impl Ping {
+    fn is_command(&self, body: &str) -> bool {
+        body.split_whitespace().next() == Some(self.config.command.as_str())
+    }
+}
+
+#[async_trait]
+impl Plugin for Ping {
+    fn accepts_invite_from(&self, inviter: &str) -> bool {
+        self.config.allow_invites_from.iter().any(|glob| glob_matches(glob, inviter))
+    }
+
+    async fn on_message(&self, message: &IncomingMessage) -> Vec<Action> {
+        if !self.is_command(&message.body) {
+            return Vec::new();
+        }
+        let millis = message.age.as_millis();
+        vec![Action::Reply(RoomMessageEventContent::notice_plain(format!("pong (took {millis} ms)")))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_problems_name_the_key() {
+        let problems = PingType.check_config(&json!({"allow_invites_from": ["alice"]}));
+        assert_eq!(problems[0].key, "allow_invites_from.0");
+        let problems = PingType.check_config(&json!({"comand": "!p"}));
+        assert!(problems[0].message.contains("unknown field `comand`"), "{problems:?}");
+        assert!(PingType.check_config(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn command_is_the_first_word() {
+        let ping = Ping { config: parse_config(&json!({})).unwrap() };
+        assert!(ping.is_command("!ping"));
+        assert!(ping.is_command("  !ping now"));
+        assert!(!ping.is_command("!pingpong"));
+        assert!(!ping.is_command("say !ping"));
+    }
+
+    #[test]
+    fn invites_follow_the_allow_list() {
+        let ping = Ping { config: parse_config(&json!({"allow_invites_from": ["@*:example.org"]})).unwrap() };
+        assert!(ping.accepts_invite_from("@alice:example.org"));
+        assert!(!ping.accepts_invite_from("@mallory:evil.org"));
+    }
+}

@@ -1,0 +1,6 @@
+//! The link to systemd: readiness and status notifications, the watchdog, and journald logging.
+
+pub mod logging;
+pub mod notify;
+
+pub use notify::Notifier;

@@ -1,0 +1,131 @@
+//! Nothing sent while the bot was down is lost, and nothing is answered twice, even after a crash.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use matrix_sdk::Room;
+use matrix_sdk::ruma::OwnedEventId;
+
+use crate::harness::bot::BotEnv;
+use crate::harness::client::TestUser;
+use crate::harness::daemon::Daemon;
+use crate::harness::synapse::synapse;
+
+/// How many replies each of `pings` got from `bot`, from the room's full history on the homeserver.
+async fn reply_counts(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventId]) -> HashMap<OwnedEventId, usize> {
+    let mut counts: HashMap<OwnedEventId, usize> = pings.iter().map(|p| (p.clone(), 0)).collect();
+    for message in person.room_history(room).await.into_iter().filter(|m| m.sender.as_str() == bot) {
+        if let Some(target) = message.in_reply_to
+            && let Some(count) = counts.get_mut(&target)
+        {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+async fn wait_until_all_answered(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventId], daemon: &Daemon) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let counts = reply_counts(person, room, bot, pings).await;
+        let answered = counts.values().filter(|c| **c >= 1).count();
+        if answered == pings.len() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("only {answered} of {} pings answered; daemon log:\n{}", pings.len(), daemon.log());
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    // Give duplicates, if any, time to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+async fn assert_exactly_once(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventId]) {
+    let counts = reply_counts(person, room, bot, pings).await;
+    let wrong: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(wrong.is_empty(), "pings not answered exactly once: {wrong:?}");
+    let from_bot = person.room_history(room).await.into_iter().filter(|m| m.sender.as_str() == bot).count();
+    assert_eq!(from_bot, pings.len(), "no other messages from the bot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_sent_while_the_daemon_is_stopped_are_all_answered_once() {
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let bot = env.user_id("ping");
+    env.setup();
+    let person = TestUser::new(synapse, "frank-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    let mut pings = Vec::new();
+    for _ in 0..100 {
+        pings.push(person.send_text(&room, "!ping").await);
+    }
+    let mut daemon = env.spawn_run();
+    wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
+    assert_exactly_once(&person, &room, &bot, &pings).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_burst_causes_no_duplicate() {
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let bot = env.user_id("ping");
+    env.setup();
+    let person = TestUser::new(synapse, "grace-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+
+    let mut pings = Vec::new();
+    for _ in 0..60 {
+        pings.push(person.send_text(&room, "!ping").await);
+    }
+    // Crash once part of the burst is answered.
+    daemon.wait_for_log("answered", Duration::from_secs(60));
+    daemon.crash();
+    let answered_before = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
+
+    let mut daemon = env.spawn_run();
+    wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
+    assert_exactly_once(&person, &room, &bot, &pings).await;
+    assert!(answered_before < pings.len(), "the crash happened before the burst was done ({answered_before})");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_sending_and_recording_a_reply_causes_no_duplicate() {
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let bot = env.user_id("ping");
+    env.setup();
+    let person = TestUser::new(synapse, "heidi-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    let mut pings = Vec::new();
+    for _ in 0..20 {
+        pings.push(person.send_text(&room, "!ping").await);
+    }
+    // The 5th reply is sent, then the process dies before recording it: the worst moment.
+    let mut daemon = env.spawn_run_with(|c| {
+        c.env("MAUBOT_FAULT_ABORT_AFTER_REPLIES", "5");
+    });
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the fault injection aborts the process");
+    assert!(daemon.log().contains("fault injection"), "{}", daemon.log());
+    let answered = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
+    assert_eq!(answered, 5, "five replies went out before the abort");
+
+    let mut daemon = env.spawn_run();
+    wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
+    assert_exactly_once(&person, &room, &bot, &pings).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+}

@@ -1,0 +1,179 @@
+//! A bot deployment under test: a config file, a credentials directory (as systemd's LoadCredential= gives
+//! it), a state directory, and the real `maubot` binary run against them.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::daemon::Daemon;
+use super::synapse::{SERVER_NAME, Synapse};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_maubot");
+
+pub struct BotInstance {
+    pub id: String,
+    pub localpart: String,
+    /// Extra YAML lines under `instances.<id>` (indented by the caller's absence: written as given).
+    pub extra: Vec<String>,
+}
+
+pub struct BotEnv {
+    pub dir: tempfile::TempDir,
+    pub instances: Vec<BotInstance>,
+    pub homeserver_url: String,
+    /// YAML lines under `homeservers.local` besides `url`.
+    pub homeserver_extra: Vec<String>,
+    /// Extra top-level YAML.
+    pub top_extra: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl BotEnv {
+    /// An environment with one `ping` bot per id; bots log in with a password from a credential
+    /// (`<id>-password`) after the harness registered them.
+    pub async fn with_ping_bots(synapse: &Synapse, ids: &[&str]) -> BotEnv {
+        let mut env = BotEnv::empty(synapse);
+        for id in ids {
+            let localpart = super::unique(&format!("{id}-"));
+            let password = format!("pw-{localpart}-{}", rand::random::<u32>());
+            super::synapse::register_with_secret(&synapse.url, &localpart, &password, false).await.unwrap();
+            env.write_credential(&format!("{id}-password"), &format!("{password}\n"));
+            env.instances.push(BotInstance {
+                id: id.to_string(),
+                localpart,
+                extra: vec![format!("password: {{credential: {id}-password}}")],
+            });
+        }
+        env.write_config();
+        env
+    }
+
+    pub fn empty(synapse: &Synapse) -> BotEnv {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("credentials")).unwrap();
+        BotEnv {
+            dir,
+            instances: Vec::new(),
+            homeserver_url: synapse.url.clone(),
+            homeserver_extra: Vec::new(),
+            top_extra: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    pub fn credentials_dir(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn user_id(&self, id: &str) -> String {
+        let instance = self.instances.iter().find(|i| i.id == id).expect("instance");
+        format!("@{}:{SERVER_NAME}", instance.localpart)
+    }
+
+    pub fn write_credential(&self, name: &str, value: &str) {
+        let path = self.credentials_dir().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+
+    /// (Re)writes config.yaml from the fields.
+    pub fn write_config(&self) {
+        let mut yaml = format!("state_dir: {}\n", self.state_dir().display());
+        yaml.push_str("logging:\n  level: \"info,maubot=debug\"\n");
+        yaml.push_str("host:\n  ready_timeout_secs: 30\n  sync_timeout_secs: 5\n");
+        yaml.push_str(&format!("homeservers:\n  local:\n    url: {}\n", self.homeserver_url));
+        for line in &self.homeserver_extra {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+        for line in &self.top_extra {
+            yaml.push_str(&format!("{line}\n"));
+        }
+        yaml.push_str("instances:\n");
+        for instance in &self.instances {
+            yaml.push_str(&format!("  {}:\n    type: ping\n    user: \"@{}:{SERVER_NAME}\"\n", instance.id, instance.localpart));
+            yaml.push_str("    config:\n      allow_invites_from: [\"@*:maubot.test\"]\n");
+            for line in &instance.extra {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        std::fs::write(self.config_path(), yaml).unwrap();
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CREDENTIALS_DIRECTORY", self.credentials_dir())
+            .envs(&self.env)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs a command to completion.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `maubot setup`, which must succeed.
+    pub fn setup(&self) -> Output {
+        let output = self.output(&["setup"]);
+        assert!(output.status.success(), "setup failed: {}", describe(&output));
+        output
+    }
+
+    /// Starts `maubot run` in the background.
+    pub fn spawn_run(&self) -> Daemon {
+        self.spawn_run_with(|_| {})
+    }
+
+    pub fn spawn_run_with(&self, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = self.command(&["run"]);
+        adjust(&mut command);
+        Daemon::spawn(command, &self.dir.path().join(format!("run-{}.log", rand::random::<u32>())))
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir().join("maubot.db")
+    }
+
+    /// Every file below the state dir with its size, to compare states.
+    pub fn state_snapshot(&self) -> BTreeMap<PathBuf, u64> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    out.insert(entry.path(), 0);
+                    walk(&entry.path(), out);
+                } else {
+                    out.insert(entry.path(), meta.len());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.state_dir(), &mut out);
+        out
+    }
+}
+
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,186 @@
+//! One real Synapse per test process, installed by `scripts/install-synapse.sh` and started on a free loopback
+//! port with a throwaway data directory. If it cannot be installed or started, tests fail loudly.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const SHARED_SECRET: &str = "test-shared-secret-for-registration";
+pub const SERVER_NAME: &str = "maubot.test";
+
+pub struct Synapse {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+}
+
+static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+
+/// The shared homeserver, started on first use.
+pub fn synapse() -> &'static Synapse {
+    SYNAPSE.get_or_init(|| {
+        // Started from a thread that lives as long as the process: the homeserver gets SIGKILL (PDEATHSIG)
+        // when the thread that spawned it ends, which is then only at process exit.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("synapse-keeper".into())
+            .spawn(move || {
+                let result = start();
+                tx.send(result).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        match rx.recv().unwrap() {
+            Ok(synapse) => synapse,
+            Err(e) => panic!("cannot start Synapse for the tests: {e}"),
+        }
+    })
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start() -> Result<Synapse, String> {
+    let install = Command::new("bash")
+        .arg(repo_root().join("scripts/install-synapse.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running install-synapse.sh: {e}"))?;
+    if !install.status.success() {
+        return Err(format!("install-synapse.sh failed ({})", install.status));
+    }
+    let venv = PathBuf::from(String::from_utf8_lossy(&install.stdout).trim());
+    let python = venv.join("bin/python");
+    let data_dir = std::env::temp_dir().join(format!("maubot-test-synapse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let port = free_port();
+    let status = Command::new(&python)
+        .arg(repo_root().join("scripts/synapse-config.py"))
+        .arg(&data_dir)
+        .arg(port.to_string())
+        .arg(SHARED_SECRET)
+        .arg(SERVER_NAME)
+        .status()
+        .map_err(|e| format!("synapse-config.py: {e}"))?;
+    if !status.success() {
+        return Err(format!("synapse-config.py failed ({status})"));
+    }
+    let log = std::fs::File::create(data_dir.join("stdout.log")).map_err(|e| e.to_string())?;
+    let mut command = Command::new(&python);
+    command
+        .args(["-m", "synapse.app.homeserver", "-c"])
+        .arg(data_dir.join("homeserver.yaml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("starting Synapse: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "Synapse exited ({status}); see {}",
+                    data_dir.join("homeserver.log").display()
+                ));
+            }
+            if let Ok(r) = http.get(format!("{url}/health")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("Synapse did not answer /health within 90 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })?;
+    let admin_token = runtime
+        .block_on(register_with_secret(&url, "admin", "admin-password", true))
+        .map_err(|e| format!("registering the admin user: {e}"))?;
+    std::mem::forget(child);
+    Ok(Synapse { url, data_dir, admin_token })
+}
+
+/// Registers a user with Synapse's shared-secret admin API; returns its access token.
+pub async fn register_with_secret(url: &str, localpart: &str, password: &str, admin: bool) -> Result<String, String> {
+    let http = reqwest::Client::new();
+    let endpoint = format!("{url}/_synapse/admin/v1/register");
+    let nonce: Value = http.get(&endpoint).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let nonce = nonce["nonce"].as_str().ok_or("no nonce")?.to_owned();
+    let mac = maubot::matrix::register::shared_secret_mac(SHARED_SECRET, &nonce, localpart, password, admin);
+    // Admins get a token for the harness; everyone else only an account (a device would be counted).
+    let body = json!({"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac,
+                      "inhibit_login": !admin});
+    let response: Value =
+        http.post(&endpoint).json(&body).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    if response.get("user_id").is_none() {
+        return Err(format!("registration failed: {response}"));
+    }
+    Ok(response["access_token"].as_str().unwrap_or_default().to_owned())
+}
+
+impl Synapse {
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{SERVER_NAME}")
+    }
+
+    fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.bearer_auth(&self.admin_token)
+    }
+
+    /// The devices a user has, by id, from the admin API.
+    pub async fn devices(&self, user_id: &str) -> Vec<String> {
+        let url = format!("{}/_synapse/admin/v2/users/{user_id}/devices", self.url);
+        let response: Value =
+            self.admin(reqwest::Client::new().get(url)).send().await.unwrap().json().await.unwrap();
+        response["devices"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|d| d["device_id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a user exists.
+    pub async fn user_exists(&self, user_id: &str) -> bool {
+        let url = format!("{}/_synapse/admin/v2/users/{user_id}", self.url);
+        self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
+    }
+
+    /// A new single-use registration token.
+    pub async fn registration_token(&self) -> String {
+        let url = format!("{}/_synapse/admin/v1/registration_tokens/new", self.url);
+        let response: Value = self
+            .admin(reqwest::Client::new().post(url))
+            .json(&json!({"uses_allowed": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["token"].as_str().expect("token").to_owned()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.data_dir
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real `maubot` binary against a real Synapse, real clients, real systemd protocol.
+#![recursion_limit = "256"]
+//! One test binary so that all tests share one homeserver.
+
+mod harness;
+
+mod catch_up;
+mod check_config;
+mod config_layers;
+mod notify;
+mod setup_run;
