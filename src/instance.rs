@@ -15,14 +15,17 @@ use std::time::{Duration, Instant, SystemTime};
 use matrix_sdk::config::{SyncSettings, SyncToken};
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::MessagesOptions;
-use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::events::room::message::{
     AddMentions, ForwardThread, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
 };
-use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent};
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+    SyncStateEvent,
+};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room};
 use tokio::sync::watch;
@@ -128,8 +131,17 @@ impl Instance {
             let first = !self.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
                 .filter(sync_filter())
-                .timeout(if first { Duration::ZERO } else { self.sync_timeout })
-                .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
+                .timeout(if first {
+                    Duration::ZERO
+                } else {
+                    self.sync_timeout
+                })
+                .token(
+                    since
+                        .clone()
+                        .map(SyncToken::Specific)
+                        .unwrap_or(SyncToken::NoToken),
+                );
             let result = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 result = self.client.sync_once(settings) => result,
@@ -183,7 +195,11 @@ impl Instance {
         tracing::info!(instance = %self.id, "stopped");
     }
 
-    async fn handle(&self, response: matrix_sdk::sync::SyncResponse, since: Option<&str>) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        response: matrix_sdk::sync::SyncResponse,
+        since: Option<&str>,
+    ) -> Result<(), HandleError> {
         for room_id in response.rooms.invited.keys() {
             self.answer_invite(room_id).await;
         }
@@ -191,7 +207,9 @@ impl Instance {
             if !self.subscribed(&room_id) {
                 continue;
             }
-            let Some(room) = self.client.get_room(&room_id) else { continue };
+            let Some(room) = self.client.get_room(&room_id) else {
+                continue;
+            };
             let mut events = update.timeline.events;
             if since.is_none() {
                 // No position at all (never synced): everything is history.
@@ -210,7 +228,12 @@ impl Instance {
     }
 
     /// Fetches the events a limited sync left out, back to the previous position or the age limit.
-    async fn backfill(&self, room: &Room, prev_batch: String, since: Option<&str>) -> Result<Vec<TimelineEvent>, HandleError> {
+    async fn backfill(
+        &self,
+        room: &Room,
+        prev_batch: String,
+        since: Option<&str>,
+    ) -> Result<Vec<TimelineEvent>, HandleError> {
         let oldest_wanted = SystemTime::now() - self.max_command_age;
         let mut collected = Vec::new();
         let mut from = Some(prev_batch);
@@ -237,17 +260,31 @@ impl Instance {
         Ok(collected)
     }
 
-    async fn handle_timeline(&self, room: &Room, events: &[TimelineEvent]) -> Result<(), HandleError> {
+    async fn handle_timeline(
+        &self,
+        room: &Room,
+        events: &[TimelineEvent],
+    ) -> Result<(), HandleError> {
         let own_user = self.own_user();
         // What was said before the bot joined is history, not commands.
-        let start = events.iter().rposition(|e| is_join_of(e, &own_user)).map_or(0, |i| i + 1);
+        let start = events
+            .iter()
+            .rposition(|e| is_join_of(e, &own_user))
+            .map_or(0, |i| i + 1);
         for event in &events[start..] {
-            let Ok(parsed) = event.raw().deserialize() else { continue };
+            let Ok(parsed) = event.raw().deserialize() else {
+                continue;
+            };
             match parsed {
-                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(SyncMessageLikeEvent::Original(message))) => {
-                    self.handle_message(room, &message, event.encryption_info().is_some()).await?;
+                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(message),
+                )) => {
+                    self.handle_message(room, &message, event.encryption_info().is_some())
+                        .await?;
                 }
-                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(encrypted)) => {
+                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(
+                    encrypted,
+                )) => {
                     tracing::warn!(
                         instance = %self.id,
                         room_id = %room.room_id(),
@@ -261,16 +298,28 @@ impl Instance {
         Ok(())
     }
 
-    async fn handle_message(&self, room: &Room, message: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Result<(), HandleError> {
+    async fn handle_message(
+        &self,
+        room: &Room,
+        message: &OriginalSyncRoomMessageEvent,
+        encrypted: bool,
+    ) -> Result<(), HandleError> {
         if message.sender == self.own_user() || self.bot_users.contains(&message.sender) {
             return Ok(());
         }
-        let MessageType::Text(text) = &message.content.msgtype else { return Ok(()) };
+        let MessageType::Text(text) = &message.content.msgtype else {
+            return Ok(());
+        };
         if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
             return Ok(());
         }
-        let sent_at = message.origin_server_ts.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH);
-        let age = SystemTime::now().duration_since(sent_at).unwrap_or_default();
+        let sent_at = message
+            .origin_server_ts
+            .to_system_time()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let age = SystemTime::now()
+            .duration_since(sent_at)
+            .unwrap_or_default();
         if age > self.max_command_age {
             tracing::debug!(instance = %self.id, event_id = %message.event_id, age_s = age.as_secs(), "too old to answer");
             return Ok(());
@@ -306,7 +355,13 @@ impl Instance {
         Ok(())
     }
 
-    async fn perform(&self, room: &Room, message: &OriginalSyncRoomMessageEvent, index: usize, action: Action) -> Result<(), HandleError> {
+    async fn perform(
+        &self,
+        room: &Room,
+        message: &OriginalSyncRoomMessageEvent,
+        index: usize,
+        action: Action,
+    ) -> Result<(), HandleError> {
         match action {
             Action::Reply(content) => {
                 let content = content.make_reply_to(
@@ -342,10 +397,22 @@ impl Instance {
     }
 
     async fn answer_invite(&self, room_id: &RoomId) {
-        let Some(room) = self.client.get_room(room_id) else { return };
-        let inviter = room.invite_details().await.ok().and_then(|details| details.inviter).map(|m| m.user_id().to_owned());
-        let allowed = inviter.as_ref().is_some_and(|u| self.plugin.accepts_invite_from(u.as_str())) && self.subscribed(room_id);
-        let inviter = inviter.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
+        let Some(room) = self.client.get_room(room_id) else {
+            return;
+        };
+        let inviter = room
+            .invite_details()
+            .await
+            .ok()
+            .and_then(|details| details.inviter)
+            .map(|m| m.user_id().to_owned());
+        let allowed = inviter
+            .as_ref()
+            .is_some_and(|u| self.plugin.accepts_invite_from(u.as_str()))
+            && self.subscribed(room_id);
+        let inviter = inviter
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "unknown".into());
         if allowed {
             for attempt in 1..=3u32 {
                 match self.client.join_room_by_id(room_id).await {
@@ -374,7 +441,9 @@ fn sync_filter() -> Filter {
     let mut timeline = RoomEventFilter::default();
     timeline.limit = Some(UInt::from(50u32));
     let mut state = RoomEventFilter::default();
-    state.lazy_load_options = matrix_sdk::ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: false };
+    state.lazy_load_options = matrix_sdk::ruma::api::client::filter::LazyLoadOptions::Enabled {
+        include_redundant_members: false,
+    };
     let mut room = RoomFilter::default();
     room.timeline = timeline;
     room.state = state;
@@ -398,7 +467,9 @@ pub fn transaction_id(event_id: &str, index: usize) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("maubot.{index}.{escaped}"))
 }
 
-fn thread_of(message: &OriginalSyncRoomMessageEvent) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
+fn thread_of(
+    message: &OriginalSyncRoomMessageEvent,
+) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
     match &message.content.relates_to {
         Some(Relation::Thread(thread)) => Some(thread),
         _ => None,
@@ -414,17 +485,27 @@ fn is_join_of(event: &TimelineEvent, user: &OwnedUserId) -> bool {
 }
 
 fn timestamp(event: &TimelineEvent) -> Option<SystemTime> {
-    event.raw().get_field::<matrix_sdk::ruma::MilliSecondsSinceUnixEpoch>("origin_server_ts").ok().flatten()?.to_system_time()
+    event
+        .raw()
+        .get_field::<matrix_sdk::ruma::MilliSecondsSinceUnixEpoch>("origin_server_ts")
+        .ok()
+        .flatten()?
+        .to_system_time()
 }
 
 fn is_session_revoked(error: &matrix_sdk::Error) -> bool {
     // A soft logout would need a new login, which `run` never does: treat it the same.
-    matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_)))
+    matches!(
+        error.client_api_error_kind(),
+        Some(ErrorKind::UnknownToken(_))
+    )
 }
 
 /// A 4xx other than rate limiting: the same request will fail again.
 fn is_permanent(error: &matrix_sdk::Error) -> bool {
-    error.as_client_api_error().is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
+    error
+        .as_client_api_error()
+        .is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
 }
 
 /// Exponential backoff with jitter: about 1 s, 2 s, 4 s ... up to a minute.
@@ -446,7 +527,10 @@ mod tests {
         assert_ne!(a, transaction_id("$abc:example.org", 1));
         assert_ne!(a, transaction_id("$abd:example.org", 0));
         assert_eq!(a.as_str(), "maubot.0.~24abc~3aexample.org");
-        assert_ne!(transaction_id("$abc:example.org", 0), transaction_id("$abce:xample.org", 0));
+        assert_ne!(
+            transaction_id("$abc:example.org", 0),
+            transaction_id("$abce:xample.org", 0)
+        );
     }
 
     #[test]
@@ -471,7 +555,9 @@ mod fault_injection {
 
     pub fn after_reply_sent() {
         let limit = LIMIT.get_or_init(|| {
-            std::env::var("MAUBOT_FAULT_ABORT_AFTER_REPLIES").ok().and_then(|v| v.parse().ok())
+            std::env::var("MAUBOT_FAULT_ABORT_AFTER_REPLIES")
+                .ok()
+                .and_then(|v| v.parse().ok())
         });
         if let Some(limit) = limit
             && SENT.fetch_add(1, Ordering::SeqCst) + 1 >= *limit

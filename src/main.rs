@@ -37,7 +37,11 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("maubot: cannot start the async runtime: {e}");
@@ -48,18 +52,27 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig => unreachable!("handled above"),
         Command::Setup(args) => {
-            let options = SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
+            let options = SetupOptions {
+                add_instances: args.add_instance,
+                recovery_key_file: args.recovery_key_file.clone(),
+            };
             match runtime.block_on(setup::setup(&loaded.config, &options)) {
                 Ok(keys) => {
                     match &args.recovery_key_file {
-                        Some(path) => println!("Recovery keys written to {} (mode 0400).", path.display()),
+                        Some(path) => {
+                            println!("Recovery keys written to {} (mode 0400).", path.display())
+                        }
                         None => print_recovery_keys(&keys),
                     }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("maubot setup: {e}");
-                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+                    if e.is_config_or_state() {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -70,7 +83,11 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("maubot run: {e}");
                     notifier.status(&format!("failed: {e}"));
-                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+                    if e.is_config_or_state() {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -84,7 +101,10 @@ fn print_recovery_keys(keys: &[RecoveryKey]) {
         return;
     }
     for key in keys {
-        println!("Recovery key for instance `{}` ({}, device {}):\n\n    {}\n", key.instance, key.user_id, key.device_id, key.key);
+        println!(
+            "Recovery key for instance `{}` ({}, device {}):\n\n    {}\n",
+            key.instance, key.user_id, key.device_id, key.key
+        );
     }
     println!(
         "These keys are shown only this once and are not logged. Store them somewhere safe (a password manager):\n\

@@ -39,7 +39,8 @@ impl Sources {
             config_files,
             override_files,
             state_directory: std::env::var("STATE_DIRECTORY").ok(),
-            credentials_directory: std::env::var_os(super::secret::CREDENTIALS_DIRECTORY).map(PathBuf::from),
+            credentials_directory: std::env::var_os(super::secret::CREDENTIALS_DIRECTORY)
+                .map(PathBuf::from),
             env: std::env::vars().collect(),
         }
     }
@@ -51,7 +52,10 @@ pub fn figment(sources: &Sources) -> Result<Figment, ConfigError> {
         .ok()
         .and_then(Value::into_dict)
         .expect("built-in defaults are a mapping");
-    let mut figment = Figment::from(Named { name: DEFAULTS_LAYER, data: defaults });
+    let mut figment = Figment::from(Named {
+        name: DEFAULTS_LAYER,
+        data: defaults,
+    });
     for path in &sources.config_files {
         figment = figment.merge(FileLayer::read(path, CONFIG_FILE_LAYER)?);
     }
@@ -87,8 +91,11 @@ struct FileLayer {
 
 impl FileLayer {
     fn read(path: &Path, kind: &'static str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::ReadFile { kind, path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            kind,
+            path: path.to_owned(),
+            source,
+        })?;
         let value: Value = if text.trim().is_empty() {
             Value::from(Dict::new())
         } else {
@@ -103,7 +110,11 @@ impl FileLayer {
             path: path.to_owned(),
             message: "the top level must be a mapping of keys (e.g. `instances:`)".to_owned(),
         })?;
-        Ok(FileLayer { kind, path: path.to_owned(), data })
+        Ok(FileLayer {
+            kind,
+            path: path.to_owned(),
+            data,
+        })
     }
 }
 
@@ -127,12 +138,16 @@ impl EnvLayer {
     fn from_vars(vars: &[(String, String)]) -> Self {
         let mut data = Dict::new();
         for (name, raw) in vars {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             if segments.iter().any(String::is_empty) {
                 continue;
             }
-            let value: Value = raw.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
+            let value: Value = raw
+                .parse()
+                .unwrap_or_else(|never: std::convert::Infallible| match never {});
             insert_nested(&mut data, &segments, value);
         }
         EnvLayer { data }
@@ -145,7 +160,9 @@ fn insert_nested(dict: &mut Dict, segments: &[String], value: Value) {
         dict.insert(first.clone(), value);
         return;
     }
-    let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+    let entry = dict
+        .entry(first.clone())
+        .or_insert_with(|| Value::from(Dict::new()));
     if entry.as_dict().is_none() {
         *entry = Value::from(Dict::new());
     }

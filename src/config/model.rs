@@ -173,7 +173,9 @@ fn default_backoff_seconds() -> u64 {
 impl InstanceConfig {
     /// The device display name used at login.
     pub fn device_name_or_default(&self, id: &str) -> String {
-        self.device_name.clone().unwrap_or_else(|| format!("maubot {id}"))
+        self.device_name
+            .clone()
+            .unwrap_or_else(|| format!("maubot {id}"))
     }
 }
 
@@ -228,7 +230,10 @@ impl Config {
     /// The homeserver an instance uses: its `homeserver`, or the only one configured.
     pub fn homeserver_of(&self, instance: &InstanceConfig) -> Option<(&str, &HomeserverConfig)> {
         match &instance.homeserver {
-            Some(name) => self.homeservers.get_key_value(name).map(|(k, v)| (k.as_str(), v)),
+            Some(name) => self
+                .homeservers
+                .get_key_value(name)
+                .map(|(k, v)| (k.as_str(), v)),
             None if self.homeservers.len() == 1 => {
                 self.homeservers.iter().next().map(|(k, v)| (k.as_str(), v))
             }

@@ -37,7 +37,9 @@ impl BotEnv {
         for id in ids {
             let localpart = super::unique(&format!("{id}-"));
             let password = format!("pw-{localpart}-{}", rand::random::<u32>());
-            super::synapse::register_with_secret(&synapse.url, &localpart, &password, false).await.unwrap();
+            super::synapse::register_with_secret(&synapse.url, &localpart, &password, false)
+                .await
+                .unwrap();
             env.write_credential(&format!("{id}-password"), &format!("{password}\n"));
             env.instances.push(BotInstance {
                 id: id.to_string(),
@@ -75,7 +77,11 @@ impl BotEnv {
     }
 
     pub fn user_id(&self, id: &str) -> String {
-        let instance = self.instances.iter().find(|i| i.id == id).expect("instance");
+        let instance = self
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .expect("instance");
         format!("@{}:{SERVER_NAME}", instance.localpart)
     }
 
@@ -90,7 +96,10 @@ impl BotEnv {
         let mut yaml = format!("state_dir: {}\n", self.state_dir().display());
         yaml.push_str("logging:\n  level: \"info,maubot=debug\"\n");
         yaml.push_str("host:\n  ready_timeout_secs: 30\n  sync_timeout_secs: 5\n");
-        yaml.push_str(&format!("homeservers:\n  local:\n    url: {}\n", self.homeserver_url));
+        yaml.push_str(&format!(
+            "homeservers:\n  local:\n    url: {}\n",
+            self.homeserver_url
+        ));
         for line in &self.homeserver_extra {
             yaml.push_str(&format!("    {line}\n"));
         }
@@ -99,7 +108,10 @@ impl BotEnv {
         }
         yaml.push_str("instances:\n");
         for instance in &self.instances {
-            yaml.push_str(&format!("  {}:\n    type: ping\n    user: \"@{}:{SERVER_NAME}\"\n", instance.id, instance.localpart));
+            yaml.push_str(&format!(
+                "  {}:\n    type: ping\n    user: \"@{}:{SERVER_NAME}\"\n",
+                instance.id, instance.localpart
+            ));
             yaml.push_str("    config:\n      allow_invites_from: [\"@*:maubot.test\"]\n");
             for line in &instance.extra {
                 yaml.push_str(&format!("    {line}\n"));
@@ -130,7 +142,11 @@ impl BotEnv {
     /// `maubot setup`, which must succeed.
     pub fn setup(&self) -> Output {
         let output = self.output(&["setup"]);
-        assert!(output.status.success(), "setup failed: {}", describe(&output));
+        assert!(
+            output.status.success(),
+            "setup failed: {}",
+            describe(&output)
+        );
         output
     }
 
@@ -142,7 +158,13 @@ impl BotEnv {
     pub fn spawn_run_with(&self, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let mut command = self.command(&["run"]);
         adjust(&mut command);
-        Daemon::spawn(command, &self.dir.path().join(format!("run-{}.log", rand::random::<u32>())))
+        Daemon::spawn(
+            command,
+            &self
+                .dir
+                .path()
+                .join(format!("run-{}.log", rand::random::<u32>())),
+        )
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -152,7 +174,9 @@ impl BotEnv {
     /// Every file below the state dir with its size, to compare states.
     pub fn state_snapshot(&self) -> BTreeMap<PathBuf, u64> {
         fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
             for entry in entries.flatten() {
                 let meta = entry.metadata().unwrap();
                 if meta.is_dir() {

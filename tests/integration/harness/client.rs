@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent};
-use matrix_sdk::room::MessagesOptions;
-use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent};
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
+use matrix_sdk::ruma::events::room::message::{
+    OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+};
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+};
+use matrix_sdk::ruma::{OwnedEventId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships};
 use tokio::task::JoinHandle;
 
@@ -20,8 +24,6 @@ use super::synapse::{Synapse, register_with_secret};
 
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub room_id: OwnedRoomId,
-    pub event_id: OwnedEventId,
     pub sender: OwnedUserId,
     pub body: String,
     pub in_reply_to: Option<OwnedEventId>,
@@ -30,7 +32,6 @@ pub struct Seen {
 
 pub struct TestUser {
     pub client: Client,
-    pub user_id: OwnedUserId,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     sync: JoinHandle<()>,
     _store: tempfile::TempDir,
@@ -47,7 +48,9 @@ impl TestUser {
     pub async fn new(synapse: &Synapse, prefix: &str) -> TestUser {
         let localpart = super::unique(prefix);
         let password = "person-password";
-        register_with_secret(&synapse.url, &localpart, password, false).await.unwrap();
+        register_with_secret(&synapse.url, &localpart, password, false)
+            .await
+            .unwrap();
         let store = tempfile::tempdir().unwrap();
         let client = Client::builder()
             .homeserver_url(&synapse.url)
@@ -55,24 +58,37 @@ impl TestUser {
             .build()
             .await
             .unwrap();
-        client.matrix_auth().login_username(&localpart, password).send().await.unwrap();
+        client
+            .matrix_auth()
+            .login_username(&localpart, password)
+            .send()
+            .await
+            .unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let sink = seen.clone();
         client.add_event_handler(
-            move |event: OriginalSyncRoomMessageEvent, room: Room, encryption: Option<EncryptionInfo>| {
+            move |event: OriginalSyncRoomMessageEvent, encryption: Option<EncryptionInfo>| {
                 let sink = sink.clone();
                 async move {
-                    sink.lock().unwrap().push(to_seen(&event, &room, encryption.is_some()));
+                    sink.lock()
+                        .unwrap()
+                        .push(to_seen(&event, encryption.is_some()));
                 }
             },
         );
         client.sync_once(SyncSettings::default()).await.unwrap();
         let syncing = client.clone();
         let sync = tokio::spawn(async move {
-            let _ = syncing.sync(SyncSettings::default().timeout(Duration::from_secs(2))).await;
+            let _ = syncing
+                .sync(SyncSettings::default().timeout(Duration::from_secs(2)))
+                .await;
         });
-        let user_id = client.user_id().unwrap().to_owned();
-        TestUser { client, user_id, seen, sync, _store: store }
+        TestUser {
+            client,
+            seen,
+            sync,
+            _store: store,
+        }
     }
 
     /// Creates a room (optionally encrypted) and invites `invite`.
@@ -102,7 +118,11 @@ impl TestUser {
     }
 
     pub async fn send_text(&self, room: &Room, body: &str) -> OwnedEventId {
-        room.send(RoomMessageEventContent::text_plain(body)).await.unwrap().response.event_id
+        room.send(RoomMessageEventContent::text_plain(body))
+            .await
+            .unwrap()
+            .response
+            .event_id
     }
 
     /// Messages from `sender` that reply to `event_id`.
@@ -117,11 +137,20 @@ impl TestUser {
     }
 
     /// Waits for the first reply from `sender` to `event_id`.
-    pub async fn wait_for_reply(&self, event_id: &OwnedEventId, sender: &str, timeout: Duration) -> Seen {
-        eventually(timeout, &format!("a reply from {sender} to {event_id}"), || {
-            let found = self.replies_to(event_id, sender).into_iter().next();
-            async move { found }
-        })
+    pub async fn wait_for_reply(
+        &self,
+        event_id: &OwnedEventId,
+        sender: &str,
+        timeout: Duration,
+    ) -> Seen {
+        eventually(
+            timeout,
+            &format!("a reply from {sender} to {event_id}"),
+            || {
+                let found = self.replies_to(event_id, sender).into_iter().next();
+                async move { found }
+            },
+        )
         .await
     }
 
@@ -136,11 +165,11 @@ impl TestUser {
             let page = room.messages(options).await.unwrap();
             for event in &page.chunk {
                 let encrypted = event.encryption_info().is_some();
-                if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
-                    SyncMessageLikeEvent::Original(message),
-                ))) = event.raw().deserialize()
+                if let Ok(AnySyncTimelineEvent::MessageLike(
+                    AnySyncMessageLikeEvent::RoomMessage(SyncMessageLikeEvent::Original(message)),
+                )) = event.raw().deserialize()
                 {
-                    out.push(to_seen(&message, room, encrypted));
+                    out.push(to_seen(&message, encrypted));
                 }
             }
             if page.chunk.is_empty() || page.end.is_none() {
@@ -154,18 +183,22 @@ impl TestUser {
 
     /// All messages seen from `sender`.
     pub fn messages_from(&self, sender: &str) -> Vec<Seen> {
-        self.seen.lock().unwrap().iter().filter(|s| s.sender.as_str() == sender).cloned().collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.sender.as_str() == sender)
+            .cloned()
+            .collect()
     }
 }
 
-fn to_seen(event: &OriginalSyncRoomMessageEvent, room: &Room, encrypted: bool) -> Seen {
+fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
     let in_reply_to = match &event.content.relates_to {
         Some(Relation::Reply(reply)) => Some(reply.in_reply_to.event_id.clone()),
         _ => None,
     };
     Seen {
-        room_id: room.room_id().to_owned(),
-        event_id: event.event_id.clone(),
         sender: event.sender.clone(),
         body: event.content.body().to_owned(),
         in_reply_to,

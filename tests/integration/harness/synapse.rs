@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ pub const SERVER_NAME: &str = "maubot.test";
 
 pub struct Synapse {
     pub url: String,
-    pub data_dir: PathBuf,
     pub admin_token: String,
 }
 
@@ -49,7 +48,11 @@ fn repo_root() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start() -> Result<Synapse, String> {
@@ -90,10 +93,15 @@ fn start() -> Result<Synapse, String> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| format!("starting Synapse: {e}"))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting Synapse: {e}"))?;
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(90);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let http = reqwest::Client::new();
         loop {
@@ -118,32 +126,56 @@ fn start() -> Result<Synapse, String> {
         .block_on(register_with_secret(&url, "admin", "admin-password", true))
         .map_err(|e| format!("registering the admin user: {e}"))?;
     std::mem::forget(child);
-    Ok(Synapse { url, data_dir, admin_token })
+    Ok(Synapse { url, admin_token })
 }
 
 /// Registers a user with Synapse's shared-secret admin API; returns its access token.
-pub async fn register_with_secret(url: &str, localpart: &str, password: &str, admin: bool) -> Result<String, String> {
+pub async fn register_with_secret(
+    url: &str,
+    localpart: &str,
+    password: &str,
+    admin: bool,
+) -> Result<String, String> {
     let http = reqwest::Client::new();
     let endpoint = format!("{url}/_synapse/admin/v1/register");
-    let nonce: Value = http.get(&endpoint).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let nonce: Value = http
+        .get(&endpoint)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
     let nonce = nonce["nonce"].as_str().ok_or("no nonce")?.to_owned();
-    let mac = maubot::matrix::register::shared_secret_mac(SHARED_SECRET, &nonce, localpart, password, admin);
+    let mac = maubot::matrix::register::shared_secret_mac(
+        SHARED_SECRET,
+        &nonce,
+        localpart,
+        password,
+        admin,
+    );
     // Admins get a token for the harness; everyone else only an account (a device would be counted).
     let body = json!({"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac,
                       "inhibit_login": !admin});
-    let response: Value =
-        http.post(&endpoint).json(&body).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let response: Value = http
+        .post(&endpoint)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
     if response.get("user_id").is_none() {
         return Err(format!("registration failed: {response}"));
     }
-    Ok(response["access_token"].as_str().unwrap_or_default().to_owned())
+    Ok(response["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 impl Synapse {
-    pub fn user_id(&self, localpart: &str) -> String {
-        format!("@{localpart}:{SERVER_NAME}")
-    }
-
     fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         request.bearer_auth(&self.admin_token)
     }
@@ -151,18 +183,33 @@ impl Synapse {
     /// The devices a user has, by id, from the admin API.
     pub async fn devices(&self, user_id: &str) -> Vec<String> {
         let url = format!("{}/_synapse/admin/v2/users/{user_id}/devices", self.url);
-        let response: Value =
-            self.admin(reqwest::Client::new().get(url)).send().await.unwrap().json().await.unwrap();
+        let response: Value = self
+            .admin(reqwest::Client::new().get(url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         response["devices"]
             .as_array()
-            .map(|d| d.iter().filter_map(|d| d["device_id"].as_str().map(str::to_owned)).collect())
+            .map(|d| {
+                d.iter()
+                    .filter_map(|d| d["device_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Whether a user exists.
     pub async fn user_exists(&self, user_id: &str) -> bool {
         let url = format!("{}/_synapse/admin/v2/users/{user_id}", self.url);
-        self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
+        self.admin(reqwest::Client::new().get(url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
     }
 
     /// A new single-use registration token.
@@ -178,9 +225,5 @@ impl Synapse {
             .await
             .unwrap();
         response["token"].as_str().expect("token").to_owned()
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.data_dir
     }
 }
