@@ -1,15 +1,47 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests and the integration tests against a real Synapse (installed here if missing).
-# One build profile (release) serves the tests, the demo and the benchmark.
-set -euo pipefail
+# Runs every test:
+#   1. cargo test --release: unit tests, and integration tests against a real Synapse (installed if missing);
+#   2. tests/nix/static-test.py: every .nix parses, flake.lock is sound, the sops test secrets decrypt;
+#   3. tests/nix/eval-test.py: the NixOS module evaluated on nixpkgs' lib (where a lib tree is available);
+#   4. tests/systemd/nspawn-test.py: the unit the module renders, under a real systemd in systemd-nspawn.
+# One build profile (release) serves the tests, the demo, the benchmark and the nspawn test.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo is not installed; install the Rust toolchain (>= 1.95) first" >&2
   exit 1
 fi
-# Installs Synapse into a cached venv; the harness would do it too, but failing here is clearer.
-bash scripts/install-synapse.sh >/dev/null
+missing=()
+command -v nix-instantiate >/dev/null || missing+=(nix-bin)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+bash scripts/install-synapse.sh >/dev/null || exit 1
 
-echo "==> cargo test --release (unit + integration against a real Synapse)"
-cargo test --release --locked
+failures=()
+step() {
+  local name=$1
+  shift
+  echo
+  echo "==> $name"
+  if ! "$@"; then
+    failures+=("$name")
+  fi
+}
+
+step "cargo test --release (unit + integration against a real Synapse)" cargo test --release --locked
+step "Nix: parse, flake.lock, sops test secrets" python3 tests/nix/static-test.py
+step "Nix: module evaluation on nixpkgs lib" python3 tests/nix/eval-test.py
+step "systemd: the rendered unit under a real systemd (nspawn)" python3 tests/systemd/nspawn-test.py
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failures[@]}"
+  exit 1
+fi
+echo "all test suites passed"

@@ -5,20 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "maubot",
-    version,
-    about = "Hosts Matrix bot instances: `setup` creates state, `run` expects it"
-)]
+#[command(name = "maubot", version, about = "Hosts Matrix bot instances: `setup` creates state, `run` expects it")]
 pub struct Cli {
     /// YAML config file; repeat to layer several (later wins).
-    #[arg(
-        long = "config",
-        short = 'c',
-        value_name = "FILE",
-        global = true,
-        env = "MAUBOT_CONFIG"
-    )]
+    #[arg(long = "config", short = 'c', value_name = "FILE", global = true, env = "MAUBOT_CONFIG")]
     pub config: Vec<PathBuf>,
     /// Override file (YAML or JSON) merged over the config files, e.g. the settings the NixOS module renders.
     #[arg(long = "override", value_name = "FILE", global = true)]

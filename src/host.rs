@@ -66,10 +66,7 @@ pub async fn run(config: &Config, notifier: &Notifier) -> Result<(), RunError> {
     for (id, instance) in &enabled {
         let record = db
             .instance(id)?
-            .ok_or_else(|| StateError::InstanceNotSetUp {
-                id: id.to_string(),
-                db: db.path().to_owned(),
-            })?;
+            .ok_or_else(|| StateError::InstanceNotSetUp { id: id.to_string(), db: db.path().to_owned() })?;
         if record.user_id != instance.user {
             return Err(StateError::UserChanged {
                 id: id.to_string(),
@@ -87,40 +84,22 @@ pub async fn run(config: &Config, notifier: &Notifier) -> Result<(), RunError> {
         }
     }
 
-    let bot_users: Arc<HashSet<OwnedUserId>> = Arc::new(
-        config
-            .instances
-            .values()
-            .filter_map(|i| OwnedUserId::try_from(i.user.as_str()).ok())
-            .collect(),
-    );
+    let bot_users: Arc<HashSet<OwnedUserId>> =
+        Arc::new(config.instances.values().filter_map(|i| OwnedUserId::try_from(i.user.as_str()).ok()).collect());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = Vec::new();
     for ((id, instance), record) in enabled.iter().zip(&records) {
         let kind = plugin::registry::lookup(&instance.kind).expect("validated plugin type");
-        let plugin = kind.build(&instance.config).map_err(|p| RunError::Plugin {
-            id: id.to_string(),
-            message: format!("{}: {}", p.key, p.message),
-        })?;
-        let client_error = |source| RunError::Client {
-            id: id.to_string(),
-            source,
-        };
+        let plugin = kind
+            .build(&instance.config)
+            .map_err(|p| RunError::Plugin { id: id.to_string(), message: format!("{}: {}", p.key, p.message) })?;
+        let client_error = |source| RunError::Client { id: id.to_string(), source };
         // The configured URL wins over the one recorded at setup: it may have moved (a new port, a proxy).
-        let (_, homeserver) = config
-            .homeserver_of(instance)
-            .expect("validated: the instance has a homeserver");
-        let client = client::build(&homeserver.url, &layout.store_dir(id))
-            .await
-            .map_err(client_error)?;
-        client::align_sync_position(&client, db.sync_token(id)?.as_deref())
-            .await
-            .map_err(client_error)?;
+        let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
+        let client = client::build(&homeserver.url, &layout.store_dir(id)).await.map_err(client_error)?;
+        client::align_sync_position(&client, db.sync_token(id)?.as_deref()).await.map_err(client_error)?;
         let session = client::session_of(record).map_err(client_error)?;
-        client
-            .restore_session(session)
-            .await
-            .map_err(|e| client_error(e.into()))?;
+        client.restore_session(session).await.map_err(|e| client_error(e.into()))?;
         tracing::info!(instance = %id, user = %record.user_id, device = %record.device_id, "session restored");
 
         let (status_tx, status_rx) = watch::channel(Status::new());
@@ -140,16 +119,8 @@ pub async fn run(config: &Config, notifier: &Notifier) -> Result<(), RunError> {
             sync_timeout: Duration::from_secs(config.host.sync_timeout_secs),
             status: status_tx.clone(),
         };
-        let task = supervise(
-            id.to_string(),
-            status_tx,
-            tokio::spawn(bot.run(stop_rx.clone())),
-        );
-        running.push(Running {
-            id: id.to_string(),
-            status: status_rx,
-            task,
-        });
+        let task = supervise(id.to_string(), status_tx, tokio::spawn(bot.run(stop_rx.clone())));
+        running.push(Running { id: id.to_string(), status: status_rx, task });
     }
 
     let started = Instant::now();
@@ -200,11 +171,7 @@ pub async fn run(config: &Config, notifier: &Notifier) -> Result<(), RunError> {
 }
 
 /// A bot whose task panics is marked failed; the others go on.
-fn supervise(
-    id: String,
-    status: Arc<watch::Sender<Status>>,
-    task: JoinHandle<()>,
-) -> JoinHandle<()> {
+fn supervise(id: String, status: Arc<watch::Sender<Status>>, task: JoinHandle<()>) -> JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(e) = task.await
             && e.is_panic()
@@ -220,10 +187,8 @@ fn wedged(running: &[Running], limit: Duration) -> Option<String> {
         .iter()
         .find(|bot| {
             let status = bot.status.borrow();
-            matches!(
-                status.phase,
-                Phase::Starting | Phase::Syncing | Phase::Retrying(_)
-            ) && status.last_progress.elapsed() > limit
+            matches!(status.phase, Phase::Starting | Phase::Syncing | Phase::Retrying(_))
+                && status.last_progress.elapsed() > limit
         })
         .map(|bot| bot.id.clone())
 }
@@ -240,8 +205,7 @@ fn summarize(running: &[Running]) -> Summary {
     let mut all_first_synced = true;
     for bot in running {
         let status = bot.status.borrow();
-        all_first_synced &=
-            status.first_sync_done || matches!(status.phase, Phase::Failed(_) | Phase::Stopped);
+        all_first_synced &= status.first_sync_done || matches!(status.phase, Phase::Failed(_) | Phase::Stopped);
         match &status.phase {
             Phase::Syncing => syncing += 1,
             Phase::Starting => {
@@ -258,20 +222,13 @@ fn summarize(running: &[Running]) -> Summary {
             }
         }
     }
-    let mut line = if total == 0 {
-        "no bots enabled".to_owned()
-    } else {
-        format!("{syncing}/{total} bots syncing")
-    };
+    let mut line = if total == 0 { "no bots enabled".to_owned() } else { format!("{syncing}/{total} bots syncing") };
     if !problems.is_empty() {
         let details: Vec<String> = problems.iter().map(|(id, p)| format!("{id} {p}")).collect();
         line.push_str("; degraded: ");
         line.push_str(&details.join("; "));
     }
-    Summary {
-        line,
-        all_first_synced,
-    }
+    Summary { line, all_first_synced }
 }
 
 fn shorten(text: &str) -> String {

@@ -23,8 +23,7 @@ use matrix_sdk::ruma::events::room::message::{
     AddMentions, ForwardThread, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
 };
 use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
-    SyncStateEvent,
+    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
 };
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room};
@@ -131,17 +130,8 @@ impl Instance {
             let first = !self.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
                 .filter(sync_filter())
-                .timeout(if first {
-                    Duration::ZERO
-                } else {
-                    self.sync_timeout
-                })
-                .token(
-                    since
-                        .clone()
-                        .map(SyncToken::Specific)
-                        .unwrap_or(SyncToken::NoToken),
-                );
+                .timeout(if first { Duration::ZERO } else { self.sync_timeout })
+                .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
             let result = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 result = self.client.sync_once(settings) => result,
@@ -195,11 +185,7 @@ impl Instance {
         tracing::info!(instance = %self.id, "stopped");
     }
 
-    async fn handle(
-        &self,
-        response: matrix_sdk::sync::SyncResponse,
-        since: Option<&str>,
-    ) -> Result<(), HandleError> {
+    async fn handle(&self, response: matrix_sdk::sync::SyncResponse, since: Option<&str>) -> Result<(), HandleError> {
         for room_id in response.rooms.invited.keys() {
             self.answer_invite(room_id).await;
         }
@@ -260,17 +246,10 @@ impl Instance {
         Ok(collected)
     }
 
-    async fn handle_timeline(
-        &self,
-        room: &Room,
-        events: &[TimelineEvent],
-    ) -> Result<(), HandleError> {
+    async fn handle_timeline(&self, room: &Room, events: &[TimelineEvent]) -> Result<(), HandleError> {
         let own_user = self.own_user();
         // What was said before the bot joined is history, not commands.
-        let start = events
-            .iter()
-            .rposition(|e| is_join_of(e, &own_user))
-            .map_or(0, |i| i + 1);
+        let start = events.iter().rposition(|e| is_join_of(e, &own_user)).map_or(0, |i| i + 1);
         for event in &events[start..] {
             let Ok(parsed) = event.raw().deserialize() else {
                 continue;
@@ -279,12 +258,9 @@ impl Instance {
                 AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
                     SyncMessageLikeEvent::Original(message),
                 )) => {
-                    self.handle_message(room, &message, event.encryption_info().is_some())
-                        .await?;
+                    self.handle_message(room, &message, event.encryption_info().is_some()).await?;
                 }
-                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(
-                    encrypted,
-                )) => {
+                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(encrypted)) => {
                     tracing::warn!(
                         instance = %self.id,
                         room_id = %room.room_id(),
@@ -313,13 +289,8 @@ impl Instance {
         if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
             return Ok(());
         }
-        let sent_at = message
-            .origin_server_ts
-            .to_system_time()
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let age = SystemTime::now()
-            .duration_since(sent_at)
-            .unwrap_or_default();
+        let sent_at = message.origin_server_ts.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH);
+        let age = SystemTime::now().duration_since(sent_at).unwrap_or_default();
         if age > self.max_command_age {
             tracing::debug!(instance = %self.id, event_id = %message.event_id, age_s = age.as_secs(), "too old to answer");
             return Ok(());
@@ -400,19 +371,11 @@ impl Instance {
         let Some(room) = self.client.get_room(room_id) else {
             return;
         };
-        let inviter = room
-            .invite_details()
-            .await
-            .ok()
-            .and_then(|details| details.inviter)
-            .map(|m| m.user_id().to_owned());
-        let allowed = inviter
-            .as_ref()
-            .is_some_and(|u| self.plugin.accepts_invite_from(u.as_str()))
-            && self.subscribed(room_id);
-        let inviter = inviter
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let inviter =
+            room.invite_details().await.ok().and_then(|details| details.inviter).map(|m| m.user_id().to_owned());
+        let allowed =
+            inviter.as_ref().is_some_and(|u| self.plugin.accepts_invite_from(u.as_str())) && self.subscribed(room_id);
+        let inviter = inviter.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
         if allowed {
             for attempt in 1..=3u32 {
                 match self.client.join_room_by_id(room_id).await {
@@ -441,9 +404,8 @@ fn sync_filter() -> Filter {
     let mut timeline = RoomEventFilter::default();
     timeline.limit = Some(UInt::from(50u32));
     let mut state = RoomEventFilter::default();
-    state.lazy_load_options = matrix_sdk::ruma::api::client::filter::LazyLoadOptions::Enabled {
-        include_redundant_members: false,
-    };
+    state.lazy_load_options =
+        matrix_sdk::ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: false };
     let mut room = RoomFilter::default();
     room.timeline = timeline;
     room.state = state;
@@ -467,9 +429,7 @@ pub fn transaction_id(event_id: &str, index: usize) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("maubot.{index}.{escaped}"))
 }
 
-fn thread_of(
-    message: &OriginalSyncRoomMessageEvent,
-) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
+fn thread_of(message: &OriginalSyncRoomMessageEvent) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
     match &message.content.relates_to {
         Some(Relation::Thread(thread)) => Some(thread),
         _ => None,
@@ -495,17 +455,12 @@ fn timestamp(event: &TimelineEvent) -> Option<SystemTime> {
 
 fn is_session_revoked(error: &matrix_sdk::Error) -> bool {
     // A soft logout would need a new login, which `run` never does: treat it the same.
-    matches!(
-        error.client_api_error_kind(),
-        Some(ErrorKind::UnknownToken(_))
-    )
+    matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_)))
 }
 
 /// A 4xx other than rate limiting: the same request will fail again.
 fn is_permanent(error: &matrix_sdk::Error) -> bool {
-    error
-        .as_client_api_error()
-        .is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
+    error.as_client_api_error().is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
 }
 
 /// Exponential backoff with jitter: about 1 s, 2 s, 4 s ... up to a minute.
@@ -527,10 +482,7 @@ mod tests {
         assert_ne!(a, transaction_id("$abc:example.org", 1));
         assert_ne!(a, transaction_id("$abd:example.org", 0));
         assert_eq!(a.as_str(), "maubot.0.~24abc~3aexample.org");
-        assert_ne!(
-            transaction_id("$abc:example.org", 0),
-            transaction_id("$abce:xample.org", 0)
-        );
+        assert_ne!(transaction_id("$abc:example.org", 0), transaction_id("$abce:xample.org", 0));
     }
 
     #[test]
@@ -554,11 +506,8 @@ mod fault_injection {
     static SENT: AtomicU64 = AtomicU64::new(0);
 
     pub fn after_reply_sent() {
-        let limit = LIMIT.get_or_init(|| {
-            std::env::var("MAUBOT_FAULT_ABORT_AFTER_REPLIES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        });
+        let limit =
+            LIMIT.get_or_init(|| std::env::var("MAUBOT_FAULT_ABORT_AFTER_REPLIES").ok().and_then(|v| v.parse().ok()));
         if let Some(limit) = limit
             && SENT.fetch_add(1, Ordering::SeqCst) + 1 >= *limit
         {

@@ -37,11 +37,7 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("maubot: cannot start the async runtime: {e}");
@@ -52,10 +48,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig => unreachable!("handled above"),
         Command::Setup(args) => {
-            let options = SetupOptions {
-                add_instances: args.add_instance,
-                recovery_key_file: args.recovery_key_file.clone(),
-            };
+            let options =
+                SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
             match runtime.block_on(setup::setup(&loaded.config, &options)) {
                 Ok(keys) => {
                     match &args.recovery_key_file {
@@ -67,12 +61,8 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("maubot setup: {e}");
-                    if e.is_config_or_state() {
-                        ExitCode::from(EXIT_CONFIG)
-                    } else {
-                        ExitCode::FAILURE
-                    }
+                    eprintln!("maubot setup: {}", with_causes(&e));
+                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
             }
         }
@@ -81,13 +71,9 @@ fn main() -> ExitCode {
             match runtime.block_on(host::run(&loaded.config, &notifier)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("maubot run: {e}");
+                    eprintln!("maubot run: {}", with_causes(&e));
                     notifier.status(&format!("failed: {e}"));
-                    if e.is_config_or_state() {
-                        ExitCode::from(EXIT_CONFIG)
-                    } else {
-                        ExitCode::FAILURE
-                    }
+                    if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
             }
         }
@@ -110,4 +96,19 @@ fn print_recovery_keys(keys: &[RecoveryKey]) {
         "These keys are shown only this once and are not logged. Store them somewhere safe (a password manager):\n\
          with a key, the bot's encryption identity and message keys can be recovered if the state directory is lost."
     );
+}
+
+/// An error and its causes, for people: "cannot create the client: builder error: no CA certificates found".
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

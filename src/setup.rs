@@ -42,15 +42,9 @@ pub enum SetupError {
     #[error("{path} already exists; setup will not overwrite a recovery key file. Choose another path", path = .path.display())]
     RecoveryKeyFileExists { path: PathBuf },
     #[error("cannot write the recovery key file {path}: {source}", path = .path.display())]
-    RecoveryKeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    RecoveryKeyFile { path: PathBuf, source: std::io::Error },
     #[error("instance `{id}`: {source}")]
-    Instance {
-        id: String,
-        source: Box<InstanceSetupError>,
-    },
+    Instance { id: String, source: Box<InstanceSetupError> },
 }
 
 impl SetupError {
@@ -60,8 +54,7 @@ impl SetupError {
             SetupError::State(_) | SetupError::RecoveryKeyFileExists { .. } => true,
             SetupError::Instance { source, .. } => matches!(
                 **source,
-                InstanceSetupError::UserExistsWithoutPassword { .. }
-                    | InstanceSetupError::WrongUser { .. }
+                InstanceSetupError::UserExistsWithoutPassword { .. } | InstanceSetupError::WrongUser { .. }
             ),
             SetupError::RecoveryKeyFile { .. } => false,
         }
@@ -80,10 +73,7 @@ pub enum InstanceSetupError {
     )]
     UserExistsWithoutPassword { user: String },
     #[error("login as {user} failed: {source}")]
-    Login {
-        user: String,
-        source: matrix_sdk::Error,
-    },
+    Login { user: String, source: matrix_sdk::Error },
     #[error("the access token belongs to {actual}, not to the configured user {configured}")]
     WrongUser { actual: String, configured: String },
     #[error("the access token was rejected by the homeserver: {0}")]
@@ -96,10 +86,7 @@ pub enum InstanceSetupError {
 
 /// Runs setup: a fresh state, or `--add-instance` into an existing one. Returns the recovery keys, which the
 /// caller prints (unless they went to `recovery_key_file`).
-pub async fn setup(
-    config: &Config,
-    options: &SetupOptions,
-) -> Result<Vec<RecoveryKey>, SetupError> {
+pub async fn setup(config: &Config, options: &SetupOptions) -> Result<Vec<RecoveryKey>, SetupError> {
     if let Some(path) = &options.recovery_key_file
         && path.exists()
     {
@@ -113,31 +100,18 @@ pub async fn setup(
     }
 }
 
-async fn setup_fresh(
-    config: &Config,
-    layout: &Layout,
-    options: &SetupOptions,
-) -> Result<Vec<RecoveryKey>, SetupError> {
+async fn setup_fresh(config: &Config, layout: &Layout, options: &SetupOptions) -> Result<Vec<RecoveryKey>, SetupError> {
     if layout.database().exists() {
-        return Err(StateError::AlreadySetUp {
-            path: layout.database(),
-        }
-        .into());
+        return Err(StateError::AlreadySetUp { path: layout.database() }.into());
     }
     if layout.instances_dir().exists() {
-        return Err(StateError::PartialState {
-            path: layout.instances_dir(),
-        }
-        .into());
+        return Err(StateError::PartialState { path: layout.instances_dir() }.into());
     }
     let staging = Staging::new(layout)?;
     let ids: Vec<&String> = config.instances.keys().collect();
     let done = create_instances(config, staging.layout(), &ids).await?;
-    let recorded = Database::create(&staging.layout().database()).and_then(|db| {
-        done.0
-            .iter()
-            .try_for_each(|made| db.insert_instance(&made.record, made.sync_token.as_deref()))
-    });
+    let recorded = Database::create(&staging.layout().database())
+        .and_then(|db| done.0.iter().try_for_each(|made| db.insert_instance(&made.record, made.sync_token.as_deref())));
     if let Err(e) = recorded {
         done.discard().await;
         return Err(e.into());
@@ -167,10 +141,7 @@ async fn add_instances(
             return Err(StateError::InstanceAlreadySetUp { id: id.clone() }.into());
         }
         if layout.instance_dir(id).exists() {
-            return Err(StateError::PartialState {
-                path: layout.instance_dir(id),
-            }
-            .into());
+            return Err(StateError::PartialState { path: layout.instance_dir(id) }.into());
         }
     }
     let staging = Staging::new(layout)?;
@@ -231,11 +202,7 @@ async fn discard_device(client: &Client, created_device: bool) {
     }
 }
 
-async fn create_instances(
-    config: &Config,
-    layout: &Layout,
-    ids: &[&String],
-) -> Result<MadeAll, SetupError> {
+async fn create_instances(config: &Config, layout: &Layout, ids: &[&String]) -> Result<MadeAll, SetupError> {
     let mut done = MadeAll(Vec::new());
     for id in ids {
         let instance = &config.instances[id.as_str()];
@@ -254,10 +221,7 @@ async fn create_instances(
                     discard_device(&client, created).await;
                 }
                 done.discard().await;
-                return Err(SetupError::Instance {
-                    id: id.to_string(),
-                    source: Box::new(source),
-                });
+                return Err(SetupError::Instance { id: id.to_string(), source: Box::new(source) });
             }
         }
     }
@@ -272,38 +236,22 @@ async fn create_instance(
     instance: &InstanceConfig,
     store_dir: &Path,
 ) -> Result<Made, Failed> {
-    let (_, homeserver) = config
-        .homeserver_of(instance)
-        .expect("validated: the instance has a homeserver");
-    let client = client::build(&homeserver.url, store_dir)
-        .await
-        .map_err(|e| (e.into(), None))?;
+    let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
+    let client = client::build(&homeserver.url, store_dir).await.map_err(|e| (e.into(), None))?;
     let password = instance.password.as_ref().map(|p| p.expose().to_owned());
 
     let (created_device, password) = if let Some(token) = &instance.access_token {
-        adopt_token(&client, &homeserver.url, instance, token.expose())
-            .await
-            .map_err(|e| (e, None))?;
+        adopt_token(&client, &homeserver.url, instance, token.expose()).await.map_err(|e| (e, None))?;
         (false, password)
     } else {
-        let password = register_if_configured(config, instance, password)
-            .await
-            .map_err(|e| (e, None))?;
+        let password = register_if_configured(config, instance, password).await.map_err(|e| (e, None))?;
         client
             .matrix_auth()
             .login_username(&instance.user, &password)
             .initial_device_display_name(&instance.device_name_or_default(id))
             .send()
             .await
-            .map_err(|source| {
-                (
-                    InstanceSetupError::Login {
-                        user: instance.user.clone(),
-                        source,
-                    },
-                    None,
-                )
-            })?;
+            .map_err(|source| (InstanceSetupError::Login { user: instance.user.clone(), source }, None))?;
         (true, Some(password))
     };
     let fail = |e: InstanceSetupError| (e, Some((client.clone(), created_device)));
@@ -314,9 +262,7 @@ async fn create_instance(
         .sync_once(SyncSettings::default().timeout(Duration::ZERO))
         .await
         .map_err(|e| fail(InstanceSetupError::Sync(e)))?;
-    let recovery_key = e2ee::bootstrap(&client, password.as_deref())
-        .await
-        .map_err(|e| fail(e.into()))?;
+    let recovery_key = e2ee::bootstrap(&client, password.as_deref()).await.map_err(|e| fail(e.into()))?;
 
     let session = client.matrix_auth().session().expect("logged in");
     let record = InstanceRecord {
@@ -329,13 +275,7 @@ async fn create_instance(
         ed25519_key: client.encryption().ed25519_key().await,
         created_at: now_unix(),
     };
-    Ok(Made {
-        record,
-        sync_token: Some(response.next_batch),
-        recovery_key,
-        client,
-        created_device,
-    })
+    Ok(Made { record, sync_token: Some(response.next_batch), recovery_key, client, created_device })
 }
 
 /// Registers the bot when its homeserver has a registration secret; returns the password to log in with.
@@ -345,39 +285,23 @@ async fn register_if_configured(
     password: Option<String>,
 ) -> Result<String, InstanceSetupError> {
     let (_, homeserver) = config.homeserver_of(instance).expect("validated");
-    let shared_secret = homeserver
-        .registration_shared_secret
-        .as_ref()
-        .map(|s| s.expose());
+    let shared_secret = homeserver.registration_shared_secret.as_ref().map(|s| s.expose());
     let token = homeserver.registration_token.as_ref().map(|s| s.expose());
     if shared_secret.is_none() && token.is_none() {
         return Ok(password.expect("validated: password, access token or a registration secret"));
     }
     let login_password = password.clone().unwrap_or_else(generate_password);
     let url = url::Url::parse(&homeserver.url).expect("validated URL");
-    let localpart = instance
-        .user
-        .trim_start_matches('@')
-        .split(':')
-        .next()
-        .unwrap_or_default();
+    let localpart = instance.user.trim_start_matches('@').split(':').next().unwrap_or_default();
     let http = reqwest::Client::new();
     let outcome = register::register(
         &http,
-        &Registration {
-            homeserver: &url,
-            localpart,
-            password: &login_password,
-            shared_secret,
-            token,
-        },
+        &Registration { homeserver: &url, localpart, password: &login_password, shared_secret, token },
     )
     .await?;
     match outcome {
         Registered::AlreadyExists if password.is_none() => {
-            Err(InstanceSetupError::UserExistsWithoutPassword {
-                user: instance.user.clone(),
-            })
+            Err(InstanceSetupError::UserExistsWithoutPassword { user: instance.user.clone() })
         }
         Registered::AlreadyExists => {
             tracing::info!(user = %instance.user, "the user exists already; logging in with the configured password");
@@ -408,10 +332,7 @@ async fn adopt_token(
     instance: &InstanceConfig,
     token: &str,
 ) -> Result<(), InstanceSetupError> {
-    let url = format!(
-        "{}/_matrix/client/v3/account/whoami",
-        homeserver.trim_end_matches('/')
-    );
+    let url = format!("{}/_matrix/client/v3/account/whoami", homeserver.trim_end_matches('/'));
     let response = reqwest::Client::new()
         .get(&url)
         .bearer_auth(token)
@@ -419,24 +340,15 @@ async fn adopt_token(
         .await
         .map_err(|e| InstanceSetupError::Whoami(e.to_string()))?;
     if !response.status().is_success() {
-        return Err(InstanceSetupError::Whoami(format!(
-            "HTTP {}",
-            response.status()
-        )));
+        return Err(InstanceSetupError::Whoami(format!("HTTP {}", response.status())));
     }
-    let whoami: Whoami = response
-        .json()
-        .await
-        .map_err(|e| InstanceSetupError::Whoami(e.to_string()))?;
+    let whoami: Whoami = response.json().await.map_err(|e| InstanceSetupError::Whoami(e.to_string()))?;
     if whoami.user_id != instance.user {
-        return Err(InstanceSetupError::WrongUser {
-            actual: whoami.user_id,
-            configured: instance.user.clone(),
-        });
+        return Err(InstanceSetupError::WrongUser { actual: whoami.user_id, configured: instance.user.clone() });
     }
-    let device_id = whoami.device_id.ok_or_else(|| {
-        InstanceSetupError::Whoami("the token has no device (an appservice token?)".into())
-    })?;
+    let device_id = whoami
+        .device_id
+        .ok_or_else(|| InstanceSetupError::Whoami("the token has no device (an appservice token?)".into()))?;
     let record = InstanceRecord {
         id: String::new(),
         user_id: whoami.user_id,
@@ -448,37 +360,20 @@ async fn adopt_token(
         created_at: 0,
     };
     let session = client::session_of(&record)?;
-    client
-        .restore_session(session)
-        .await
-        .map_err(|e| InstanceSetupError::Client(e.into()))
+    client.restore_session(session).await.map_err(|e| InstanceSetupError::Client(e.into()))
 }
 
 fn write_key_file(options: &SetupOptions, keys: &[RecoveryKey]) -> Result<(), SetupError> {
     let Some(path) = &options.recovery_key_file else {
         return Ok(());
     };
-    let error = |source| SetupError::RecoveryKeyFile {
-        path: path.clone(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(path)
-        .map_err(error)?;
-    let mut text =
-        String::from("# maubot E2EE recovery keys: instance, user, device, key. Keep this safe.\n");
+    let error = |source| SetupError::RecoveryKeyFile { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(path).map_err(error)?;
+    let mut text = String::from("# maubot E2EE recovery keys: instance, user, device, key. Keep this safe.\n");
     for key in keys {
-        text.push_str(&format!(
-            "{} {} {} {}\n",
-            key.instance, key.user_id, key.device_id, key.key
-        ));
+        text.push_str(&format!("{} {} {} {}\n", key.instance, key.user_id, key.device_id, key.key));
     }
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(error)
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(error)
 }
 
 fn remove_key_file(options: &SetupOptions) {

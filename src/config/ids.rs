@@ -11,11 +11,8 @@ pub fn check_instance_id(id: &str) -> Result<(), String> {
         }
         _ => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "`{bad}` is not allowed; use lower-case letters, digits and `-`"
-        ));
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        return Err(format!("`{bad}` is not allowed; use lower-case letters, digits and `-`"));
     }
     if id.len() > 64 {
         return Err("it is longer than 64 characters".into());
@@ -34,13 +31,10 @@ pub fn check_user_id(user: &str) -> Result<(), String> {
     if localpart.is_empty() {
         return Err("the localpart before `:` is empty".into());
     }
-    if let Some(bad) = localpart
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._=/+-".contains(*c)))
+    if let Some(bad) =
+        localpart.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._=/+-".contains(*c)))
     {
-        return Err(format!(
-            "`{bad}` is not allowed in the localpart; use lower-case letters, digits and `._=/+-`"
-        ));
+        return Err(format!("`{bad}` is not allowed in the localpart; use lower-case letters, digits and `._=/+-`"));
     }
     check_server_name(server)
 }
@@ -65,13 +59,8 @@ pub fn check_server_name(server: &str) -> Result<(), String> {
         if host.is_empty() {
             return Err("the server name is empty".into());
         }
-        if let Some(bad) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '-'))
-        {
-            return Err(format!(
-                "`{bad}` is not allowed in the server name `{host}`"
-            ));
+        if let Some(bad) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '-')) {
+            return Err(format!("`{bad}` is not allowed in the server name `{host}`"));
         }
     }
     if let Some(port) = port
@@ -84,18 +73,13 @@ pub fn check_server_name(server: &str) -> Result<(), String> {
 
 /// The server name of a user ID that passed [`check_user_id`].
 pub fn server_name_of(user: &str) -> &str {
-    user.split_once(':')
-        .map(|(_, server)| server)
-        .unwrap_or_default()
+    user.split_once(':').map(|(_, server)| server).unwrap_or_default()
 }
 
 /// A room ID: `!opaque:server_name`, or `!opaque` (room version 12 drops the server name).
 pub fn check_room_id(room: &str) -> Result<(), String> {
     if room.starts_with('#') {
-        return Err(
-            "this is a room alias; use the room ID (`!…`), shown in the room's advanced settings"
-                .into(),
-        );
+        return Err("this is a room alias; use the room ID (`!…`), shown in the room's advanced settings".into());
     }
     let Some(rest) = room.strip_prefix('!') else {
         return Err("a room ID starts with `!`, like `!abc123:example.org`".into());
@@ -159,17 +143,9 @@ mod tests {
         assert!(check_user_id("@bot:example.org").is_ok());
         assert!(check_user_id("@bot-1.x:127.0.0.1:8448").is_ok());
         assert!(check_user_id("@bot:[::1]:8448").is_ok());
-        assert!(
-            check_user_id("bot:example.org")
-                .unwrap_err()
-                .contains("starts with `@`")
-        );
+        assert!(check_user_id("bot:example.org").unwrap_err().contains("starts with `@`"));
         assert!(check_user_id("@bot").unwrap_err().contains("server_name"));
-        assert!(
-            check_user_id("@Bot:example.org")
-                .unwrap_err()
-                .contains("`B`")
-        );
+        assert!(check_user_id("@Bot:example.org").unwrap_err().contains("`B`"));
         assert!(check_user_id("@bot:exa mple.org").is_err());
         assert!(check_user_id("@bot:example.org:0").is_err());
     }
@@ -178,11 +154,7 @@ mod tests {
     fn room_ids() {
         assert!(check_room_id("!abc:example.org").is_ok());
         assert!(check_room_id("!31hneApxJ_1o-63DmFrpeqnkFfWppnzWso1JvH3ogLM").is_ok());
-        assert!(
-            check_room_id("#room:example.org")
-                .unwrap_err()
-                .contains("alias")
-        );
+        assert!(check_room_id("#room:example.org").unwrap_err().contains("alias"));
         assert!(check_room_id("abc:example.org").is_err());
         assert!(check_room_id("!:example.org").is_err());
     }

@@ -39,8 +39,7 @@ impl Sources {
             config_files,
             override_files,
             state_directory: std::env::var("STATE_DIRECTORY").ok(),
-            credentials_directory: std::env::var_os(super::secret::CREDENTIALS_DIRECTORY)
-                .map(PathBuf::from),
+            credentials_directory: std::env::var_os(super::secret::CREDENTIALS_DIRECTORY).map(PathBuf::from),
             env: std::env::vars().collect(),
         }
     }
@@ -52,10 +51,7 @@ pub fn figment(sources: &Sources) -> Result<Figment, ConfigError> {
         .ok()
         .and_then(Value::into_dict)
         .expect("built-in defaults are a mapping");
-    let mut figment = Figment::from(Named {
-        name: DEFAULTS_LAYER,
-        data: defaults,
-    });
+    let mut figment = Figment::from(Named { name: DEFAULTS_LAYER, data: defaults });
     for path in &sources.config_files {
         figment = figment.merge(FileLayer::read(path, CONFIG_FILE_LAYER)?);
     }
@@ -110,11 +106,7 @@ impl FileLayer {
             path: path.to_owned(),
             message: "the top level must be a mapping of keys (e.g. `instances:`)".to_owned(),
         })?;
-        Ok(FileLayer {
-            kind,
-            path: path.to_owned(),
-            data,
-        })
+        Ok(FileLayer { kind, path: path.to_owned(), data })
     }
 }
 
@@ -145,9 +137,7 @@ impl EnvLayer {
             if segments.iter().any(String::is_empty) {
                 continue;
             }
-            let value: Value = raw
-                .parse()
-                .unwrap_or_else(|never: std::convert::Infallible| match never {});
+            let value: Value = raw.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
             insert_nested(&mut data, &segments, value);
         }
         EnvLayer { data }
@@ -160,9 +150,7 @@ fn insert_nested(dict: &mut Dict, segments: &[String], value: Value) {
         dict.insert(first.clone(), value);
         return;
     }
-    let entry = dict
-        .entry(first.clone())
-        .or_insert_with(|| Value::from(Dict::new()));
+    let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
     if entry.as_dict().is_none() {
         *entry = Value::from(Dict::new());
     }
@@ -173,9 +161,8 @@ fn insert_nested(dict: &mut Dict, segments: &[String], value: Value) {
 
 impl Provider for EnvLayer {
     fn metadata(&self) -> Metadata {
-        Metadata::named(ENV_LAYER).interpolater(|_profile, keys: &[&str]| {
-            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
-        })
+        Metadata::named(ENV_LAYER)
+            .interpolater(|_profile, keys: &[&str]| format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase()))
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {

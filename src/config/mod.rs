@@ -27,17 +27,9 @@ pub struct Loaded {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {kind} {path}: {source}", path = .path.display())]
-    ReadFile {
-        kind: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { kind: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{kind} {path} is not valid YAML/JSON: {message}", path = .path.display())]
-    ParseFile {
-        kind: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    ParseFile { kind: &'static str, path: PathBuf, message: String },
     #[error("{}", ProblemList(.0))]
     Invalid(Vec<Problem>),
 }
@@ -47,11 +39,7 @@ struct ProblemList<'a>(&'a [Problem]);
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "the configuration has {n} problem{}:",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "the configuration has {n} problem{}:", if n == 1 { "" } else { "s" })?;
         for problem in self.0 {
             write!(f, "\n  - {problem}")?;
         }
@@ -62,9 +50,7 @@ impl fmt::Display for ProblemList<'_> {
 /// Merges the layers, resolves secrets and validates.
 pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let figment = layers::figment(sources)?;
-    let mut config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+    let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
 
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -78,10 +64,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
             });
         }
         if let Err(e) = secret.resolve(sources.credentials_directory.as_deref()) {
-            problems.push(Problem {
-                key,
-                message: e.to_string(),
-            });
+            problems.push(Problem { key, message: e.to_string() });
         }
     }
     if !problems.is_empty() {
@@ -92,11 +75,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         return Err(ConfigError::Invalid(findings.errors));
     }
     warnings.extend(findings.warnings);
-    Ok(Loaded {
-        config,
-        figment,
-        warnings,
-    })
+    Ok(Loaded { config, figment, warnings })
 }
 
 /// Turns figment's deserialization errors into problems that name the key, the layer that set it and the fix.
@@ -126,16 +105,10 @@ fn describe_figment_error(error: figment::Error) -> Vec<Problem> {
                     } else {
                         format!("allowed keys here: {}", expected.join(", "))
                     };
-                    format!(
-                        "unknown key `{field}`{origin}; remove it or fix its spelling ({expected})"
-                    )
+                    format!("unknown key `{field}`{origin}; remove it or fix its spelling ({expected})")
                 }
                 Kind::MissingField(field) => {
-                    key = if key.is_empty() {
-                        field.to_string()
-                    } else {
-                        format!("{key}.{field}")
-                    };
+                    key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
                     format!("required key `{field}` is missing; add it")
                 }
                 Kind::InvalidType(actual, expected) => {
@@ -149,14 +122,7 @@ fn describe_figment_error(error: figment::Error) -> Vec<Problem> {
                 }
                 other => format!("{other}{origin}"),
             };
-            Problem {
-                key: if key.is_empty() {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message,
-            }
+            Problem { key: if key.is_empty() { "(top level)".into() } else { key }, message }
         })
         .collect()
 }

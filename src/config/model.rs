@@ -173,18 +173,15 @@ fn default_backoff_seconds() -> u64 {
 impl InstanceConfig {
     /// The device display name used at login.
     pub fn device_name_or_default(&self, id: &str) -> String {
-        self.device_name
-            .clone()
-            .unwrap_or_else(|| format!("maubot {id}"))
+        self.device_name.clone().unwrap_or_else(|| format!("maubot {id}"))
     }
 }
 
 impl Config {
     /// The built-in defaults layer. `state_dir` follows systemd's `$STATE_DIRECTORY` (first entry) when given.
     pub fn defaults(state_directory: Option<&str>) -> serde_json::Value {
-        let state_dir = state_directory
-            .and_then(|dirs| dirs.split(':').find(|d| !d.is_empty()))
-            .unwrap_or("/var/lib/maubot");
+        let state_dir =
+            state_directory.and_then(|dirs| dirs.split(':').find(|d| !d.is_empty())).unwrap_or("/var/lib/maubot");
         serde_json::json!({
             "state_dir": state_dir,
             "database": "maubot.db",
@@ -230,13 +227,8 @@ impl Config {
     /// The homeserver an instance uses: its `homeserver`, or the only one configured.
     pub fn homeserver_of(&self, instance: &InstanceConfig) -> Option<(&str, &HomeserverConfig)> {
         match &instance.homeserver {
-            Some(name) => self
-                .homeservers
-                .get_key_value(name)
-                .map(|(k, v)| (k.as_str(), v)),
-            None if self.homeservers.len() == 1 => {
-                self.homeservers.iter().next().map(|(k, v)| (k.as_str(), v))
-            }
+            Some(name) => self.homeservers.get_key_value(name).map(|(k, v)| (k.as_str(), v)),
+            None if self.homeservers.len() == 1 => self.homeservers.iter().next().map(|(k, v)| (k.as_str(), v)),
             None => None,
         }
     }
@@ -244,11 +236,6 @@ impl Config {
     /// All secret values, for scrubbing text that leaves the process (logs, notifications).
     pub fn secret_values(&self) -> Vec<String> {
         let mut clone = self.clone();
-        clone
-            .secrets_mut()
-            .into_iter()
-            .map(|(_, s)| s.expose().to_owned())
-            .filter(|v| !v.is_empty())
-            .collect()
+        clone.secrets_mut().into_iter().map(|(_, s)| s.expose().to_owned()).filter(|v| !v.is_empty()).collect()
     }
 }

@@ -14,19 +14,12 @@ use super::model::Config;
 /// The YAML text `check-config` prints.
 pub fn render(config: &Config, figment: &Figment) -> String {
     let json = serde_json::to_value(config).expect("config serializes");
-    let merged = figment
-        .data()
-        .ok()
-        .and_then(|mut data| data.remove(&figment::Profile::Default));
+    let merged = figment.data().ok().and_then(|mut data| data.remove(&figment::Profile::Default));
     let mut secret_paths = BTreeSet::new();
     for (key, _) in config.clone().secrets_mut() {
         secret_paths.insert(key);
     }
-    let renderer = Renderer {
-        figment,
-        merged: merged.unwrap_or_default(),
-        secret_paths,
-    };
+    let renderer = Renderer { figment, merged: merged.unwrap_or_default(), secret_paths };
     let mut out = String::new();
     out.push_str("# maubot configuration after merging all layers; `# <- …` says where each value came from.\n");
     out.push_str("# Secrets are shown as their source, never their value.\n");
@@ -50,12 +43,7 @@ impl Renderer<'_> {
         let pad = "  ".repeat(indent);
         let dotted = path.join(".");
         if self.secret_paths.contains(&dotted) {
-            let _ = writeln!(
-                out,
-                "{pad}{key}: {}  # <- {}; value redacted",
-                flow(value),
-                self.origin(path)
-            );
+            let _ = writeln!(out, "{pad}{key}: {}  # <- {}; value redacted", flow(value), self.origin(path));
             return;
         }
         match value {
@@ -74,12 +62,7 @@ impl Renderer<'_> {
                 }
             }
             other => {
-                let _ = writeln!(
-                    out,
-                    "{pad}{key}: {}  # <- {}",
-                    flow(other),
-                    self.origin(path)
-                );
+                let _ = writeln!(out, "{pad}{key}: {}  # <- {}", flow(other), self.origin(path));
             }
         }
     }
@@ -98,11 +81,7 @@ impl Renderer<'_> {
         match &metadata.source {
             Some(figment::Source::File(file)) => format!("{} {}", metadata.name, file.display()),
             _ if metadata.name == ENV_LAYER => {
-                format!(
-                    "{} {}",
-                    metadata.name,
-                    metadata.interpolate(&figment::Profile::Default, path)
-                )
+                format!("{} {}", metadata.name, metadata.interpolate(&figment::Profile::Default, path))
             }
             _ => metadata.name.to_string(),
         }
@@ -120,38 +99,25 @@ fn flow(value: &Json) -> String {
         Json::Object(map) if map.is_empty() => "{}".to_owned(),
         Json::Array(items) if items.is_empty() => "[]".to_owned(),
         Json::Object(map) => {
-            let parts: Vec<String> = map
-                .iter()
-                .map(|(k, v)| format!("{}: {}", yaml_key(k), flow(v)))
-                .collect();
+            let parts: Vec<String> = map.iter().map(|(k, v)| format!("{}: {}", yaml_key(k), flow(v))).collect();
             format!("{{{}}}", parts.join(", "))
         }
-        Json::Array(items) => format!(
-            "[{}]",
-            items.iter().map(flow).collect::<Vec<_>>().join(", ")
-        ),
+        Json::Array(items) => format!("[{}]", items.iter().map(flow).collect::<Vec<_>>().join(", ")),
         other => other.to_string(),
     }
 }
 
 fn yaml_key(key: &str) -> String {
-    if plain_safe(key) {
-        key.to_owned()
-    } else {
-        Json::String(key.to_owned()).to_string()
-    }
+    if plain_safe(key) { key.to_owned() } else { Json::String(key.to_owned()).to_string() }
 }
 
 /// Whether a string can be written without quotes and read back as the same string.
 fn plain_safe(s: &str) -> bool {
-    let reserved = [
-        "true", "false", "yes", "no", "on", "off", "null", "~", "y", "n",
-    ];
+    let reserved = ["true", "false", "yes", "no", "on", "off", "null", "~", "y", "n"];
     !s.is_empty()
         && !reserved.contains(&s.to_ascii_lowercase().as_str())
         && s.parse::<f64>().is_err()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./@:+-$!<>".contains(c))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./@:+-$!<>".contains(c))
         && !s.starts_with(['-', ':', '!', '@', '$'])
         && !s.ends_with(':')
         && !s.contains(": ")
@@ -164,23 +130,11 @@ mod tests {
     #[test]
     fn plain_scalars_only_when_unambiguous() {
         assert_eq!(flow(&Json::String("info".into())), "info");
-        assert_eq!(
-            flow(&Json::String("/var/lib/maubot".into())),
-            "/var/lib/maubot"
-        );
-        assert_eq!(
-            flow(&Json::String("@bot:example.org".into())),
-            "\"@bot:example.org\""
-        );
+        assert_eq!(flow(&Json::String("/var/lib/maubot".into())), "/var/lib/maubot");
+        assert_eq!(flow(&Json::String("@bot:example.org".into())), "\"@bot:example.org\"");
         assert_eq!(flow(&Json::String("true".into())), "\"true\"");
         assert_eq!(flow(&Json::String("8008".into())), "\"8008\"");
-        assert_eq!(
-            flow(&Json::String("http://127.0.0.1:8008".into())),
-            "http://127.0.0.1:8008"
-        );
-        assert_eq!(
-            flow(&serde_json::json!({"credential": "pw"})),
-            "{credential: pw}"
-        );
+        assert_eq!(flow(&Json::String("http://127.0.0.1:8008".into())), "http://127.0.0.1:8008");
+        assert_eq!(flow(&serde_json::json!({"credential": "pw"})), "{credential: pw}");
     }
 }

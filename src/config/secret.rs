@@ -53,43 +53,26 @@ pub enum SecretError {
          unit, or put a file named `{name}` into ${CREDENTIALS_DIRECTORY} ({dir})",
         path = .path.display(), dir = .dir.display()
     )]
-    MissingCredential {
-        name: String,
-        path: PathBuf,
-        dir: PathBuf,
-    },
-    #[error(
-        "credential name `{name}` is invalid: it must be a plain file name (no `/`, not `.` or `..`)"
-    )]
+    MissingCredential { name: String, path: PathBuf, dir: PathBuf },
+    #[error("credential name `{name}` is invalid: it must be a plain file name (no `/`, not `.` or `..`)")]
     InvalidCredentialName { name: String },
     #[error("secret file {path} cannot be read: {source}", path = .path.display())]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
     #[error("secret file {path} is not UTF-8 text", path = .path.display())]
     NotUtf8 { path: PathBuf },
-    #[error(
-        "secret from {origin} is empty: write the secret into it (one trailing newline is ignored)"
-    )]
+    #[error("secret from {origin} is empty: write the secret into it (one trailing newline is ignored)")]
     Empty { origin: String },
 }
 
 impl Secret {
     /// An inline secret (tests and programmatic use).
     pub fn inline(value: impl Into<Arc<str>>) -> Self {
-        Secret {
-            source: SecretSource::Inline,
-            value: Some(value.into()),
-        }
+        Secret { source: SecretSource::Inline, value: Some(value.into()) }
     }
 
     /// A reference to a systemd credential, not yet read.
     pub fn credential(name: impl Into<String>) -> Self {
-        Secret {
-            source: SecretSource::Credential(name.into()),
-            value: None,
-        }
+        Secret { source: SecretSource::Credential(name.into()), value: None }
     }
 
     pub fn source(&self) -> &SecretSource {
@@ -130,20 +113,14 @@ impl Secret {
                 };
                 let path = dir.join(name);
                 if !path.exists() {
-                    return Err(SecretError::MissingCredential {
-                        name: name.clone(),
-                        path,
-                        dir: dir.to_owned(),
-                    });
+                    return Err(SecretError::MissingCredential { name: name.clone(), path, dir: dir.to_owned() });
                 }
                 Arc::from(read_secret_file(&path)?)
             }
             SecretSource::File(path) => Arc::from(read_secret_file(path)?),
         };
         if value.is_empty() {
-            return Err(SecretError::Empty {
-                origin: self.origin(),
-            });
+            return Err(SecretError::Empty { origin: self.origin() });
         }
         self.value = Some(value);
         Ok(())
@@ -152,13 +129,8 @@ impl Secret {
 
 /// Reads a secret file, trimming exactly one trailing newline (`\n` or `\r\n`).
 fn read_secret_file(path: &Path) -> Result<String, SecretError> {
-    let bytes = std::fs::read(path).map_err(|source| SecretError::Unreadable {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 {
-        path: path.to_owned(),
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| SecretError::Unreadable { path: path.to_owned(), source })?;
+    let mut text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 { path: path.to_owned() })?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
     } else if text.ends_with('\n') {
@@ -243,10 +215,7 @@ impl<'de> Visitor<'de> for SecretVisitor {
             }
             found = Some(match key.as_str() {
                 "credential" => Secret::credential(map.next_value::<String>()?),
-                "file" => Secret {
-                    source: SecretSource::File(map.next_value()?),
-                    value: None,
-                },
+                "file" => Secret { source: SecretSource::File(map.next_value()?), value: None },
                 other => return Err(de::Error::unknown_field(other, &["credential", "file"])),
             });
         }
@@ -285,10 +254,7 @@ mod tests {
     #[test]
     fn missing_credential_names_it_the_variable_and_the_directive() {
         let dir = credentials(&[]);
-        let err = Secret::credential("bot-pw")
-            .resolve(Some(dir.path()))
-            .unwrap_err()
-            .to_string();
+        let err = Secret::credential("bot-pw").resolve(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("`bot-pw`"), "{err}");
         assert!(err.contains("CREDENTIALS_DIRECTORY"), "{err}");
         assert!(err.contains("LoadCredential=bot-pw:"), "{err}");
@@ -296,10 +262,7 @@ mod tests {
 
     #[test]
     fn no_credentials_directory_is_explained() {
-        let err = Secret::credential("bot-pw")
-            .resolve(None)
-            .unwrap_err()
-            .to_string();
+        let err = Secret::credential("bot-pw").resolve(None).unwrap_err().to_string();
         assert!(err.contains("$CREDENTIALS_DIRECTORY is not set"), "{err}");
         assert!(err.contains("LoadCredential=bot-pw:"), "{err}");
     }
@@ -307,19 +270,14 @@ mod tests {
     #[test]
     fn empty_credential_is_an_error() {
         let dir = credentials(&[("pw", "\n")]);
-        let err = Secret::credential("pw")
-            .resolve(Some(dir.path()))
-            .unwrap_err()
-            .to_string();
+        let err = Secret::credential("pw").resolve(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("is empty"), "{err}");
     }
 
     #[test]
     fn path_traversal_in_credential_names_is_rejected() {
         let dir = credentials(&[]);
-        let err = Secret::credential("../etc/shadow")
-            .resolve(Some(dir.path()))
-            .unwrap_err();
+        let err = Secret::credential("../etc/shadow").resolve(Some(dir.path())).unwrap_err();
         assert!(matches!(err, SecretError::InvalidCredentialName { .. }));
     }
 
@@ -332,10 +290,7 @@ mod tests {
         let dir = credentials(&[("tok", "s3cr3t-value")]);
         let mut from_credential = Secret::credential("tok");
         from_credential.resolve(Some(dir.path())).unwrap();
-        assert_eq!(
-            serde_json::to_string(&from_credential).unwrap(),
-            r#"{"credential":"tok"}"#
-        );
+        assert_eq!(serde_json::to_string(&from_credential).unwrap(), r#"{"credential":"tok"}"#);
         assert!(!format!("{from_credential:?}").contains("s3cr3t"));
     }
 

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::ids::{
-    check_instance_id, check_room_id, check_server_name, check_user_id, server_name_of,
-};
+use super::ids::{check_instance_id, check_room_id, check_server_name, check_user_id, server_name_of};
 use super::model::{Config, InstanceConfig};
 use crate::plugin;
 
@@ -33,17 +31,11 @@ pub struct Findings {
 
 impl Findings {
     fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.errors.push(Problem { key: key.into(), message: message.into() });
     }
 
     fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.warnings.push(Problem { key: key.into(), message: message.into() });
     }
 }
 
@@ -82,20 +74,12 @@ fn check_paths(config: &Config, findings: &mut Findings) {
     if !config.state_dir.is_absolute() {
         findings.error(
             "state_dir",
-            format!(
-                "`{}` is relative; give an absolute path such as /var/lib/maubot",
-                config.state_dir.display()
-            ),
+            format!("`{}` is relative; give an absolute path such as /var/lib/maubot", config.state_dir.display()),
         );
     }
     let db = &config.database;
-    let escapes = db
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir));
-    if db.as_os_str().is_empty()
-        || escapes
-        || (db.is_absolute() && !db.starts_with(&config.state_dir))
-    {
+    let escapes = db.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if db.as_os_str().is_empty() || escapes || (db.is_absolute() && !db.starts_with(&config.state_dir)) {
         findings.error(
             "database",
             format!(
@@ -111,10 +95,7 @@ fn check_paths(config: &Config, findings: &mut Findings) {
 fn check_server(config: &Config, findings: &mut Findings) {
     let server = &config.server;
     if server.port == 0 {
-        findings.error(
-            "server.port",
-            "0 is not a usable port; the default is 29316",
-        );
+        findings.error("server.port", "0 is not a usable port; the default is 29316");
     }
     match server.hostname.parse::<std::net::IpAddr>() {
         Ok(ip) if !ip.is_loopback() => findings.warn(
@@ -126,10 +107,8 @@ fn check_server(config: &Config, findings: &mut Findings) {
         ),
         Ok(_) => {}
         Err(_) if server.hostname == "localhost" => {}
-        Err(_) => findings.error(
-            "server.hostname",
-            format!("`{}` is not an IP address; use 127.0.0.1 (or ::1)", server.hostname),
-        ),
+        Err(_) => findings
+            .error("server.hostname", format!("`{}` is not an IP address; use 127.0.0.1 (or ::1)", server.hostname)),
     }
     if let Some(key) = &server.secret_key
         && key.expose().len() < MIN_SECRET_KEY_BYTES
@@ -150,10 +129,7 @@ fn check_admins(config: &Config, findings: &mut Findings) {
     for (name, hash) in &config.admins {
         let key = format!("admins.{name}");
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            findings.error(
-                &key,
-                "admin user names must be non-empty and without whitespace",
-            );
+            findings.error(&key, "admin user names must be non-empty and without whitespace");
         }
         match bcrypt_cost(hash.expose()) {
             None => findings.error(
@@ -166,7 +142,10 @@ fn check_admins(config: &Config, findings: &mut Findings) {
             ),
             Some(cost) if cost < MIN_BCRYPT_COST => findings.error(
                 &key,
-                format!("the bcrypt hash from {} has cost {cost}; re-hash with cost >= {MIN_BCRYPT_COST}", hash.origin()),
+                format!(
+                    "the bcrypt hash from {} has cost {cost}; re-hash with cost >= {MIN_BCRYPT_COST}",
+                    hash.origin()
+                ),
             ),
             Some(_) => {}
         }
@@ -181,10 +160,7 @@ pub fn bcrypt_cost(hash: &str) -> Option<u32> {
         .or_else(|| hash.strip_prefix("$2y$"))
         .or_else(|| hash.strip_prefix("$2x$"))?;
     let (cost, digest) = rest.split_once('$')?;
-    let valid_digest = digest.len() == 53
-        && digest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
+    let valid_digest = digest.len() == 53 && digest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
     if cost.len() != 2 || !valid_digest {
         return None;
     }
@@ -194,25 +170,17 @@ pub fn bcrypt_cost(hash: &str) -> Option<u32> {
 fn check_homeservers(config: &Config, findings: &mut Findings) {
     for (name, hs) in &config.homeservers {
         let key = format!("homeservers.{name}");
-        if name.is_empty()
-            || name
-                .chars()
-                .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
-        {
+        if name.is_empty() || name.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
             findings.error(&key, "homeserver names may use letters, digits and `._-`");
         }
         match url::Url::parse(&hs.url) {
             Err(e) => findings.error(
                 format!("{key}.url"),
-                format!(
-                    "`{}` is not a URL ({e}); write it like http://127.0.0.1:8008",
-                    hs.url
-                ),
+                format!("`{}` is not a URL ({e}); write it like http://127.0.0.1:8008", hs.url),
             ),
-            Ok(url) if !matches!(url.scheme(), "http" | "https") => findings.error(
-                format!("{key}.url"),
-                format!("`{}` must be http:// or https://", hs.url),
-            ),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                findings.error(format!("{key}.url"), format!("`{}` must be http:// or https://", hs.url))
+            }
             Ok(url) if url.host_str().is_none_or(str::is_empty) => {
                 findings.error(format!("{key}.url"), format!("`{}` has no host", hs.url))
             }
@@ -251,16 +219,10 @@ fn check_logging(config: &Config, findings: &mut Findings) {
 
 fn check_host(config: &Config, findings: &mut Findings) {
     if !(1..=600).contains(&config.host.ready_timeout_secs) {
-        findings.error(
-            "host.ready_timeout_secs",
-            "must be between 1 and 600 seconds",
-        );
+        findings.error("host.ready_timeout_secs", "must be between 1 and 600 seconds");
     }
     if !(1..=300).contains(&config.host.sync_timeout_secs) {
-        findings.error(
-            "host.sync_timeout_secs",
-            "must be between 1 and 300 seconds",
-        );
+        findings.error("host.sync_timeout_secs", "must be between 1 and 300 seconds");
     }
 }
 
@@ -270,10 +232,7 @@ fn check_instance(config: &Config, id: &str, instance: &InstanceConfig, findings
         findings.error(&key, format!("instance id `{id}` is not valid: {why}"));
     }
     if let Err(why) = check_user_id(&instance.user) {
-        findings.error(
-            format!("{key}.user"),
-            format!("`{}` is not valid: {why}", instance.user),
-        );
+        findings.error(format!("{key}.user"), format!("`{}` is not valid: {why}", instance.user));
     }
     match plugin::registry::lookup(&instance.kind) {
         None => findings.error(
@@ -308,10 +267,8 @@ fn check_instance(config: &Config, id: &str, instance: &InstanceConfig, findings
                 format!("{key}.homeserver"),
                 "no homeserver is configured; add `homeservers.<name>.url: http://127.0.0.1:8008`",
             ),
-            None => findings.error(
-                format!("{key}.homeserver"),
-                "several homeservers are configured; name the one this bot uses",
-            ),
+            None => findings
+                .error(format!("{key}.homeserver"), "several homeservers are configured; name the one this bot uses"),
         },
         Some((name, hs)) => {
             if let Some(server_name) = &hs.server_name
@@ -320,10 +277,7 @@ fn check_instance(config: &Config, id: &str, instance: &InstanceConfig, findings
             {
                 findings.error(
                     format!("{key}.user"),
-                    format!(
-                        "`{}` is not on homeserver `{name}`, whose server name is `{server_name}`",
-                        instance.user
-                    ),
+                    format!("`{}` is not on homeserver `{name}`, whose server name is `{server_name}`", instance.user),
                 );
             }
             let can_register = hs.registration_token.is_some() || hs.registration_shared_secret.is_some();
@@ -347,30 +301,21 @@ fn check_instance(config: &Config, id: &str, instance: &InstanceConfig, findings
     }
     for (i, room) in instance.room_subscriptions.iter().enumerate() {
         if let Err(why) = check_room_id(room) {
-            findings.error(
-                format!("{key}.room_subscriptions.{i}"),
-                format!("`{room}` is not a room ID: {why}"),
-            );
+            findings.error(format!("{key}.room_subscriptions.{i}"), format!("`{room}` is not a room ID: {why}"));
         }
     }
     let rate = &instance.rate_limit;
     if !(1..=60).contains(&rate.max_requests_per_minute) {
         findings.error(
             format!("{key}.rate_limit.max_requests_per_minute"),
-            format!(
-                "{} is out of range; it must be between 1 and 60",
-                rate.max_requests_per_minute
-            ),
+            format!("{} is out of range; it must be between 1 and 60", rate.max_requests_per_minute),
         );
     }
     if rate.burst_size == 0 {
         findings.error(format!("{key}.rate_limit.burst_size"), "must be at least 1");
     }
     if rate.backoff_seconds == 0 || rate.backoff_seconds > 3600 {
-        findings.error(
-            format!("{key}.rate_limit.backoff_seconds"),
-            "must be between 1 and 3600 seconds",
-        );
+        findings.error(format!("{key}.rate_limit.backoff_seconds"), "must be between 1 and 3600 seconds");
     }
     if !(1..=7 * 86400).contains(&instance.max_command_age_secs) {
         findings.error(

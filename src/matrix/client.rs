@@ -15,10 +15,7 @@ use crate::state::{CRYPTO_STORE_FILE, InstanceRecord, StateError};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot create the Matrix client for {homeserver}: {source}")]
-    Build {
-        homeserver: String,
-        source: Box<matrix_sdk::ClientBuildError>,
-    },
+    Build { homeserver: String, source: Box<matrix_sdk::ClientBuildError> },
     #[error("the recorded session is malformed ({what}); restore the state from a backup")]
     BadSession { what: &'static str },
     #[error(transparent)]
@@ -38,16 +35,13 @@ pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, Cli
         })
         .build()
         .await
-        .map_err(|source| ClientError::Build {
-            homeserver: homeserver_url.to_owned(),
-            source: Box::new(source),
-        })
+        .map_err(|source| ClientError::Build { homeserver: homeserver_url.to_owned(), source: Box::new(source) })
 }
 
 /// The session `setup` recorded, in matrix-sdk's form.
 pub fn session_of(record: &InstanceRecord) -> Result<MatrixSession, ClientError> {
-    let user_id = OwnedUserId::try_from(record.user_id.as_str())
-        .map_err(|_| ClientError::BadSession { what: "user id" })?;
+    let user_id =
+        OwnedUserId::try_from(record.user_id.as_str()).map_err(|_| ClientError::BadSession { what: "user id" })?;
     let device_id = OwnedDeviceId::from(record.device_id.as_str());
     Ok(MatrixSession {
         meta: SessionMeta { user_id, device_id },
@@ -65,33 +59,19 @@ pub async fn verify_store(record: &InstanceRecord, store_dir: &Path) -> Result<(
     let id = record.id.clone();
     let crypto_file = store_dir.join(CRYPTO_STORE_FILE);
     if !crypto_file.is_file() {
-        return Err(StateError::StoreMissing {
-            id,
-            path: crypto_file,
-        });
+        return Err(StateError::StoreMissing { id, path: crypto_file });
     }
     let store = SqliteCryptoStore::open(store_dir, None)
         .await
-        .map_err(|e| StateError::StoreUnreadable {
-            id: id.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
     let account = store
         .load_account()
         .await
-        .map_err(|e| StateError::StoreUnreadable {
-            id: id.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
     let Some(account) = account else {
-        return Err(StateError::StoreEmpty {
-            id,
-            path: crypto_file,
-        });
+        return Err(StateError::StoreEmpty { id, path: crypto_file });
     };
-    if account.user_id().as_str() != record.user_id
-        || account.device_id().as_str() != record.device_id
-    {
+    if account.user_id().as_str() != record.user_id || account.device_id().as_str() != record.device_id {
         return Err(StateError::StoreMismatch {
             id,
             store_user: account.user_id().to_string(),
@@ -108,19 +88,11 @@ pub async fn verify_store(record: &InstanceRecord, store_dir: &Path) -> Result<(
 /// matrix-sdk drops a sync response whose `next_batch` equals the position it stored last. After a crash in
 /// the middle of handling a batch, the host syncs again from its older position and the homeserver answers
 /// with that same `next_batch`: without this, the re-delivered events would be silently dropped.
-pub async fn align_sync_position(
-    client: &Client,
-    position: Option<&str>,
-) -> Result<(), ClientError> {
+pub async fn align_sync_position(client: &Client, position: Option<&str>) -> Result<(), ClientError> {
     let store = client.state_store();
     match position {
         Some(token) => {
-            store
-                .set_kv_data(
-                    StateStoreDataKey::SyncToken,
-                    StateStoreDataValue::SyncToken(token.to_owned()),
-                )
-                .await
+            store.set_kv_data(StateStoreDataKey::SyncToken, StateStoreDataValue::SyncToken(token.to_owned())).await
         }
         None => store.remove_kv_data(StateStoreDataKey::SyncToken).await,
     }

@@ -3,9 +3,7 @@
 
 use matrix_sdk::Client;
 use matrix_sdk::encryption::recovery::RecoveryError;
-use matrix_sdk::ruma::api::client::uiaa::{
-    AuthData, MatrixUserIdentifier, Password, UserIdentifier,
-};
+use matrix_sdk::ruma::api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum E2eeError {
@@ -21,9 +19,7 @@ pub enum E2eeError {
          backup, or delete the old key backup from another client and run setup again"
     )]
     BackupExists { user: String },
-    #[error(
-        "the homeserver wants a password to upload cross-signing keys, but none is configured for this bot"
-    )]
+    #[error("the homeserver wants a password to upload cross-signing keys, but none is configured for this bot")]
     NeedsPassword,
     #[error("cross-signing bootstrap failed: {0}")]
     CrossSigning(matrix_sdk::Error),
@@ -39,9 +35,7 @@ pub async fn bootstrap(client: &Client, password: Option<&str>) -> Result<String
     let user_id = client.user_id().expect("logged in").to_owned();
     let encryption = client.encryption();
     if encryption.request_user_identity(&user_id).await?.is_some() {
-        return Err(E2eeError::IdentityExists {
-            user: user_id.to_string(),
-        });
+        return Err(E2eeError::IdentityExists { user: user_id.to_string() });
     }
     if let Err(first) = encryption.bootstrap_cross_signing(None).await {
         let Some(uiaa) = first.as_uiaa_response() else {
@@ -53,21 +47,11 @@ pub async fn bootstrap(client: &Client, password: Option<&str>) -> Result<String
             password.to_owned(),
         );
         auth.session = uiaa.session.clone();
-        encryption
-            .bootstrap_cross_signing(Some(AuthData::Password(auth)))
-            .await
-            .map_err(E2eeError::CrossSigning)?;
+        encryption.bootstrap_cross_signing(Some(AuthData::Password(auth))).await.map_err(E2eeError::CrossSigning)?;
     }
-    match encryption
-        .recovery()
-        .enable()
-        .wait_for_backups_to_upload()
-        .await
-    {
+    match encryption.recovery().enable().wait_for_backups_to_upload().await {
         Ok(key) => Ok(key),
-        Err(RecoveryError::BackupExistsOnServer) => Err(E2eeError::BackupExists {
-            user: user_id.to_string(),
-        }),
+        Err(RecoveryError::BackupExistsOnServer) => Err(E2eeError::BackupExists { user: user_id.to_string() }),
         Err(e) => Err(E2eeError::Recovery(e)),
     }
 }

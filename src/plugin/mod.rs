@@ -66,14 +66,9 @@ pub trait Plugin: Send + Sync {
 }
 
 /// Deserializes a plugin config, reporting the path of the first problem.
-pub fn parse_config<T: serde::de::DeserializeOwned>(
-    config: &serde_json::Value,
-) -> Result<T, ConfigProblem> {
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &serde_json::Value) -> Result<T, ConfigProblem> {
     serde_path_to_error::deserialize(config).map_err(|e| {
         let key = e.path().to_string();
-        ConfigProblem {
-            key: if key == "." { String::new() } else { key },
-            message: e.into_inner().to_string(),
-        }
+        ConfigProblem { key: if key == "." { String::new() } else { key }, message: e.into_inner().to_string() }
     })
 }

@@ -46,9 +46,7 @@ impl PluginType for PingType {
             });
         }
         for (i, glob) in parsed.allow_invites_from.iter().enumerate() {
-            if !(glob.starts_with('@') || glob.starts_with('*'))
-                || !glob.contains(':') && glob != "*"
-            {
+            if !(glob.starts_with('@') || glob.starts_with('*')) || !glob.contains(':') && glob != "*" {
                 problems.push(ConfigProblem {
                     key: format!("allow_invites_from.{i}"),
                     message: format!("`{glob}` should match user IDs, like `@*:example.org` or `@alice:example.org`"),
@@ -59,9 +57,7 @@ impl PluginType for PingType {
     }
 
     fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem> {
-        Ok(Box::new(Ping {
-            config: parse_config(config)?,
-        }))
+        Ok(Box::new(Ping { config: parse_config(config)? }))
     }
 }
 
@@ -78,10 +74,7 @@ impl Ping {
 #[async_trait]
 impl Plugin for Ping {
     fn accepts_invite_from(&self, inviter: &str) -> bool {
-        self.config
-            .allow_invites_from
-            .iter()
-            .any(|glob| glob_matches(glob, inviter))
+        self.config.allow_invites_from.iter().any(|glob| glob_matches(glob, inviter))
     }
 
     async fn on_message(&self, message: &IncomingMessage) -> Vec<Action> {
@@ -89,9 +82,7 @@ impl Plugin for Ping {
             return Vec::new();
         }
         let millis = message.age.as_millis();
-        vec![Action::Reply(RoomMessageEventContent::notice_plain(
-            format!("pong (took {millis} ms)"),
-        ))]
+        vec![Action::Reply(RoomMessageEventContent::notice_plain(format!("pong (took {millis} ms)")))]
     }
 }
 
@@ -105,18 +96,13 @@ mod tests {
         let problems = PingType.check_config(&json!({"allow_invites_from": ["alice"]}));
         assert_eq!(problems[0].key, "allow_invites_from.0");
         let problems = PingType.check_config(&json!({"comand": "!p"}));
-        assert!(
-            problems[0].message.contains("unknown field `comand`"),
-            "{problems:?}"
-        );
+        assert!(problems[0].message.contains("unknown field `comand`"), "{problems:?}");
         assert!(PingType.check_config(&json!({})).is_empty());
     }
 
     #[test]
     fn command_is_the_first_word() {
-        let ping = Ping {
-            config: parse_config(&json!({})).unwrap(),
-        };
+        let ping = Ping { config: parse_config(&json!({})).unwrap() };
         assert!(ping.is_command("!ping"));
         assert!(ping.is_command("  !ping now"));
         assert!(!ping.is_command("!pingpong"));
@@ -125,9 +111,7 @@ mod tests {
 
     #[test]
     fn invites_follow_the_allow_list() {
-        let ping = Ping {
-            config: parse_config(&json!({"allow_invites_from": ["@*:example.org"]})).unwrap(),
-        };
+        let ping = Ping { config: parse_config(&json!({"allow_invites_from": ["@*:example.org"]})).unwrap() };
         assert!(ping.accepts_invite_from("@alice:example.org"));
         assert!(!ping.accepts_invite_from("@mallory:evil.org"));
     }

@@ -73,67 +73,42 @@ pub struct Database {
 }
 
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-    move |source| StateError::Database {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StateError::Database { path: path.to_owned(), source }
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
 
 impl Database {
     /// Creates a new database file (which must not exist) at the current schema.
     pub fn create(path: &Path) -> Result<Self, StateError> {
         if path.exists() {
-            return Err(StateError::AlreadySetUp {
-                path: path.to_owned(),
-            });
+            return Err(StateError::AlreadySetUp { path: path.to_owned() });
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite(path))?;
         configure(&conn).map_err(sqlite(path))?;
         migrate(&mut conn, 0).map_err(sqlite(path))?;
         let tx = conn.transaction().map_err(sqlite(path))?;
-        for (key, value) in [
-            ("created_at", now_unix().to_string()),
-            (
-                "created_by",
-                format!("maubot {}", env!("CARGO_PKG_VERSION")),
-            ),
-        ] {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                params![key, value],
-            )
-            .map_err(sqlite(path))?;
+        for (key, value) in
+            [("created_at", now_unix().to_string()), ("created_by", format!("maubot {}", env!("CARGO_PKG_VERSION")))]
+        {
+            tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value]).map_err(sqlite(path))?;
         }
         tx.commit().map_err(sqlite(path))?;
-        Ok(Database {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-        })
+        Ok(Database { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
     /// Opens an existing database, migrating it forward if it is older than this build.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if !path.is_file() {
-            return Err(StateError::DatabaseMissing {
-                path: path.to_owned(),
-            });
+            return Err(StateError::DatabaseMissing { path: path.to_owned() });
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite(path))?;
         configure(&conn).map_err(sqlite(path))?;
-        let (version, compat) = read_versions(&conn).map_err(|_| StateError::NotADatabase {
-            path: path.to_owned(),
-        })?;
+        let (version, compat) = read_versions(&conn).map_err(|_| StateError::NotADatabase { path: path.to_owned() })?;
         if version > SCHEMA_VERSION {
             if compat > SCHEMA_VERSION {
                 return Err(StateError::SchemaTooNew {
@@ -149,31 +124,18 @@ impl Database {
                 "the database was written by a newer maubot; it declares itself compatible, using it as is"
             );
         } else if version < SCHEMA_VERSION {
-            tracing::info!(
-                from = version,
-                to = SCHEMA_VERSION,
-                "migrating the database schema"
-            );
+            tracing::info!(from = version, to = SCHEMA_VERSION, "migrating the database schema");
             migrate(&mut conn, version).map_err(sqlite(path))?;
         }
-        Ok(Database {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-        })
+        Ok(Database { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StateError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut conn).map_err(sqlite(&self.path))
     }
 
@@ -183,11 +145,7 @@ impl Database {
     }
 
     /// Records a new instance and the sync position its stores were set up at.
-    pub fn insert_instance(
-        &self,
-        record: &InstanceRecord,
-        sync_token: Option<&str>,
-    ) -> Result<(), StateError> {
+    pub fn insert_instance(&self, record: &InstanceRecord, sync_token: Option<&str>) -> Result<(), StateError> {
         self.with(|conn| {
             conn.execute(
                 "INSERT INTO instances (id, user_id, device_id, homeserver_url, access_token, refresh_token,
@@ -241,24 +199,16 @@ impl Database {
 
     pub fn sync_token(&self, id: &str) -> Result<Option<String>, StateError> {
         self.with(|conn| {
-            conn.query_row(
-                "SELECT sync_token FROM instances WHERE id = ?1",
-                params![id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map(Option::flatten)
+            conn.query_row("SELECT sync_token FROM instances WHERE id = ?1", params![id], |row| row.get(0))
+                .optional()
+                .map(Option::flatten)
         })
     }
 
     /// Stores the position the next sync starts from. Called only after every event before it was handled.
     pub fn save_sync_token(&self, id: &str, token: &str) -> Result<(), StateError> {
         self.with(|conn| {
-            conn.execute(
-                "UPDATE instances SET sync_token = ?2 WHERE id = ?1",
-                params![id, token],
-            )
-            .map(drop)
+            conn.execute("UPDATE instances SET sync_token = ?2 WHERE id = ?1", params![id, token]).map(drop)
         })
     }
 
@@ -287,10 +237,7 @@ impl Database {
     /// Forgets handled events older than `max_age_secs` (they are too old to be answered again anyway).
     pub fn prune_handled(&self, max_age_secs: i64) -> Result<usize, StateError> {
         self.with(|conn| {
-            conn.execute(
-                "DELETE FROM handled_events WHERE handled_at < ?1",
-                params![now_unix() - max_age_secs],
-            )
+            conn.execute("DELETE FROM handled_events WHERE handled_at < ?1", params![now_unix() - max_age_secs])
         })
     }
 }
@@ -306,10 +253,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 fn read_versions(conn: &Connection) -> rusqlite::Result<(u32, u32)> {
     let get = |key: &str| -> rusqlite::Result<u32> {
-        let value: String =
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })?;
+        let value: String = conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))?;
         value.parse().map_err(|_| rusqlite::Error::InvalidQuery)
     };
     Ok((get("schema_version")?, get("compat_version")?))
@@ -321,10 +265,7 @@ fn migrate(conn: &mut Connection, from: u32) -> rusqlite::Result<()> {
     for sql in &MIGRATIONS[from as usize..] {
         tx.execute_batch(sql)?;
     }
-    for (key, value) in [
-        ("schema_version", SCHEMA_VERSION),
-        ("compat_version", COMPAT_VERSION),
-    ] {
+    for (key, value) in [("schema_version", SCHEMA_VERSION), ("compat_version", COMPAT_VERSION)] {
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value.to_string()],
@@ -366,20 +307,14 @@ mod tests {
         assert_eq!(db.sync_token("a").unwrap().as_deref(), Some("s1"));
         assert!(db.is_handled("a", "$e1").unwrap());
         assert!(!db.is_handled("a", "$e2").unwrap());
-        assert!(matches!(
-            Database::create(&path),
-            Err(StateError::AlreadySetUp { .. })
-        ));
+        assert!(matches!(Database::create(&path), Err(StateError::AlreadySetUp { .. })));
     }
 
     #[test]
     fn open_refuses_a_missing_file_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("maubot.db");
-        assert!(matches!(
-            Database::open(&path),
-            Err(StateError::DatabaseMissing { .. })
-        ));
+        assert!(matches!(Database::open(&path), Err(StateError::DatabaseMissing { .. })));
         assert!(!path.exists());
     }
 
@@ -390,17 +325,10 @@ mod tests {
         drop(Database::create(&path).unwrap());
         let set = |key: &str, value: u32| {
             let conn = Connection::open(&path).unwrap();
-            conn.execute(
-                "UPDATE meta SET value = ?2 WHERE key = ?1",
-                params![key, value.to_string()],
-            )
-            .unwrap();
+            conn.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, value.to_string()]).unwrap();
         };
         set("schema_version", SCHEMA_VERSION + 1);
-        assert!(
-            Database::open(&path).is_ok(),
-            "compatible newer schema is usable"
-        );
+        assert!(Database::open(&path).is_ok(), "compatible newer schema is usable");
         set("compat_version", SCHEMA_VERSION + 1);
         let err = Database::open(&path).err().unwrap();
         assert!(matches!(err, StateError::SchemaTooNew { .. }));

@@ -43,17 +43,9 @@ pub enum StateError {
          switch back to the newer generation, or restore the backup taken before the upgrade",
         path = .path.display()
     )]
-    SchemaTooNew {
-        path: PathBuf,
-        found: u32,
-        compat: u32,
-        supported: u32,
-    },
+    SchemaTooNew { path: PathBuf, found: u32, compat: u32, supported: u32 },
     #[error("database {path}: {source}", path = .path.display())]
-    Database {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Database { path: PathBuf, source: rusqlite::Error },
     #[error(
         "state already exists ({path}); setup changes nothing. To set up a newly configured instance run \
          `maubot setup --add-instance ID`; to start over, stop the service and move the state directory away",
@@ -72,9 +64,7 @@ pub enum StateError {
         db = .db.display()
     )]
     InstanceNotSetUp { id: String, db: PathBuf },
-    #[error(
-        "instance `{id}` is already set up; nothing changed. To redo it, remove it from the state first"
-    )]
+    #[error("instance `{id}` is already set up; nothing changed. To redo it, remove it from the state first")]
     InstanceAlreadySetUp { id: String },
     #[error("`{id}` is not a configured instance; add `instances.{id}` to the config first")]
     InstanceNotConfigured { id: String },
@@ -95,36 +85,20 @@ pub enum StateError {
          {session_user} device {session_device}. The store and the database do not match (mixed backups?): restore \
          both from the same backup"
     )]
-    StoreMismatch {
-        id: String,
-        store_user: String,
-        store_device: String,
-        session_user: String,
-        session_device: String,
-    },
+    StoreMismatch { id: String, store_user: String, store_device: String, session_user: String, session_device: String },
     #[error("instance `{id}`: cannot open the E2EE store: {message}")]
     StoreUnreadable { id: String, message: String },
     #[error(
         "instance `{id}` was set up as {recorded} but the config now says {configured}. Change the config back, or \
          set up the new user as a new instance id"
     )]
-    UserChanged {
-        id: String,
-        recorded: String,
-        configured: String,
-    },
+    UserChanged { id: String, recorded: String, configured: String },
     #[error("{path}: {source}", path = .path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StateError::Io { path: path.to_owned(), source }
 }
 
 /// Where things live under a state directory.
@@ -136,23 +110,13 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(config: &Config) -> Self {
-        Layout {
-            root: config.state_dir.clone(),
-            database: config.database.clone(),
-        }
+        Layout { root: config.state_dir.clone(), database: config.database.clone() }
     }
 
     /// The same layout rooted elsewhere (a staging directory).
     pub fn rebased(&self, root: &Path) -> Self {
-        let relative = self
-            .database
-            .strip_prefix(&self.root)
-            .unwrap_or(&self.database)
-            .to_owned();
-        Layout {
-            root: root.to_owned(),
-            database: relative,
-        }
+        let relative = self.database.strip_prefix(&self.root).unwrap_or(&self.database).to_owned();
+        Layout { root: root.to_owned(), database: relative }
     }
 
     pub fn root(&self) -> &Path {
@@ -179,15 +143,9 @@ impl Layout {
 /// Opens existing state for `run`: the directory and database must exist. Creates nothing.
 pub fn open(layout: &Layout) -> Result<Database, StateError> {
     if !layout.root().is_dir() {
-        return Err(StateError::StateDirMissing {
-            path: layout.root().to_owned(),
-        });
+        return Err(StateError::StateDirMissing { path: layout.root().to_owned() });
     }
-    let mode = std::fs::metadata(layout.root())
-        .map_err(io(layout.root()))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(layout.root()).map_err(io(layout.root()))?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %layout.root().display(),

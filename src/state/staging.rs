@@ -19,16 +19,10 @@ impl Staging {
     pub fn new(target: &Layout) -> Result<Self, StateError> {
         create_private_dir(target.root())?;
         remove_leftovers(target.root())?;
-        let dir = target
-            .root()
-            .join(format!("{PREFIX}{:016x}", rand::random::<u64>()));
+        let dir = target.root().join(format!("{PREFIX}{:016x}", rand::random::<u64>()));
         create_private_dir(&dir)?;
         create_private_dir(&target.rebased(&dir).instances_dir())?;
-        Ok(Staging {
-            layout: target.rebased(&dir),
-            dir,
-            done: false,
-        })
+        Ok(Staging { layout: target.rebased(&dir), dir, done: false })
     }
 
     /// The layout inside the staging directory.
@@ -74,9 +68,7 @@ fn rename(from: &Path, to: &Path) -> Result<(), StateError> {
 }
 
 fn sync_dir(path: &Path) -> Result<(), StateError> {
-    std::fs::File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io(path))
+    std::fs::File::open(path).and_then(|dir| dir.sync_all()).map_err(io(path))
 }
 
 fn remove_leftovers(root: &Path) -> Result<(), StateError> {

@@ -25,16 +25,11 @@ pub fn stderr_is_journal() -> bool {
 /// matrix-sdk logs every failed HTTP request at ERROR, including the 404s it expects (absent account data, no
 /// key backup yet). Real failures reach maubot's own logs through the errors they return, so its own request log
 /// is off and the rest of it is kept to warnings, unless the configured filter says something about matrix_sdk.
-const QUIET_SDK: &str =
-    "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,matrix_sdk::http_client=off";
+const QUIET_SDK: &str = "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,matrix_sdk::http_client=off";
 
 /// The filter directives for `level` (the config's, or `RUST_LOG`'s).
 pub fn directives(level: &str) -> String {
-    if level.contains("matrix_sdk") {
-        level.to_owned()
-    } else {
-        format!("{level},{QUIET_SDK}")
-    }
+    if level.contains("matrix_sdk") { level.to_owned() } else { format!("{level},{QUIET_SDK}") }
 }
 
 /// Installs the global subscriber. `level` is the config's filter (already validated).
@@ -42,25 +37,14 @@ pub fn init(level: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|env| EnvFilter::try_new(directives(&env)).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::try_new(directives(level)).unwrap_or_else(|_| EnvFilter::new("info"))
-        });
+        .unwrap_or_else(|| EnvFilter::try_new(directives(level)).unwrap_or_else(|_| EnvFilter::new("info")));
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {
-        let journald = journald
-            .with_field_prefix(None)
-            .with_syslog_identifier("maubot".to_owned());
-        let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(journald)
-            .try_init();
+        let journald = journald.with_field_prefix(None).with_syslog_identifier("maubot".to_owned());
+        let _ = tracing_subscriber::registry().with(filter).with(journald).try_init();
         return;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

@@ -40,10 +40,7 @@ impl Notifier {
 
     /// A notifier that does nothing.
     pub fn disabled() -> Self {
-        Notifier {
-            target: None,
-            watchdog: None,
-        }
+        Notifier { target: None, watchdog: None }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -94,19 +91,13 @@ mod tests {
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier {
-            target: Some((
-                UnixDatagram::unbound().unwrap(),
-                SocketAddr::from_pathname(&path).unwrap(),
-            )),
+            target: Some((UnixDatagram::unbound().unwrap(), SocketAddr::from_pathname(&path).unwrap())),
             watchdog: Some(Duration::from_secs(10)),
         };
         notifier.ready("1/1 bots syncing\nextra");
         let mut buf = [0u8; 256];
         let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&buf[..n]).unwrap(),
-            "READY=1\nSTATUS=1/1 bots syncing extra"
-        );
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "READY=1\nSTATUS=1/1 bots syncing extra");
         assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(5)));
     }
 

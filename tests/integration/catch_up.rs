@@ -19,12 +19,7 @@ async fn reply_counts(
     pings: &[OwnedEventId],
 ) -> HashMap<OwnedEventId, usize> {
     let mut counts: HashMap<OwnedEventId, usize> = pings.iter().map(|p| (p.clone(), 0)).collect();
-    for message in person
-        .room_history(room)
-        .await
-        .into_iter()
-        .filter(|m| m.sender.as_str() == bot)
-    {
+    for message in person.room_history(room).await.into_iter().filter(|m| m.sender.as_str() == bot) {
         if let Some(target) = message.in_reply_to
             && let Some(count) = counts.get_mut(&target)
         {
@@ -34,13 +29,7 @@ async fn reply_counts(
     counts
 }
 
-async fn wait_until_all_answered(
-    person: &TestUser,
-    room: &Room,
-    bot: &str,
-    pings: &[OwnedEventId],
-    daemon: &Daemon,
-) {
+async fn wait_until_all_answered(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventId], daemon: &Daemon) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let counts = reply_counts(person, room, bot, pings).await;
@@ -49,11 +38,7 @@ async fn wait_until_all_answered(
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!(
-                "only {answered} of {} pings answered; daemon log:\n{}",
-                pings.len(),
-                daemon.log()
-            );
+            panic!("only {answered} of {} pings answered; daemon log:\n{}", pings.len(), daemon.log());
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
@@ -64,16 +49,8 @@ async fn wait_until_all_answered(
 async fn assert_exactly_once(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventId]) {
     let counts = reply_counts(person, room, bot, pings).await;
     let wrong: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).collect();
-    assert!(
-        wrong.is_empty(),
-        "pings not answered exactly once: {wrong:?}"
-    );
-    let from_bot = person
-        .room_history(room)
-        .await
-        .into_iter()
-        .filter(|m| m.sender.as_str() == bot)
-        .count();
+    assert!(wrong.is_empty(), "pings not answered exactly once: {wrong:?}");
+    let from_bot = person.room_history(room).await.into_iter().filter(|m| m.sender.as_str() == bot).count();
     assert_eq!(from_bot, pings.len(), "no other messages from the bot");
 }
 
@@ -117,19 +94,12 @@ async fn a_crash_in_the_middle_of_a_burst_causes_no_duplicate() {
     // Crash once part of the burst is answered.
     daemon.wait_for_log("answered", Duration::from_secs(60));
     daemon.crash();
-    let answered_before = reply_counts(&person, &room, &bot, &pings)
-        .await
-        .values()
-        .filter(|c| **c > 0)
-        .count();
+    let answered_before = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
 
     let mut daemon = env.spawn_run();
     wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
     assert_exactly_once(&person, &room, &bot, &pings).await;
-    assert!(
-        answered_before < pings.len(),
-        "the crash happened before the burst was done ({answered_before})"
-    );
+    assert!(answered_before < pings.len(), "the crash happened before the burst was done ({answered_before})");
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
@@ -156,11 +126,7 @@ async fn a_crash_between_sending_and_recording_a_reply_causes_no_duplicate() {
     let status = daemon.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "the fault injection aborts the process");
     assert!(daemon.log().contains("fault injection"), "{}", daemon.log());
-    let answered = reply_counts(&person, &room, &bot, &pings)
-        .await
-        .values()
-        .filter(|c| **c > 0)
-        .count();
+    let answered = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
     assert_eq!(answered, 5, "five replies went out before the abort");
 
     let mut daemon = env.spawn_run();

@@ -9,40 +9,15 @@ async fn prints_the_merged_config_with_layers_and_no_secrets() {
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
     let override_file = env.dir.path().join("override.json");
     std::fs::write(&override_file, r#"{"server": {"port": 30000}}"#).unwrap();
-    env.env
-        .insert("MAUBOT__HOST__SYNC_TIMEOUT_SECS".into(), "9".into());
-    let output = env.output(&[
-        "--override",
-        override_file.to_str().unwrap(),
-        "check-config",
-    ]);
+    env.env.insert("MAUBOT__HOST__SYNC_TIMEOUT_SECS".into(), "9".into());
+    let output = env.output(&["--override", override_file.to_str().unwrap(), "check-config"]);
     assert!(output.status.success(), "{}", describe(&output));
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        text.contains(&format!(
-            "port: 30000  # <- override file {}",
-            override_file.display()
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            "sync_timeout_secs: 9  # <- environment variable MAUBOT__HOST__SYNC_TIMEOUT_SECS"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("hostname: 127.0.0.1  # <- built-in default"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("# <- config file {}", env.config_path().display())),
-        "{text}"
-    );
-    assert!(
-        text.contains("password: {credential: ping-password}"),
-        "{text}"
-    );
+    assert!(text.contains(&format!("port: 30000  # <- override file {}", override_file.display())), "{text}");
+    assert!(text.contains("sync_timeout_secs: 9  # <- environment variable MAUBOT__HOST__SYNC_TIMEOUT_SECS"), "{text}");
+    assert!(text.contains("hostname: 127.0.0.1  # <- built-in default"), "{text}");
+    assert!(text.contains(&format!("# <- config file {}", env.config_path().display())), "{text}");
+    assert!(text.contains("password: {credential: ping-password}"), "{text}");
     let password = std::fs::read_to_string(env.credentials_dir().join("ping-password")).unwrap();
     assert!(!text.contains(password.trim()));
 
@@ -51,49 +26,30 @@ async fn prints_the_merged_config_with_layers_and_no_secrets() {
     env.write_config();
     let output = env.output(&["check-config"]);
     assert!(output.status.success(), "{}", describe(&output));
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!all.contains("inline-secret-value"), "{all}");
     assert!(all.contains("password: <redacted>"), "{all}");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("warning: instances.ping.password"),
-        "{all}"
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("warning: instances.ping.password"), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_exits_78_and_names_the_key() {
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.instances[0]
-        .extra
-        .push("rate_limit: {max_requests_per_minute: 0}".into());
+    env.instances[0].extra.push("rate_limit: {max_requests_per_minute: 0}".into());
     env.write_config();
     let output = env.output(&["check-config"]);
     assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
     let err = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        err.contains("instances.ping.rate_limit.max_requests_per_minute"),
-        "{err}"
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "nothing printed as config when invalid"
-    );
+    assert!(err.contains("instances.ping.rate_limit.max_requests_per_minute"), "{err}");
+    assert!(output.stdout.is_empty(), "nothing printed as config when invalid");
 
     std::fs::remove_file(env.credentials_dir().join("ping-password")).unwrap();
     env.instances[0].extra.pop();
     env.write_config();
     let output = env.output(&["check-config"]);
     assert_eq!(output.status.code(), Some(78));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("LoadCredential=ping-password:"),
-        "{}",
-        describe(&output)
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("LoadCredential=ping-password:"), "{}", describe(&output));
 
     let version = env.output(&["--version"]);
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("maubot "));

@@ -14,41 +14,24 @@ async fn ready_status_watchdog_and_stopping() {
     let mut socket = NotifySocket::bind(env.dir.path());
     let path = socket.path.clone();
     let mut daemon = env.spawn_run_with(|c| {
-        c.env("NOTIFY_SOCKET", &path)
-            .env("WATCHDOG_USEC", "2000000");
+        c.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "2000000");
     });
 
     let ready = socket
         .wait_for(Duration::from_secs(60), |m| m.contains("READY=1"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no READY=1; got {:?}; log:\n{}",
-                socket.received,
-                daemon.log()
-            )
-        });
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}; log:\n{}", socket.received, daemon.log()));
     assert!(ready.contains("STATUS=1/1 bots syncing"), "{ready}");
     assert!(
-        socket
-            .wait_for(Duration::from_secs(5), |m| m == "WATCHDOG=1")
-            .is_some(),
+        socket.wait_for(Duration::from_secs(5), |m| m == "WATCHDOG=1").is_some(),
         "watchdog pings every WATCHDOG_USEC/2: {:?}",
         socket.received
     );
-    let ready_index = socket
-        .received
-        .iter()
-        .position(|m| m.contains("READY=1"))
-        .unwrap();
+    let ready_index = socket.received.iter().position(|m| m.contains("READY=1")).unwrap();
 
     daemon.signal(libc::SIGTERM);
     let stopping = socket.wait_for(Duration::from_secs(30), |m| m.contains("STOPPING=1"));
     assert!(stopping.is_some(), "no STOPPING=1: {:?}", socket.received);
-    let stopping_index = socket
-        .received
-        .iter()
-        .position(|m| m.contains("STOPPING=1"))
-        .unwrap();
+    let stopping_index = socket.received.iter().position(|m| m.contains("STOPPING=1")).unwrap();
     assert!(ready_index < stopping_index);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
@@ -63,9 +46,8 @@ async fn a_homeserver_that_is_down_gives_degraded_ready_and_retries() {
     env.homeserver_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     env.write_config();
-    let yaml = std::fs::read_to_string(env.config_path())
-        .unwrap()
-        .replace("ready_timeout_secs: 30", "ready_timeout_secs: 2");
+    let yaml =
+        std::fs::read_to_string(env.config_path()).unwrap().replace("ready_timeout_secs: 30", "ready_timeout_secs: 2");
     std::fs::write(env.config_path(), yaml).unwrap();
 
     let mut socket = NotifySocket::bind(env.dir.path());
@@ -76,20 +58,10 @@ async fn a_homeserver_that_is_down_gives_degraded_ready_and_retries() {
     let ready = socket
         .wait_for(Duration::from_secs(30), |m| m.contains("READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; log:\n{}", daemon.log()));
-    assert!(
-        ready.contains("0/1 bots syncing; degraded: ping "),
-        "{ready}"
-    );
+    assert!(ready.contains("0/1 bots syncing; degraded: ping "), "{ready}");
     // Still running, still trying.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        daemon.child.try_wait().unwrap().is_none(),
-        "the daemon must keep retrying, not exit"
-    );
-    assert!(
-        daemon.log().matches("retrying").count() >= 2,
-        "{}",
-        daemon.log()
-    );
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon must keep retrying, not exit");
+    assert!(daemon.log().matches("retrying").count() >= 2, "{}", daemon.log());
     assert_eq!(daemon.stop().code(), Some(0));
 }

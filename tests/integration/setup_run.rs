@@ -18,15 +18,9 @@ fn stderr(output: &std::process::Output) -> String {
 
 /// The recovery key printed by setup (the indented line after the heading).
 fn recovery_key(setup_stdout: &str) -> String {
-    let mut lines = setup_stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("Recovery key for instance"));
+    let mut lines = setup_stdout.lines().skip_while(|l| !l.starts_with("Recovery key for instance"));
     lines.next().expect("a recovery key heading");
-    lines
-        .find(|l| !l.trim().is_empty())
-        .expect("a recovery key")
-        .trim()
-        .to_owned()
+    lines.find(|l| !l.trim().is_empty()).expect("a recovery key").trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,14 +30,8 @@ async fn setup_then_run_answers_ping_in_plain_and_encrypted_rooms() {
     let bot = env.user_id("ping");
     let output = env.setup();
     let key = recovery_key(&stdout(&output));
-    assert!(
-        key.starts_with("Es") && key.len() > 40,
-        "recovery key looks wrong: {key}"
-    );
-    assert!(
-        !stderr(&output).contains(&key),
-        "the recovery key must not be logged"
-    );
+    assert!(key.starts_with("Es") && key.len() > 40, "recovery key looks wrong: {key}");
+    assert!(!stderr(&output).contains(&key), "the recovery key must not be logged");
 
     let mut daemon = env.spawn_run();
     let person = TestUser::new(synapse, "alice-").await;
@@ -61,10 +49,19 @@ async fn setup_then_run_answers_ping_in_plain_and_encrypted_rooms() {
     let ping = person.send_text(&secret, "!ping").await;
     let pong = person.wait_for_reply(&ping, &bot, REPLY_TIMEOUT).await;
     assert!(pong.body.starts_with("pong"), "{}", pong.body);
-    assert!(
-        pong.encrypted,
-        "the reply in an encrypted room must be encrypted"
-    );
+    assert!(pong.encrypted, "the reply in an encrypted room must be encrypted");
+
+    // Setup cross-signed the bot's device: others see it as verified by its owner.
+    let device_id = synapse.devices(&bot).await.pop().expect("one device");
+    let bot_id = matrix_sdk::ruma::UserId::parse(bot.as_str()).unwrap();
+    let device = person
+        .client
+        .encryption()
+        .get_device(&bot_id, device_id.as_str().into())
+        .await
+        .unwrap()
+        .expect("the person knows the bot's device");
+    assert!(device.is_cross_signed_by_owner(), "the bot's device is cross-signed");
 
     // Not a command, and a message from the bot itself: no answer.
     let chat = person.send_text(&plain, "hello !ping").await;
@@ -80,11 +77,7 @@ async fn a_restart_keeps_the_same_device_and_shutdown_does_not_log_out() {
     let bot = env.user_id("ping");
     env.setup();
     let devices = synapse.devices(&bot).await;
-    assert_eq!(
-        devices.len(),
-        1,
-        "setup creates exactly one device: {devices:?}"
-    );
+    assert_eq!(devices.len(), 1, "setup creates exactly one device: {devices:?}");
 
     let person = TestUser::new(synapse, "bob-").await;
     let room = person.create_room(false, &[&bot]).await;
@@ -96,11 +89,7 @@ async fn a_restart_keeps_the_same_device_and_shutdown_does_not_log_out() {
         let ping = person.send_text(&room, "!ping").await;
         person.wait_for_reply(&ping, &bot, REPLY_TIMEOUT).await;
         assert_eq!(daemon.stop().code(), Some(0));
-        assert_eq!(
-            synapse.devices(&bot).await,
-            devices,
-            "round {round}: same device, still logged in"
-        );
+        assert_eq!(synapse.devices(&bot).await, devices, "round {round}: same device, still logged in");
     }
 }
 
@@ -113,30 +102,16 @@ async fn run_without_state_exits_78_and_creates_nothing() {
     let mut daemon = env.spawn_run();
     let status = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(78), "log:\n{}", daemon.log());
-    assert!(
-        daemon.log().contains("maubot setup"),
-        "the message names the fix:\n{}",
-        daemon.log()
-    );
-    assert!(
-        !env.state_dir().exists(),
-        "run must not create the state directory"
-    );
+    assert!(daemon.log().contains("maubot setup"), "the message names the fix:\n{}", daemon.log());
+    assert!(!env.state_dir().exists(), "run must not create the state directory");
 
     // systemd's StateDirectory= creates an empty directory: still no state.
     std::fs::create_dir(env.state_dir()).unwrap();
     let mut daemon = env.spawn_run();
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(78));
     assert!(daemon.log().contains("no database"), "{}", daemon.log());
-    assert_eq!(
-        std::fs::read_dir(env.state_dir()).unwrap().count(),
-        0,
-        "nothing created inside it either"
-    );
-    assert!(
-        synapse.devices(&bot).await.is_empty(),
-        "no device may be created on the server"
-    );
+    assert_eq!(std::fs::read_dir(env.state_dir()).unwrap().count(), 0, "nothing created inside it either");
+    assert!(synapse.devices(&bot).await.is_empty(), "no device may be created on the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,16 +126,8 @@ async fn setup_twice_refuses_and_changes_nothing() {
 
     let output = env.output(&["setup"]);
     assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
-    assert!(
-        stderr(&output).contains("state already exists"),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        stderr(&output).contains("--add-instance"),
-        "{}",
-        describe(&output)
-    );
+    assert!(stderr(&output).contains("state already exists"), "{}", describe(&output));
+    assert!(stderr(&output).contains("--add-instance"), "{}", describe(&output));
     assert!(!stdout(&output).contains("Recovery key"));
     assert_eq!(env.state_snapshot(), before);
     assert_eq!(std::fs::read(env.database_path()).unwrap(), db_before);
@@ -177,21 +144,12 @@ async fn a_store_that_does_not_match_the_session_is_refused() {
 
     // The session says another device than the store holds (e.g. a database from another backup).
     let db = rusqlite::Connection::open(env.database_path()).unwrap();
-    let real: String = db
-        .query_row("SELECT device_id FROM instances", [], |r| r.get(0))
-        .unwrap();
-    db.execute("UPDATE instances SET device_id = 'OTHERDEVICE'", [])
-        .unwrap();
+    let real: String = db.query_row("SELECT device_id FROM instances", [], |r| r.get(0)).unwrap();
+    db.execute("UPDATE instances SET device_id = 'OTHERDEVICE'", []).unwrap();
     let mut daemon = env.spawn_run();
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(30)).code(),
-        Some(78),
-        "{}",
-        daemon.log()
-    );
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(78), "{}", daemon.log());
     assert!(daemon.log().contains("do not match"), "{}", daemon.log());
-    db.execute("UPDATE instances SET device_id = ?1", [&real])
-        .unwrap();
+    db.execute("UPDATE instances SET device_id = ?1", [&real]).unwrap();
     drop(db);
 
     // The E2EE store is gone: refusing is the only way not to create new keys for the device.
@@ -200,22 +158,9 @@ async fn a_store_that_does_not_match_the_session_is_refused() {
     std::fs::rename(&store, &moved).unwrap();
     std::fs::create_dir(&store).unwrap();
     let mut daemon = env.spawn_run();
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(30)).code(),
-        Some(78),
-        "{}",
-        daemon.log()
-    );
-    assert!(
-        daemon.log().contains("E2EE store") && daemon.log().contains("is missing"),
-        "{}",
-        daemon.log()
-    );
-    assert_eq!(
-        std::fs::read_dir(&store).unwrap().count(),
-        0,
-        "nothing created in the store directory"
-    );
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(78), "{}", daemon.log());
+    assert!(daemon.log().contains("E2EE store") && daemon.log().contains("is missing"), "{}", daemon.log());
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0, "nothing created in the store directory");
     assert_eq!(synapse.devices(&bot).await, devices, "no device created");
 
     // Restored: runs again.
@@ -236,8 +181,7 @@ async fn a_newly_configured_instance_is_added_without_touching_the_others() {
 
     // Configure a second bot.
     let second = BotEnv::with_ping_bots(synapse, &["second"]).await;
-    let password =
-        std::fs::read_to_string(second.credentials_dir().join("second-password")).unwrap();
+    let password = std::fs::read_to_string(second.credentials_dir().join("second-password")).unwrap();
     env.write_credential("second-password", &password);
     env.instances.extend(second.instances);
     env.write_config();
@@ -245,26 +189,15 @@ async fn a_newly_configured_instance_is_added_without_touching_the_others() {
 
     let mut daemon = env.spawn_run();
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(78));
-    assert!(
-        daemon.log().contains("setup --add-instance second"),
-        "{}",
-        daemon.log()
-    );
+    assert!(daemon.log().contains("setup --add-instance second"), "{}", daemon.log());
 
     let refused = env.output(&["setup"]);
     assert_eq!(refused.status.code(), Some(78), "{}", describe(&refused));
 
     let output = env.output(&["setup", "--add-instance", "second"]);
     assert!(output.status.success(), "{}", describe(&output));
-    assert!(
-        stdout(&output).contains("instance `second`")
-            && !stdout(&output).contains("instance `first`")
-    );
-    assert_eq!(
-        synapse.devices(&first).await,
-        first_devices,
-        "the first bot is untouched"
-    );
+    assert!(stdout(&output).contains("instance `second`") && !stdout(&output).contains("instance `first`"));
+    assert_eq!(synapse.devices(&first).await, first_devices, "the first bot is untouched");
     let again = env.output(&["setup", "--add-instance", "second"]);
     assert_eq!(again.status.code(), Some(78), "{}", describe(&again));
 
@@ -275,9 +208,7 @@ async fn a_newly_configured_instance_is_added_without_touching_the_others() {
     person.wait_for_join(&room, &second_user).await;
     let ping = person.send_text(&room, "!ping").await;
     person.wait_for_reply(&ping, &first, REPLY_TIMEOUT).await;
-    person
-        .wait_for_reply(&ping, &second_user, REPLY_TIMEOUT)
-        .await;
+    person.wait_for_reply(&ping, &second_user, REPLY_TIMEOUT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The bots ignore each other's pongs: exactly one reply each, nothing more.
     assert_eq!(person.messages_from(&first).len(), 1);
@@ -291,8 +222,7 @@ async fn setup_registers_with_a_registration_token() {
     let mut env = BotEnv::empty(synapse);
     let token = synapse.registration_token().await;
     env.write_credential("registration-token", &format!("{token}\n"));
-    env.homeserver_extra
-        .push("registration_token: {credential: registration-token}".into());
+    env.homeserver_extra.push("registration_token: {credential: registration-token}".into());
     env.instances.push(crate::harness::bot::BotInstance {
         id: "ping".into(),
         localpart: crate::harness::unique("tokenbot-"),
@@ -302,16 +232,8 @@ async fn setup_registers_with_a_registration_token() {
     let bot = env.user_id("ping");
     assert!(!synapse.user_exists(&bot).await);
     let output = env.setup();
-    assert!(
-        synapse.user_exists(&bot).await,
-        "setup registered the bot: {}",
-        describe(&output)
-    );
-    assert!(
-        stderr(&output).contains("RegistrationToken"),
-        "{}",
-        describe(&output)
-    );
+    assert!(synapse.user_exists(&bot).await, "setup registered the bot: {}", describe(&output));
+    assert!(stderr(&output).contains("RegistrationToken"), "{}", describe(&output));
 
     let mut daemon = env.spawn_run();
     let person = TestUser::new(synapse, "dave-").await;
@@ -326,12 +248,8 @@ async fn setup_registers_with_a_registration_token() {
 async fn setup_registers_with_the_shared_secret_and_a_bad_token_is_reported() {
     let synapse = synapse();
     let mut env = BotEnv::empty(synapse);
-    env.write_credential(
-        "registration-secret",
-        crate::harness::synapse::SHARED_SECRET,
-    );
-    env.homeserver_extra
-        .push("registration_shared_secret: {credential: registration-secret}".into());
+    env.write_credential("registration-secret", crate::harness::synapse::SHARED_SECRET);
+    env.homeserver_extra.push("registration_shared_secret: {credential: registration-secret}".into());
     env.instances.push(crate::harness::bot::BotInstance {
         id: "ping".into(),
         localpart: crate::harness::unique("secretbot-"),
@@ -339,18 +257,13 @@ async fn setup_registers_with_the_shared_secret_and_a_bad_token_is_reported() {
     });
     env.write_config();
     let output = env.setup();
-    assert!(
-        stderr(&output).contains("SharedSecret"),
-        "{}",
-        describe(&output)
-    );
+    assert!(stderr(&output).contains("SharedSecret"), "{}", describe(&output));
     assert_eq!(synapse.devices(&env.user_id("ping")).await.len(), 1);
 
     // A token the server does not know: a clear error, no state left behind.
     let mut env = BotEnv::empty(synapse);
     env.write_credential("registration-token", "not-a-valid-token");
-    env.homeserver_extra
-        .push("registration_token: {credential: registration-token}".into());
+    env.homeserver_extra.push("registration_token: {credential: registration-token}".into());
     env.instances.push(crate::harness::bot::BotInstance {
         id: "ping".into(),
         localpart: crate::harness::unique("badtoken-"),
@@ -359,18 +272,9 @@ async fn setup_registers_with_the_shared_secret_and_a_bad_token_is_reported() {
     env.write_config();
     let output = env.output(&["setup"]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("registration token"),
-        "{}",
-        describe(&output)
-    );
-    let leftovers: Vec<_> = std::fs::read_dir(env.state_dir())
-        .map(|d| d.flatten().collect())
-        .unwrap_or_default();
-    assert!(
-        leftovers.is_empty(),
-        "a failed setup leaves nothing: {leftovers:?}"
-    );
+    assert!(stderr(&output).contains("registration token"), "{}", describe(&output));
+    let leftovers: Vec<_> = std::fs::read_dir(env.state_dir()).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "a failed setup leaves nothing: {leftovers:?}");
     assert!(!synapse.user_exists(&env.user_id("ping")).await);
 }
 
@@ -378,19 +282,12 @@ async fn setup_registers_with_the_shared_secret_and_a_bad_token_is_reported() {
 async fn secrets_never_reach_logs_or_printed_config() {
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.write_credential(
-        "registration-secret",
-        crate::harness::synapse::SHARED_SECRET,
-    );
-    env.homeserver_extra
-        .push("registration_shared_secret: {credential: registration-secret}".into());
+    env.write_credential("registration-secret", crate::harness::synapse::SHARED_SECRET);
+    env.homeserver_extra.push("registration_shared_secret: {credential: registration-secret}".into());
     env.env.insert("RUST_LOG".into(), "debug".into());
     env.write_config();
     let bot = env.user_id("ping");
-    let password = std::fs::read_to_string(env.credentials_dir().join("ping-password"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let password = std::fs::read_to_string(env.credentials_dir().join("ping-password")).unwrap().trim().to_owned();
 
     let setup = env.setup();
     let key = recovery_key(&stdout(&setup));
@@ -408,28 +305,18 @@ async fn secrets_never_reach_logs_or_printed_config() {
     daemon.stop();
     let check = env.output(&["check-config"]);
     assert!(check.status.success(), "{}", describe(&check));
-    assert!(
-        stdout(&check).contains("{credential: ping-password}"),
-        "{}",
-        stdout(&check)
-    );
+    assert!(stdout(&check).contains("{credential: ping-password}"), "{}", stdout(&check));
 
     let texts = [
         ("setup log", stderr(&setup)),
         ("run log", daemon.log()),
-        (
-            "check-config output",
-            format!("{}{}", stdout(&check), stderr(&check)),
-        ),
+        ("check-config output", format!("{}{}", stdout(&check), stderr(&check))),
     ];
     let secrets = [
         ("password", password.as_str()),
         ("access token", token.as_str()),
         ("recovery key", key.as_str()),
-        (
-            "registration secret",
-            crate::harness::synapse::SHARED_SECRET,
-        ),
+        ("registration secret", crate::harness::synapse::SHARED_SECRET),
     ];
     for (where_, text) in &texts {
         assert!(text.len() > 100, "{where_} is suspiciously short: {text}");
@@ -437,4 +324,32 @@ async fn secrets_never_reach_logs_or_printed_config() {
             assert!(!text.contains(secret), "the {what} appears in the {where_}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_keys_can_go_to_a_new_private_file_instead_of_the_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let key_file = env.dir.path().join("recovery-keys.txt");
+    let arg = key_file.to_str().unwrap();
+
+    let output = env.output(&["setup", "--recovery-key-file", arg]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400);
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    let line = text.lines().find(|l| l.starts_with("ping ")).expect("a line for the instance");
+    let key: String = line.split(' ').skip(3).collect::<Vec<_>>().join(" ");
+    assert!(key.starts_with("Es"), "{line}");
+    assert!(!stdout(&output).contains(&key) && !stderr(&output).contains(&key), "the key is only in the file");
+    assert!(stdout(&output).contains(arg));
+
+    // An existing key file is never overwritten: refused before anything else happens.
+    std::fs::remove_dir_all(env.state_dir()).unwrap();
+    let again = env.output(&["setup", "--recovery-key-file", arg]);
+    assert_eq!(again.status.code(), Some(78), "{}", describe(&again));
+    assert!(stderr(&again).contains("will not overwrite"), "{}", describe(&again));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), text);
+    assert!(!env.state_dir().exists());
 }

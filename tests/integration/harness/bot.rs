@@ -37,9 +37,7 @@ impl BotEnv {
         for id in ids {
             let localpart = super::unique(&format!("{id}-"));
             let password = format!("pw-{localpart}-{}", rand::random::<u32>());
-            super::synapse::register_with_secret(&synapse.url, &localpart, &password, false)
-                .await
-                .unwrap();
+            super::synapse::register_with_secret(&synapse.url, &localpart, &password, false).await.unwrap();
             env.write_credential(&format!("{id}-password"), &format!("{password}\n"));
             env.instances.push(BotInstance {
                 id: id.to_string(),
@@ -77,11 +75,7 @@ impl BotEnv {
     }
 
     pub fn user_id(&self, id: &str) -> String {
-        let instance = self
-            .instances
-            .iter()
-            .find(|i| i.id == id)
-            .expect("instance");
+        let instance = self.instances.iter().find(|i| i.id == id).expect("instance");
         format!("@{}:{SERVER_NAME}", instance.localpart)
     }
 
@@ -96,10 +90,7 @@ impl BotEnv {
         let mut yaml = format!("state_dir: {}\n", self.state_dir().display());
         yaml.push_str("logging:\n  level: \"info,maubot=debug\"\n");
         yaml.push_str("host:\n  ready_timeout_secs: 30\n  sync_timeout_secs: 5\n");
-        yaml.push_str(&format!(
-            "homeservers:\n  local:\n    url: {}\n",
-            self.homeserver_url
-        ));
+        yaml.push_str(&format!("homeservers:\n  local:\n    url: {}\n", self.homeserver_url));
         for line in &self.homeserver_extra {
             yaml.push_str(&format!("    {line}\n"));
         }
@@ -142,11 +133,7 @@ impl BotEnv {
     /// `maubot setup`, which must succeed.
     pub fn setup(&self) -> Output {
         let output = self.output(&["setup"]);
-        assert!(
-            output.status.success(),
-            "setup failed: {}",
-            describe(&output)
-        );
+        assert!(output.status.success(), "setup failed: {}", describe(&output));
         output
     }
 
@@ -158,13 +145,7 @@ impl BotEnv {
     pub fn spawn_run_with(&self, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let mut command = self.command(&["run"]);
         adjust(&mut command);
-        Daemon::spawn(
-            command,
-            &self
-                .dir
-                .path()
-                .join(format!("run-{}.log", rand::random::<u32>())),
-        )
+        Daemon::spawn(command, &self.dir.path().join(format!("run-{}.log", rand::random::<u32>())))
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -9,9 +9,7 @@ use matrix_sdk::deserialized_responses::EncryptionInfo;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::message::{
-    OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
-};
+use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent};
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
 };
@@ -48,47 +46,25 @@ impl TestUser {
     pub async fn new(synapse: &Synapse, prefix: &str) -> TestUser {
         let localpart = super::unique(prefix);
         let password = "person-password";
-        register_with_secret(&synapse.url, &localpart, password, false)
-            .await
-            .unwrap();
+        register_with_secret(&synapse.url, &localpart, password, false).await.unwrap();
         let store = tempfile::tempdir().unwrap();
-        let client = Client::builder()
-            .homeserver_url(&synapse.url)
-            .sqlite_store(store.path(), None)
-            .build()
-            .await
-            .unwrap();
-        client
-            .matrix_auth()
-            .login_username(&localpart, password)
-            .send()
-            .await
-            .unwrap();
+        let client =
+            Client::builder().homeserver_url(&synapse.url).sqlite_store(store.path(), None).build().await.unwrap();
+        client.matrix_auth().login_username(&localpart, password).send().await.unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let sink = seen.clone();
-        client.add_event_handler(
-            move |event: OriginalSyncRoomMessageEvent, encryption: Option<EncryptionInfo>| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock()
-                        .unwrap()
-                        .push(to_seen(&event, encryption.is_some()));
-                }
-            },
-        );
+        client.add_event_handler(move |event: OriginalSyncRoomMessageEvent, encryption: Option<EncryptionInfo>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(to_seen(&event, encryption.is_some()));
+            }
+        });
         client.sync_once(SyncSettings::default()).await.unwrap();
         let syncing = client.clone();
         let sync = tokio::spawn(async move {
-            let _ = syncing
-                .sync(SyncSettings::default().timeout(Duration::from_secs(2)))
-                .await;
+            let _ = syncing.sync(SyncSettings::default().timeout(Duration::from_secs(2))).await;
         });
-        TestUser {
-            client,
-            seen,
-            sync,
-            _store: store,
-        }
+        TestUser { client, seen, sync, _store: store }
     }
 
     /// Creates a room (optionally encrypted) and invites `invite`.
@@ -97,8 +73,7 @@ impl TestUser {
         request.invite = invite.iter().map(|u| UserId::parse(*u).unwrap()).collect();
         if encrypted {
             let content = RoomEncryptionEventContent::with_recommended_defaults();
-            request.initial_state =
-                vec![InitialStateEvent::with_empty_state_key(content).to_raw_any()];
+            request.initial_state = vec![InitialStateEvent::with_empty_state_key(content).to_raw_any()];
         }
         self.client.create_room(request).await.unwrap()
     }
@@ -118,11 +93,7 @@ impl TestUser {
     }
 
     pub async fn send_text(&self, room: &Room, body: &str) -> OwnedEventId {
-        room.send(RoomMessageEventContent::text_plain(body))
-            .await
-            .unwrap()
-            .response
-            .event_id
+        room.send(RoomMessageEventContent::text_plain(body)).await.unwrap().response.event_id
     }
 
     /// Messages from `sender` that reply to `event_id`.
@@ -137,20 +108,11 @@ impl TestUser {
     }
 
     /// Waits for the first reply from `sender` to `event_id`.
-    pub async fn wait_for_reply(
-        &self,
-        event_id: &OwnedEventId,
-        sender: &str,
-        timeout: Duration,
-    ) -> Seen {
-        eventually(
-            timeout,
-            &format!("a reply from {sender} to {event_id}"),
-            || {
-                let found = self.replies_to(event_id, sender).into_iter().next();
-                async move { found }
-            },
-        )
+    pub async fn wait_for_reply(&self, event_id: &OwnedEventId, sender: &str, timeout: Duration) -> Seen {
+        eventually(timeout, &format!("a reply from {sender} to {event_id}"), || {
+            let found = self.replies_to(event_id, sender).into_iter().next();
+            async move { found }
+        })
         .await
     }
 
@@ -165,9 +127,9 @@ impl TestUser {
             let page = room.messages(options).await.unwrap();
             for event in &page.chunk {
                 let encrypted = event.encryption_info().is_some();
-                if let Ok(AnySyncTimelineEvent::MessageLike(
-                    AnySyncMessageLikeEvent::RoomMessage(SyncMessageLikeEvent::Original(message)),
-                )) = event.raw().deserialize()
+                if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(message),
+                ))) = event.raw().deserialize()
                 {
                     out.push(to_seen(&message, encrypted));
                 }
@@ -183,13 +145,7 @@ impl TestUser {
 
     /// All messages seen from `sender`.
     pub fn messages_from(&self, sender: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.sender.as_str() == sender)
-            .cloned()
-            .collect()
+        self.seen.lock().unwrap().iter().filter(|s| s.sender.as_str() == sender).cloned().collect()
     }
 }
 
@@ -198,10 +154,5 @@ fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
         Some(Relation::Reply(reply)) => Some(reply.in_reply_to.event_id.clone()),
         _ => None,
     };
-    Seen {
-        sender: event.sender.clone(),
-        body: event.content.body().to_owned(),
-        in_reply_to,
-        encrypted,
-    }
+    Seen { sender: event.sender.clone(), body: event.content.body().to_owned(), in_reply_to, encrypted }
 }

@@ -15,10 +15,7 @@ impl Daemon {
         let log = std::fs::File::create(log_path).unwrap();
         command.stdout(log.try_clone().unwrap()).stderr(log);
         let child = command.spawn().expect("spawning maubot run");
-        Daemon {
-            child,
-            log_path: log_path.to_owned(),
-        }
+        Daemon { child, log_path: log_path.to_owned() }
     }
 
     pub fn pid(&self) -> i32 {
@@ -44,10 +41,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "maubot did not exit within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("maubot did not exit within {timeout:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -70,16 +64,10 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         while !self.log().contains(needle) {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "maubot exited ({status}) before logging {needle:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("maubot exited ({status}) before logging {needle:?}; log:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "maubot did not log {needle:?} within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("maubot did not log {needle:?} within {timeout:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -104,14 +92,8 @@ impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        NotifySocket {
-            path,
-            socket,
-            received: Vec::new(),
-        }
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        NotifySocket { path, socket, received: Vec::new() }
     }
 
     /// Collects messages until one satisfies `done` or the timeout passes; returns that message.

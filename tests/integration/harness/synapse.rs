@@ -43,16 +43,26 @@ pub fn synapse() -> &'static Synapse {
     })
 }
 
+const DATA_DIR_PREFIX: &str = "maubot-test-synapse-";
+
+/// Data directories of earlier test processes that are gone (the homeserver died with them).
+fn remove_stale_data_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(DATA_DIR_PREFIX) else { continue };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start() -> Result<Synapse, String> {
@@ -66,7 +76,8 @@ fn start() -> Result<Synapse, String> {
     }
     let venv = PathBuf::from(String::from_utf8_lossy(&install.stdout).trim());
     let python = venv.join("bin/python");
-    let data_dir = std::env::temp_dir().join(format!("maubot-test-synapse-{}", std::process::id()));
+    remove_stale_data_dirs();
+    let data_dir = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let port = free_port();
     let status = Command::new(&python)
@@ -93,23 +104,15 @@ fn start() -> Result<Synapse, String> {
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("starting Synapse: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("starting Synapse: {e}"))?;
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(90);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let http = reqwest::Client::new();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "Synapse exited ({status}); see {}",
-                    data_dir.join("homeserver.log").display()
-                ));
+                return Err(format!("Synapse exited ({status}); see {}", data_dir.join("homeserver.log").display()));
             }
             if let Ok(r) = http.get(format!("{url}/health")).send().await
                 && r.status().is_success()
@@ -130,30 +133,13 @@ fn start() -> Result<Synapse, String> {
 }
 
 /// Registers a user with Synapse's shared-secret admin API; returns its access token.
-pub async fn register_with_secret(
-    url: &str,
-    localpart: &str,
-    password: &str,
-    admin: bool,
-) -> Result<String, String> {
+pub async fn register_with_secret(url: &str, localpart: &str, password: &str, admin: bool) -> Result<String, String> {
     let http = reqwest::Client::new();
     let endpoint = format!("{url}/_synapse/admin/v1/register");
-    let nonce: Value = http
-        .get(&endpoint)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let nonce: Value =
+        http.get(&endpoint).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
     let nonce = nonce["nonce"].as_str().ok_or("no nonce")?.to_owned();
-    let mac = maubot::matrix::register::shared_secret_mac(
-        SHARED_SECRET,
-        &nonce,
-        localpart,
-        password,
-        admin,
-    );
+    let mac = maubot::matrix::register::shared_secret_mac(SHARED_SECRET, &nonce, localpart, password, admin);
     // Admins get a token for the harness; everyone else only an account (a device would be counted).
     let body = json!({"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac,
                       "inhibit_login": !admin});
@@ -169,10 +155,7 @@ pub async fn register_with_secret(
     if response.get("user_id").is_none() {
         return Err(format!("registration failed: {response}"));
     }
-    Ok(response["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
+    Ok(response["access_token"].as_str().unwrap_or_default().to_owned())
 }
 
 impl Synapse {
@@ -183,33 +166,17 @@ impl Synapse {
     /// The devices a user has, by id, from the admin API.
     pub async fn devices(&self, user_id: &str) -> Vec<String> {
         let url = format!("{}/_synapse/admin/v2/users/{user_id}/devices", self.url);
-        let response: Value = self
-            .admin(reqwest::Client::new().get(url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response: Value = self.admin(reqwest::Client::new().get(url)).send().await.unwrap().json().await.unwrap();
         response["devices"]
             .as_array()
-            .map(|d| {
-                d.iter()
-                    .filter_map(|d| d["device_id"].as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|d| d.iter().filter_map(|d| d["device_id"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
 
     /// Whether a user exists.
     pub async fn user_exists(&self, user_id: &str) -> bool {
         let url = format!("{}/_synapse/admin/v2/users/{user_id}", self.url);
-        self.admin(reqwest::Client::new().get(url))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
+        self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
     }
 
     /// A new single-use registration token.

@@ -1,0 +1,527 @@
+# services.maubot: the Rust maubot daemon, deployed the NixOS way.
+#
+# The module renders the daemon's own config schema (docs/configuration.md) into an override file, hands every
+# secret to the unit with LoadCredential= (never through the Nix store), checks the rendered config at build time
+# with `maubot check-config`, and runs `maubot run` as a hardened Type=notify service. `maubot-setup` runs
+# `maubot setup` with the same identity, credentials and config: setup first, then start the service.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    concatMapAttrs
+    concatStringsSep
+    escapeShellArg
+    filterAttrs
+    hasPrefix
+    literalExpression
+    mapAttrs
+    mapAttrsToList
+    mkEnableOption
+    mkIf
+    mkOption
+    optional
+    optionalAttrs
+    optionals
+    types
+    ;
+
+  cfg = config.services.maubot;
+  json = pkgs.formats.json { };
+
+  # Plugin types built into the daemon (src/plugin/registry.rs).
+  knownTypes = [ "ping" ];
+
+  # The homeserver the top-level options describe, by its key in `homeservers`.
+  homeserverKey = "default";
+
+  # A file that is read by systemd, not copied into the store. `types.externalPath` (nixpkgs >= 25.11) rejects
+  # store paths; older nixpkgs fall back to `types.path` and the assertion below.
+  secretPath = types.externalPath or types.path;
+  secretFileOption =
+    description:
+    mkOption {
+      type = types.nullOr secretPath;
+      default = null;
+      example = "/run/secrets/maubot/secret";
+      description = "${description} Read by systemd (LoadCredential=) at start; never copied into the Nix store.";
+    };
+
+  instanceModule =
+    { name, ... }:
+    {
+      options = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+          description = "Whether this bot runs. A disabled bot keeps its state.";
+        };
+        type = mkOption {
+          type = types.str;
+          example = "ping";
+          description = "Plugin type. Known: ${concatStringsSep ", " knownTypes}.";
+        };
+        user = mkOption {
+          type = types.str;
+          example = "@ping:example.org";
+          description = "The bot's Matrix user ID.";
+        };
+        homeserver = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Key of a `settings.homeservers` entry; null uses the homeserver of `homeserverUrl`.";
+        };
+        deviceName = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Display name of the bot's device (default `maubot <id>`).";
+        };
+        roomSubscriptions = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "!abc123:example.org" ];
+          description = "When not empty, the bot acts only in these rooms (room IDs).";
+        };
+        passwordFile = secretFileOption "File with the bot's password (credential `${name}-password`).";
+        accessTokenFile = secretFileOption "File with an existing access token to adopt (credential `${name}-access-token`).";
+        secretFiles = mkOption {
+          type = types.attrsOf secretPath;
+          default = { };
+          example = literalExpression ''{ webhook-secret = "/run/secrets/github-webhook"; }'';
+          description = ''
+            Plugin secrets: each becomes credential `${name}-<key>`, to be referenced in `config` as
+            `{ credential = "${name}-<key>"; }`.
+          '';
+        };
+        config = mkOption {
+          type = json.type;
+          default = { };
+          example = literalExpression ''{ allow_invites_from = [ "@*:example.org" ]; }'';
+          description = "Plugin settings (docs/plugins.md). Secrets only as `{ credential = NAME; }`.";
+        };
+      };
+    };
+
+  # Credential name -> file, everything the unit loads with LoadCredential=.
+  credentials =
+    optionalAttrs (cfg.adminPasswordHashFile != null) { "admin-${cfg.adminUser}" = cfg.adminPasswordHashFile; }
+    // optionalAttrs (cfg.secretKeyFile != null) { secret-key = cfg.secretKeyFile; }
+    // optionalAttrs (cfg.registrationTokenFile != null) { registration-token = cfg.registrationTokenFile; }
+    // optionalAttrs (cfg.registrationSharedSecretFile != null) {
+      registration-shared-secret = cfg.registrationSharedSecretFile;
+    }
+    // concatMapAttrs (
+      id: instance:
+      optionalAttrs (instance.passwordFile != null) { "${id}-password" = instance.passwordFile; }
+      // optionalAttrs (instance.accessTokenFile != null) { "${id}-access-token" = instance.accessTokenFile; }
+      // lib.mapAttrs' (key: file: lib.nameValuePair "${id}-${key}" file) instance.secretFiles
+    ) cfg.instances
+    // cfg.credentialFiles;
+
+  credential = name: { credential = name; };
+
+  generatedSettings = {
+    state_dir = cfg.dataDir;
+    server = {
+      hostname = cfg.listenAddress;
+      inherit (cfg) port;
+    }
+    // optionalAttrs (cfg.secretKeyFile != null) { secret_key = credential "secret-key"; };
+    admins = optionalAttrs (cfg.adminPasswordHashFile != null) {
+      ${cfg.adminUser} = credential "admin-${cfg.adminUser}";
+    };
+    homeservers.${homeserverKey} = {
+      url = cfg.homeserverUrl;
+    }
+    // optionalAttrs (cfg.serverName != null) { server_name = cfg.serverName; }
+    // optionalAttrs (cfg.registrationTokenFile != null) { registration_token = credential "registration-token"; }
+    // optionalAttrs (cfg.registrationSharedSecretFile != null) {
+      registration_shared_secret = credential "registration-shared-secret";
+    };
+    instances = mapAttrs (
+      id: instance:
+      {
+        inherit (instance) type user config;
+        enabled = instance.enable;
+        room_subscriptions = instance.roomSubscriptions;
+        homeserver = if instance.homeserver == null then homeserverKey else instance.homeserver;
+      }
+      // optionalAttrs (instance.deviceName != null) { device_name = instance.deviceName; }
+      // optionalAttrs (instance.passwordFile != null) { password = credential "${id}-password"; }
+      // optionalAttrs (instance.accessTokenFile != null) { access_token = credential "${id}-access-token"; }
+    ) cfg.instances;
+  };
+
+  finalSettings = lib.recursiveUpdate generatedSettings cfg.settings;
+  settingsFile = json.generate "maubot-settings.json" finalSettings;
+
+  # A value that passes every secret check of `check-config` (it is also a bcrypt hash of cost 12 and longer than
+  # 32 bytes), so that the build-time check validates everything but the real secrets.
+  placeholderSecret = "$2b$12$" + lib.fixedWidthString 53 "A" "";
+  checkedSettingsFile =
+    pkgs.runCommand "maubot-settings-checked.json"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        preferLocalBuild = true;
+      }
+      ''
+        mkdir credentials
+        ${concatStringsSep "\n" (
+          mapAttrsToList (
+            name: _: "printf '%s' ${escapeShellArg placeholderSecret} > credentials/${escapeShellArg name}"
+          ) credentials
+        )}
+        CREDENTIALS_DIRECTORY=$PWD/credentials maubot --override ${settingsFile} check-config > check-config.txt
+        cp ${settingsFile} $out
+      '';
+  effectiveSettingsFile = if cfg.checkConfig then checkedSettingsFile else settingsFile;
+
+  # Keys whose values are secrets in the daemon's schema: written inline they would land in the Nix store.
+  secretKeys = [
+    "password"
+    "access_token"
+    "registration_token"
+    "registration_shared_secret"
+    "secret_key"
+    "webhook_secret"
+  ];
+  isReference = value: builtins.isAttrs value && (value ? credential || value ? file);
+  inlineSecretPaths =
+    let
+      walk =
+        path: value:
+        if builtins.isAttrs value then
+          lib.concatLists (
+            mapAttrsToList (
+              key: child:
+              let
+                childPath = path ++ [ key ];
+                isSecretKey = builtins.elem key secretKeys || (lib.length path == 1 && lib.head path == "admins");
+              in
+              if isSecretKey && !(isReference child) then [ childPath ] else walk childPath child
+            ) value
+          )
+        else if builtins.isList value then
+          lib.concatLists (lib.imap0 (i: walk (path ++ [ (toString i) ])) value)
+        else
+          [ ];
+    in
+    walk [ ] cfg.settings
+    ++ lib.concatLists (mapAttrsToList (id: i: map (p: [ "instances" id "config" ] ++ p) (walk [ ] i.config)) cfg.instances);
+
+  # Ports of homeservers enabled on this host (the usual ones, where their modules expose them).
+  homeserverPorts =
+    let
+      synapse = config.services.matrix-synapse or { };
+      continuwuity = config.services.matrix-continuwuity or { };
+      tuwunel = config.services.matrix-tuwunel or { };
+      conduit = config.services.matrix-conduit or { };
+      asList = value: if builtins.isList value then value else [ value ];
+    in
+    optionals (synapse.enable or false) (
+      map (listener: listener.port or 8008) (synapse.settings.listeners or [ { port = 8008; } ])
+    )
+    ++ optionals (continuwuity.enable or false) (asList (continuwuity.settings.global.port or 6167))
+    ++ optionals (tuwunel.enable or false) (asList (tuwunel.settings.global.port or 6167))
+    ++ optionals (conduit.enable or false) [ (conduit.settings.global.port or 6167) ];
+
+  # Units of homeservers enabled on this host: maubot starts after them.
+  homeserverUnits =
+    optional (config.services.matrix-synapse.enable or false) "matrix-synapse.service"
+    ++ optional (config.services.matrix-continuwuity.enable or false) "continuwuity.service"
+    ++ optional (config.services.matrix-tuwunel.enable or false) "tuwunel.service"
+    ++ optional (config.services.matrix-conduit.enable or false) "conduit.service";
+
+  # Shared by the service and `maubot-setup`, so that setup runs as the service will: same user, state,
+  # credentials and sandbox.
+  sandbox = {
+    User = "maubot";
+    Group = "maubot";
+    StateDirectory = "maubot";
+    StateDirectoryMode = "0700";
+    UMask = "0077";
+    WorkingDirectory = cfg.dataDir;
+    LoadCredential = mapAttrsToList (name: file: "${name}:${toString file}") credentials;
+
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateUsers = true;
+    PrivateMounts = true;
+    ProtectHostname = true;
+    ProtectClock = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    KeyringMode = "private";
+    DevicePolicy = "closed";
+    SystemCallArchitectures = "native";
+    # One string starting with `~`: a deny list. Separate list entries would each be an allow list.
+    SystemCallFilter = "~@clock @cpu-emulation @debug @module @mount @obsolete @privileged @raw-io @reboot @resources @swap";
+    SystemCallErrorNumber = "EPERM";
+  };
+
+  # `-p KEY=VALUE` arguments for systemd-run from an attribute set of unit settings.
+  toProperties =
+    settings:
+    lib.concatLists (
+      mapAttrsToList (
+        key: value:
+        let
+          render = v: if builtins.isBool v then lib.boolToString v else toString v;
+        in
+        map (v: "${key}=${render v}") (if builtins.isList value then value else [ value ])
+      ) settings
+    );
+
+  setupCommand = pkgs.writeShellScriptBin "maubot-setup" ''
+    # Runs `maubot setup` as the maubot service would run: same user, state directory, credentials, sandbox.
+    # Arguments are passed on (e.g. --add-instance ID, --recovery-key-file PATH).
+    set -eu
+    if [ -t 0 ] && [ -t 1 ]; then io=--pty; else io=--pipe; fi
+    exec ${pkgs.systemd}/bin/systemd-run --unit=maubot-setup --quiet --wait --collect --service-type=exec "$io" \
+      ${concatStringsSep " \\\n  " (map (p: "-p ${escapeShellArg p}") (toProperties sandbox))} \
+      ${cfg.package}/bin/maubot --override ${effectiveSettingsFile} setup "$@"
+  '';
+in
+{
+  # This module replaces the Python maubot module that nixpkgs ships under the same option path.
+  disabledModules = [ "services/matrix/maubot.nix" ];
+
+  options.services.maubot = {
+    enable = mkEnableOption "maubot, a host for Matrix bots (Rust)";
+
+    package = mkOption {
+      type = types.package;
+      description = "The maubot package (this flake's `packages.<system>.maubot`).";
+    };
+
+    settings = mkOption {
+      type = json.type;
+      default = { };
+      example = literalExpression ''{ logging.level = "debug"; host.ready_timeout_secs = 30; }'';
+      description = ''
+        The daemon's configuration (docs/configuration.md), merged over what the other options generate and
+        passed to `maubot --override`. Secrets only as `{ credential = NAME; }` with a `*File` option or
+        `credentialFiles` providing NAME: an inline secret would be world-readable in the Nix store.
+      '';
+    };
+
+    homeserverUrl = mkOption {
+      type = types.str;
+      default = "http://127.0.0.1:8008";
+      example = "http://127.0.0.1:6167";
+      description = "Client-server API URL of the homeserver. Use 127.0.0.1, not localhost (conduwuit listens on IPv4 only).";
+    };
+
+    serverName = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "example.org";
+      description = "The homeserver's server name; when set, every bot user must be on it.";
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address of the management API. Keep it on loopback and use an SSH tunnel.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 29316;
+      description = "Port of the management API.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open `port` in the firewall.";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/maubot";
+      readOnly = true;
+      description = "The state directory (systemd `StateDirectory=maubot`).";
+    };
+
+    watchdogSec = mkOption {
+      type = types.ints.positive;
+      default = 60;
+      description = "systemd watchdog timeout; the daemon pings at half of it while it is healthy.";
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run `maubot check-config` on the rendered config at build time, so a bad config fails the build.";
+    };
+
+    adminUser = mkOption {
+      type = types.str;
+      default = "admin";
+      description = "Management API user whose password hash `adminPasswordHashFile` holds.";
+    };
+    adminPasswordHashFile = secretFileOption "File with the bcrypt hash (cost >= 12) of the management API password (credential `admin-<adminUser>`).";
+    secretKeyFile = secretFileOption "File with at least 32 random bytes signing management API tokens (credential `secret-key`).";
+    registrationTokenFile = secretFileOption "File with a registration token, so that `maubot-setup` can register bots (credential `registration-token`).";
+    registrationSharedSecretFile = secretFileOption "File with Synapse's registration_shared_secret, so that `maubot-setup` can register bots (credential `registration-shared-secret`).";
+
+    credentialFiles = mkOption {
+      type = types.attrsOf secretPath;
+      default = { };
+      example = literalExpression ''{ github-token = config.sops.secrets."maubot/github-token".path; }'';
+      description = "More credentials (name -> file) for `{ credential = NAME; }` references in `settings`.";
+    };
+
+    instances = mkOption {
+      type = types.attrsOf (types.submodule instanceModule);
+      default = { };
+      example = literalExpression ''
+        {
+          ping = {
+            type = "ping";
+            user = "@ping:example.org";
+            passwordFile = config.sops.secrets."maubot/ping-password".path;
+            config.allow_invites_from = [ "@*:example.org" ];
+          };
+        }
+      '';
+      description = "The bots. Each has its own Matrix user, device and E2EE store.";
+    };
+
+    settingsFile = mkOption {
+      type = types.path;
+      internal = true;
+      readOnly = true;
+      description = "The rendered (and, with `checkConfig`, checked) settings file.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.maubot.settingsFile = effectiveSettingsFile;
+
+    assertions =
+      let
+        mxid = "@[a-z0-9._=/+-]+:[A-Za-z0-9.-]+(:[0-9]+)?";
+        roomId = "![^:[:space:]]+(:[A-Za-z0-9.-]+(:[0-9]+)?)?";
+        loginFiles = [
+          cfg.registrationTokenFile
+          cfg.registrationSharedSecretFile
+        ];
+        canRegister = lib.any (f: f != null) loginFiles;
+        secretFiles = lib.attrValues credentials;
+      in
+      [
+        {
+          assertion = inlineSecretPaths == [ ];
+          message =
+            "services.maubot: secrets written inline would be world-readable in the Nix store: "
+            + concatStringsSep ", " (map (p: "settings.${concatStringsSep "." p}") inlineSecretPaths)
+            + ". Use the matching *File option (instances.<id>.passwordFile, registrationTokenFile, ...) or "
+            + "credentialFiles, and reference it as { credential = NAME; }.";
+        }
+        {
+          assertion = lib.all (f: !(hasPrefix builtins.storeDir (toString f))) secretFiles;
+          message = "services.maubot: a secret file is inside the Nix store (world-readable); point the *File options at files outside it, e.g. sops-nix's /run/secrets/...";
+        }
+        {
+          assertion = !(builtins.elem cfg.port homeserverPorts);
+          message = "services.maubot.port = ${toString cfg.port} clashes with a homeserver on this host (ports ${concatStringsSep ", " (map toString homeserverPorts)}); keep the default 29316 or pick a free port.";
+        }
+        {
+          assertion = builtins.match "https?://[^/]+(/.*)?" cfg.homeserverUrl != null;
+          message = "services.maubot.homeserverUrl = \"${cfg.homeserverUrl}\" is not an http(s) URL with a host; write it like http://127.0.0.1:8008.";
+        }
+      ]
+      ++ lib.concatLists (
+        mapAttrsToList (id: instance: [
+          {
+            assertion = builtins.match "[a-z0-9][a-z0-9-]*" id != null;
+            message = "services.maubot.instances.${id}: instance ids use lower-case letters, digits and `-` (they name a directory and credentials).";
+          }
+          {
+            assertion = builtins.elem instance.type knownTypes;
+            message = "services.maubot.instances.${id}.type = \"${instance.type}\" is not a known plugin type; known: ${concatStringsSep ", " knownTypes}.";
+          }
+          {
+            assertion = builtins.match mxid instance.user != null;
+            message = "services.maubot.instances.${id}.user = \"${instance.user}\" is not a Matrix user ID like @bot:example.org (lower-case localpart).";
+          }
+          {
+            assertion = cfg.serverName == null || instance.homeserver != null || lib.hasSuffix ":${cfg.serverName}" instance.user;
+            message = "services.maubot.instances.${id}.user = \"${instance.user}\" is not on services.maubot.serverName = \"${toString cfg.serverName}\".";
+          }
+          {
+            assertion = lib.all (room: builtins.match roomId room != null) instance.roomSubscriptions;
+            message = "services.maubot.instances.${id}.roomSubscriptions: use room IDs like !abc:example.org, not aliases (#room:example.org).";
+          }
+          {
+            assertion = instance.passwordFile != null || instance.accessTokenFile != null || canRegister || instance.homeserver != null;
+            message = "services.maubot.instances.${id}: no way to log in. Set passwordFile (e.g. a sops-nix secret), accessTokenFile, or registrationTokenFile / registrationSharedSecretFile so that maubot-setup can register the bot.";
+          }
+          {
+            assertion = !(instance.passwordFile != null && instance.accessTokenFile != null);
+            message = "services.maubot.instances.${id}: set passwordFile or accessTokenFile, not both.";
+          }
+        ]) cfg.instances
+      );
+
+    warnings =
+      optional (builtins.match "https?://localhost([:/].*)?" cfg.homeserverUrl != null)
+        "services.maubot.homeserverUrl uses `localhost`, which may resolve to ::1 while the homeserver listens on 127.0.0.1 only; write http://127.0.0.1:PORT."
+      ++ optional (cfg.openFirewall && builtins.elem cfg.listenAddress [ "127.0.0.1" "::1" ])
+        "services.maubot.openFirewall opens port ${toString cfg.port}, but the management API listens on ${cfg.listenAddress} only."
+      ++ optional (cfg.instances == { }) "services.maubot is enabled without instances; it will run no bots.";
+
+    users.users.maubot = {
+      isSystemUser = true;
+      group = "maubot";
+      home = cfg.dataDir;
+      description = "maubot Matrix bot host";
+    };
+    users.groups.maubot = { };
+
+    environment.systemPackages = [ setupCommand ];
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+
+    systemd.services.maubot = {
+      description = "maubot Matrix bot host";
+      documentation = [ "https://github.com/maubot/maubot" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ] ++ homeserverUnits;
+      after = [ "network-online.target" ] ++ homeserverUnits;
+      serviceConfig = sandbox // {
+        Type = "notify";
+        NotifyAccess = "main";
+        WatchdogSec = cfg.watchdogSec;
+        ExecStart = "${cfg.package}/bin/maubot --override ${effectiveSettingsFile} run";
+        Restart = "on-failure";
+        RestartSec = 5;
+        # 78: configuration or state problem; restarting cannot fix it (run `maubot-setup`, fix the config).
+        RestartPreventExitStatus = 78;
+        TimeoutStartSec = 120;
+        TimeoutStopSec = 30;
+      };
+    };
+  };
+}

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Evaluates services.maubot with nixpkgs' lib (lib.evalModules + stubs.nix) and checks what it renders.
+
+- the example configuration passes every assertion, and renders exactly the golden unit, settings and
+  maubot-setup script that the real-systemd test (tests/systemd/) installs;
+- bad configurations fail with actionable assertion messages, or with type errors;
+- the build-time check-config command is wired.
+
+Needs a nixpkgs `lib` tree: $NIXPKGS_LIB (a directory holding lib/), else a local nix-community/nixpkgs.lib git
+mirror at /work/.mirror (exported to a temporary directory). Without one, it says so and exits 0: nothing else
+here can evaluate a module. `--update-golden` rewrites tests/systemd/golden/ from the module.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+GOLDEN = os.path.join(ROOT, "tests", "systemd", "golden")
+MIRROR = "/work/.mirror/nix-community+nixpkgs.lib/repo"
+ENV = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = nix-command flakes\nfsync-metadata = false")
+
+
+def find_lib():
+    if os.environ.get("NIXPKGS_LIB"):
+        return os.path.join(os.environ["NIXPKGS_LIB"], "lib")
+    if os.path.isdir(MIRROR):
+        out = tempfile.mkdtemp(prefix="nixpkgs-lib-")
+        archive = subprocess.run(["git", "-C", MIRROR, "archive", "HEAD"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+        return os.path.join(out, "lib")
+    return None
+
+
+def evaluate(lib, configuration, check_config=False):
+    """Returns (result dict, None) or (None, error text)."""
+    args = [
+        "nix-instantiate", "--read-write-mode", "--eval", "--strict", "--json",
+        os.path.join(HERE, "eval-module.nix"),
+        "--arg", "lib", f"import {lib}",
+        "--arg", "checkConfig", "true" if check_config else "false",
+    ]
+    if configuration.startswith("{"):
+        args += ["--arg", "configuration", configuration]
+    else:
+        args += ["--arg", "configuration", os.path.join(HERE, configuration)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV)
+    if proc.returncode != 0:
+        return None, proc.stderr
+    return json.loads(proc.stdout), None
+
+
+def module_with(extra):
+    """A configuration: the example plus `extra` (Nix attribute set text)."""
+    return "{ imports = [ %s ]; config = %s; }" % (os.path.join(HERE, "example-configuration.nix"), extra)
+
+
+passed, failed = 0, 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name}\n{detail}")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def main():
+    lib = find_lib()
+    if lib is None:
+        print("eval-test: no nixpkgs lib tree (set NIXPKGS_LIB); module evaluation not run here")
+        return 0
+
+    example, error = evaluate(lib, "example-configuration.nix")
+    if example is None:
+        print(error)
+        return 1
+    rendered = {
+        "maubot.service": example["unit"],
+        "settings.json": example["settings"],
+        "maubot-setup": example["setupScript"],
+        "settings-path": example["settingsPath"] + "\n",
+    }
+    if "--update-golden" in sys.argv:
+        os.makedirs(GOLDEN, exist_ok=True)
+        for name, text in rendered.items():
+            with open(os.path.join(GOLDEN, name), "w") as f:
+                f.write(text)
+        print(f"golden files written to {GOLDEN}")
+        return 0
+
+    check("example passes every assertion", example["failedAssertions"] == [], example["failedAssertions"])
+    check("example has no warnings", example["warnings"] == [], example["warnings"])
+    for name, text in rendered.items():
+        golden = read(os.path.join(GOLDEN, name))
+        check(f"golden {name} matches the module's rendering", golden == text,
+              f"--- golden\n{golden}\n--- rendered\n{text}\n(run tests/nix/eval-test.py --update-golden)")
+    unit = example["unit"]
+    for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=60", "Restart=on-failure",
+                 "RestartPreventExitStatus=78", "User=maubot", "StateDirectory=maubot", "StateDirectoryMode=0700",
+                 "UMask=0077", "ProtectSystem=strict", "NoNewPrivileges=true", "CapabilityBoundingSet=",
+                 "MemoryDenyWriteExecute=true",
+                 "LoadCredential=registration-shared-secret:/run/secrets/maubot/registration-shared-secret"]:
+        check(f"unit has {line}", f"\n{line}\n" in f"\n{unit}", unit)
+    filters = [l for l in unit.splitlines() if l.startswith("SystemCallFilter=")]
+    check("SystemCallFilter is one deny string", len(filters) == 1 and filters[0].startswith("SystemCallFilter=~"), filters)
+    settings = json.loads(example["settings"])
+    check("settings reference credentials, never values",
+          settings["homeservers"]["default"]["registration_shared_secret"] == {"credential": "registration-shared-secret"},
+          settings)
+    check("user settings are merged over generated ones", settings["logging"]["level"] == "info,maubot=debug", settings)
+    check("maubot-setup runs setup with the unit's sandbox and credentials",
+          "systemd-run" in example["setupScript"] and "-p 'LoadCredential=registration-shared-secret:" in example["setupScript"]
+          and "-p 'ProtectSystem=strict'" in example["setupScript"] and " setup \"$@\"" in example["setupScript"],
+          example["setupScript"])
+    check("a system user and group are declared", example["users"] == ["maubot"], example["users"])
+
+    checked, error = evaluate(lib, "example-configuration.nix", check_config=True)
+    check("build-time check-config is wired", checked is not None and "check-config" in (checked["checkScript"] or "")
+          and "credentials/registration-shared-secret" in checked["checkScript"], error or checked)
+
+    # Bad configurations and the message that must name the problem and the fix.
+    cases = [
+        ("inline secret in settings",
+         '{ services.maubot.settings.instances.ping.password = "hunter2"; }',
+         "settings.instances.ping.password"),
+        ("inline secret in plugin config",
+         '{ services.maubot.instances.ping.config.webhook_secret = "s3cret"; }',
+         "instances.ping.config.webhook_secret"),
+        ("inline admin hash",
+         '{ services.maubot.settings.admins.alice = "$2b$12$abc"; }',
+         "settings.admins.alice"),
+        ("bad user id",
+         '{ services.maubot.instances.ping.user = lib.mkForce "pingbot"; }',
+         'instances.ping.user = "pingbot" is not a Matrix user ID'),
+        ("unknown plugin type",
+         '{ services.maubot.instances.ping.type = lib.mkForce "pong"; }',
+         'instances.ping.type = "pong" is not a known plugin type'),
+        ("user on another server",
+         '{ services.maubot.instances.ping.user = lib.mkForce "@ping:elsewhere.org"; }',
+         "is not on services.maubot.serverName"),
+        ("room alias as subscription",
+         '{ services.maubot.instances.ping.roomSubscriptions = [ "#room:maubot.test" ]; }',
+         "not aliases"),
+        ("bad instance id",
+         '{ services.maubot.instances.Bad_Id = { type = "ping"; user = "@b:maubot.test"; }; }',
+         "instances.Bad_Id: instance ids"),
+        ("no way to log in",
+         '{ services.maubot.registrationSharedSecretFile = lib.mkForce null; }',
+         "no way to log in"),
+        ("password and token",
+         '{ services.maubot.instances.ping = { passwordFile = "/run/a"; accessTokenFile = "/run/b"; }; }',
+         "not both"),
+        ("port clash with a homeserver",
+         '{ services.matrix-synapse = { enable = true; settings.listeners = [ { port = 29316; } ]; }; }',
+         "clashes with a homeserver"),
+        ("homeserver URL without scheme",
+         '{ services.maubot.homeserverUrl = lib.mkForce "127.0.0.1:8008"; }',
+         "is not an http(s) URL"),
+    ]
+    for name, extra, expected in cases:
+        config = "{ lib, ... }: " + module_with(extra)
+        result, error = evaluate(lib, config)
+        messages = (result or {}).get("failedAssertions", [])
+        check(f"assertion: {name}", any(expected in m for m in messages), error or messages)
+
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.registrationSharedSecretFile = lib.mkForce "/nix/store/aaaa-secret"; }'))
+    messages = (result or {}).get("failedAssertions", [])
+    check("a secret file in the Nix store is refused",
+          result is None and "store" in error or any("inside the Nix store" in m for m in messages), error or messages)
+
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.port = "high"; }'))
+    check("option types are enforced", result is None and "port" in error, error or result)
+
+    result, _ = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.homeserverUrl = lib.mkForce "http://localhost:8008"; }'))
+    check("localhost homeserver URL warns", result is not None and any("localhost" in w for w in result["warnings"]),
+          result)
+
+    result, _ = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.matrix-continuwuity = { enable = true; settings.global.port = [ 6167 ]; }; }'))
+    check("starts after a homeserver on the same host", result is not None and "After=network-online.target\nAfter=continuwuity.service" in result["unit"], result and result["unit"])
+
+    result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.openFirewall = true; services.maubot.listenAddress = "0.0.0.0"; }'))
+    check("openFirewall opens the port", result is not None and result["firewall"] == [29316], result)
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

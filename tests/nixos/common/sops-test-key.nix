@@ -1,0 +1,13 @@
+# sops-nix in the VM tests: the test secrets, and the public TEST age key put where sops-install-secrets looks
+# for it just before it runs (works with the scripted and the systemd initrd alike).
+{ ... }:
+{
+  sops = {
+    defaultSopsFile = ../../../secrets/test-secrets.yaml;
+    age.keyFile = "/run/age-keys.txt";
+    useSystemdActivation = true;
+  };
+  systemd.services.sops-install-secrets.preStart = ''
+    install -m 0400 ${../../../secrets/test-age-key.txt} /run/age-keys.txt
+  '';
+}

@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""The unit the NixOS module renders, under a real systemd (PID 1 in systemd-nspawn), against a real Synapse.
+
+Boots a cached minimal Debian rootfs (scripts/nspawn-rootfs.sh) with --volatile=overlay, installs into it what the
+module would (the golden unit, settings and maubot-setup from tests/systemd/golden/, the release binary at the
+package path the unit names, the `maubot` system user, secrets where sops-nix puts them), and checks what an
+operator would see: exit 78 and no restart without state, `maubot-setup` under the same sandbox, READY and STATUS,
+credentials, the watchdog, hardening that is enforced and does not break the daemon, a real `!ping` answered,
+journald fields, a clean stop, and the unit's `systemd-analyze security` exposure.
+
+Run as root (CI is). Prints `N passed, N failed`.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+GOLDEN = os.path.join(HERE, "golden")
+BINARY = os.path.join(ROOT, "target", "release", "maubot")
+SYNAPSE_PORT = 8008  # the golden settings name http://127.0.0.1:8008
+SERVER_NAME = "maubot.test"
+BOT = "@pingbot:maubot.test"
+MAX_EXPOSURE = 1.5
+
+passed, failed = 0, 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name}\n     {detail}", flush=True)
+    return ok
+
+
+def run(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+class Container:
+    def __init__(self, rootfs, binds, log_path):
+        self.log = open(log_path, "w")
+        args = ["systemd-nspawn", "-D", rootfs, "-b", "--register=no", "--keep-unit", "--console=read-only",
+                "--volatile=overlay"] + [f"--bind-ro={src}:{dst}" for src, dst in binds]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.leader = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.leader is None:
+            children = run(["pgrep", "-P", str(self.proc.pid)]).stdout.split()
+            self.leader = int(children[0]) if children else None
+            time.sleep(0.1)
+        if self.leader is None:
+            raise SystemExit(f"the container did not start; see {log_path}")
+        state = self.sh("systemctl is-system-running --wait", timeout=60).stdout.strip()
+        if state not in ("running", "degraded"):
+            print(self.sh("systemctl --failed --no-legend").stdout)
+        self.root = f"/proc/{self.leader}/root"
+
+    def sh(self, command, timeout=120):
+        return run(["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "-C", "--", "sh", "-c", command],
+                   timeout=timeout)
+
+    def show(self, unit, *props):
+        out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, unit):
+        return self.sh(f"journalctl -u {unit} --no-pager -o cat").stdout
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.sh("systemctl poweroff", timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wait_until(predicate, timeout, interval=0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def start_synapse(venv, work, secret):
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", SYNAPSE_PORT))
+        except OSError:
+            raise SystemExit(f"port {SYNAPSE_PORT} is taken; the golden config points the bot at 127.0.0.1:{SYNAPSE_PORT}")
+    data = os.path.join(work, "synapse")
+    python = os.path.join(venv, "bin", "python")
+    subprocess.run([python, os.path.join(ROOT, "scripts", "synapse-config.py"), data, str(SYNAPSE_PORT), secret,
+                    SERVER_NAME], check=True)
+    log = open(os.path.join(data, "stdout.log"), "w")
+    proc = subprocess.Popen([python, "-m", "synapse.app.homeserver", "-c", os.path.join(data, "homeserver.yaml")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    import urllib.request
+
+    def healthy():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{SYNAPSE_PORT}/health", timeout=2)
+            return True
+        except Exception:
+            return False
+
+    if not wait_until(healthy, 90):
+        raise SystemExit(f"Synapse did not start; see {data}/homeserver.log")
+    return proc
+
+
+def main():
+    if os.geteuid() != 0:
+        raise SystemExit("nspawn-test: needs root (systemd-nspawn)")
+    if not os.path.exists(BINARY):
+        raise SystemExit(f"nspawn-test: {BINARY} is missing; run `cargo build --release` first")
+    rootfs = run(["bash", os.path.join(ROOT, "scripts", "nspawn-rootfs.sh")], check=True).stdout.strip()
+    venv = run(["bash", os.path.join(ROOT, "scripts", "install-synapse.sh")], check=True).stdout.strip()
+
+    unit_text = read(os.path.join(GOLDEN, "maubot.service"))
+    package_path = re.search(r"^ExecStart=(\S+)/bin/maubot ", unit_text, re.M).group(1)
+    settings_path = read(os.path.join(GOLDEN, "settings-path")).strip()
+
+    work = tempfile.mkdtemp(prefix="maubot-nspawn-")
+    secret = os.urandom(16).hex()
+    synapse = start_synapse(venv, work, secret)
+    container = None
+    try:
+        binds = [
+            (BINARY, f"{package_path}/bin/maubot"),
+            (os.path.join(GOLDEN, "settings.json"), settings_path),
+            (os.path.join(GOLDEN, "maubot.service"), "/etc/systemd/system/maubot.service"),
+            (os.path.join(GOLDEN, "maubot-setup"), "/usr/local/bin/maubot-setup"),
+        ]
+        container = Container(rootfs, binds, os.path.join(work, "console.log"))
+        run_tests(container, venv, secret)
+    finally:
+        if container is not None:
+            container.stop()
+        synapse.terminate()
+        synapse.wait()
+        if failed == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"(logs kept in {work})")
+
+    exposure = run(["systemd-analyze", "security", "--offline=yes", os.path.join(GOLDEN, "maubot.service")])
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", exposure.stdout + exposure.stderr)
+    check(f"systemd-analyze security exposure <= {MAX_EXPOSURE}",
+          match is not None and float(match.group(1)) <= MAX_EXPOSURE, match.group(0) if match else exposure.stderr)
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def run_tests(c, venv, secret):
+    # What the module declares: users.users.maubot (system user and group), sops-nix secrets in /run/secrets.
+    c.sh("useradd --system --user-group --home-dir /var/lib/maubot --no-create-home --shell /usr/sbin/nologin maubot")
+    bcrypt_hash = run([os.path.join(venv, "bin", "python"), "-c",
+                       "import bcrypt; print(bcrypt.hashpw(b'admin', bcrypt.gensalt(12)).decode())"]).stdout.strip()
+    secrets = {
+        "registration-shared-secret": secret,
+        "admin-password-hash": bcrypt_hash,
+        "secret-key": os.urandom(32).hex(),
+    }
+    c.sh("mkdir -p -m 0755 /run/secrets/maubot")
+    for name, value in secrets.items():
+        with open(f"{c.root}/run/secrets/maubot/{name}", "w") as f:
+            f.write(value + "\n")
+        c.sh(f"chmod 0400 /run/secrets/maubot/{name}")
+    c.sh("systemctl daemon-reload")
+
+    # 1. Without state: exit 78 and no restart loop; nothing created in the state directory.
+    c.sh("systemctl start maubot.service")
+    props = wait_until(lambda: (lambda p: p if p.get("ActiveState") == "failed" else None)(
+        c.show("maubot", "ActiveState", "ExecMainStatus", "NRestarts", "Result")), 20)
+    check("without state the unit fails with exit 78", props and props.get("ExecMainStatus") == "78", props)
+    time.sleep(7)  # longer than RestartSec=5
+    props = c.show("maubot", "ActiveState", "NRestarts")
+    check("... and is not restarted (RestartPreventExitStatus=78)",
+          props.get("NRestarts") == "0" and props.get("ActiveState") == "failed", props)
+    check("... and says how to fix it", "maubot setup" in c.journal("maubot"), c.journal("maubot")[-800:])
+    mode = c.sh("stat -c '%a %U' /var/lib/maubot").stdout.strip()
+    contents = c.sh("ls -A /var/lib/maubot").stdout.strip()
+    check("the state directory systemd made is 0700, owned by maubot, and empty",
+          mode == "700 maubot" and contents == "", (mode, contents))
+
+    # 2. maubot-setup: setup under the service's identity, credentials and sandbox.
+    setup = c.sh("bash /usr/local/bin/maubot-setup < /dev/null", timeout=180)
+    check("maubot-setup succeeds under the unit's sandbox", setup.returncode == 0, setup.stdout + setup.stderr)
+    check("... and shows the recovery key on stdout", "Recovery key for instance `ping`" in setup.stdout, setup.stdout)
+    listing = c.sh("stat -c '%a %U %n' /var/lib/maubot /var/lib/maubot/maubot.db").stdout
+    check("state is owned by maubot: directory 0700, database 0600",
+          "700 maubot /var/lib/maubot" in listing and "600 maubot /var/lib/maubot/maubot.db" in listing, listing)
+
+    # 3. The service: READY, STATUS, watchdog, credentials, hardening.
+    c.sh("systemctl reset-failed maubot.service")
+    started = c.sh("systemctl start maubot.service", timeout=150)
+    props = c.show("maubot", "ActiveState", "SubState", "StatusText", "WatchdogUSec", "MainPID", "NRestarts")
+    check("after READY=1 the unit is active (running)", started.returncode == 0 and props.get("ActiveState") == "active"
+          and props.get("SubState") == "running", (started.stderr, props))
+    check("STATUS= says the bots are syncing", props.get("StatusText") == "1/1 bots syncing", props)
+    check("the watchdog is armed (WatchdogSec=60)", props.get("WatchdogUSec") == "1min", props)
+    watchdog_at_start = c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
+    pid = props.get("MainPID", "0")
+    creds = c.sh("ls /run/credentials/maubot.service/").stdout.split()
+    check("credentials are delivered by LoadCredential=", sorted(creds) == ["admin-admin", "registration-shared-secret",
+                                                                           "secret-key"], creds)
+    status = read(f"{c.root}/proc/{pid}/status") if pid != "0" else ""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    check("hardening is enforced: no new privileges, seccomp filter, no capabilities",
+          fields.get("NoNewPrivs", "").strip() == "1" and fields.get("Seccomp", "").strip() == "2"
+          and fields.get("CapEff", "").strip() == "0000000000000000", {k: fields.get(k) for k in
+                                                                          ("NoNewPrivs", "Seccomp", "CapEff")})
+    uid = c.sh("id -u maubot").stdout.strip()
+    check("the daemon runs as maubot", fields.get("Uid", "").split()[:1] == [uid], (fields.get("Uid"), uid))
+
+    # 4. A real `!ping` through the real homeserver.
+    client = run([os.path.join(venv, "bin", "python"), os.path.join(ROOT, "scripts", "demo_client.py"),
+                  f"http://127.0.0.1:{SYNAPSE_PORT}", secret, BOT], timeout=150)
+    check("a person's !ping is answered with pong", client.returncode == 0 and "pong (took" in client.stdout,
+          client.stdout + client.stderr)
+
+    # 5. The watchdog is fed while healthy: each WATCHDOG=1 (every 30 s) moves systemd's watchdog timestamp.
+    fed = wait_until(lambda: c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
+                     not in (None, "0", watchdog_at_start), 45)
+    check("the daemon feeds the watchdog", fed, (watchdog_at_start, c.show("maubot", "WatchdogTimestampMonotonic")))
+
+    # 6. Stop: STOPPING, clean exit, journald with structured fields, no seccomp kill anywhere.
+    stopped = c.sh("systemctl stop maubot.service", timeout=60)
+    props = c.show("maubot", "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    check("SIGTERM stops the daemon cleanly", stopped.returncode == 0 and props.get("Result") == "success"
+          and props.get("ExecMainStatus") == "0", props)
+    entries = [json.loads(line) for line in c.sh("journalctl -o json --no-pager SYSLOG_IDENTIFIER=maubot").stdout.splitlines()
+               if line.startswith("{")]
+    check("logs reach journald natively with structured fields",
+          any(e.get("INSTANCE") == "ping" and "MESSAGE" in e for e in entries), f"{len(entries)} entries")
+    everything = c.sh("journalctl --no-pager -o cat").stdout
+    check("no seccomp kill during setup, run or shutdown", "status=31/SYS" not in everything and "SIGSYS" not in everything,
+          [l for l in everything.splitlines() if "SYS" in l][:5])
+
+    # 7. State lost after setup: exit 78 again, no restart, and the state is not recreated.
+    c.sh("mv /var/lib/maubot/maubot.db /var/lib/maubot/maubot.db.aside")
+    c.sh("systemctl start maubot.service")
+    props = wait_until(lambda: (lambda p: p if p.get("ActiveState") == "failed" else None)(
+        c.show("maubot", "ActiveState", "ExecMainStatus", "NRestarts")), 20)
+    time.sleep(7)
+    props = c.show("maubot", "ActiveState", "ExecMainStatus", "NRestarts")
+    check("a lost database gives exit 78 without restarts", props.get("ExecMainStatus") == "78"
+          and props.get("NRestarts") == "0" and props.get("ActiveState") == "failed", props)
+    check("... and run did not create a new one", c.sh("test -e /var/lib/maubot/maubot.db").returncode != 0)
+    c.sh("mv /var/lib/maubot/maubot.db.aside /var/lib/maubot/maubot.db; systemctl reset-failed maubot.service")
+    restarted = c.sh("systemctl start maubot.service", timeout=150)
+    check("with the state restored it runs again", restarted.returncode == 0
+          and c.show("maubot", "StatusText").get("StatusText") == "1/1 bots syncing", restarted.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
