@@ -353,3 +353,54 @@ async fn recovery_keys_can_go_to_a_new_private_file_instead_of_the_terminal() {
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), text);
     assert!(!env.state_dir().exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_from_before_setup_are_joined_but_old_commands_are_history() {
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let bot = env.user_id("ping");
+    let person = TestUser::new(synapse, "ivan-").await;
+    // Invited, and a command sent, before the bot was ever set up.
+    let room = person.create_room(false, &[&bot]).await;
+    let old_ping = person.send_text(&room, "!ping").await;
+
+    env.setup();
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    let new_ping = person.send_text(&room, "!ping").await;
+    person.wait_for_reply(&new_ping, &bot, REPLY_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = person.room_history(&room).await;
+    let answered_old = history.iter().any(|m| m.in_reply_to.as_ref() == Some(&old_ping));
+    assert!(!answered_old, "a command from before setup is history, not a command");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_accepted_only_from_the_allow_list() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
+    let bot = env.user_id("ping");
+    let friend = TestUser::new(synapse, "judy-").await;
+    let stranger = TestUser::new(synapse, "mallory-").await;
+    env.allow_invites_from = vec![friend.client.user_id().unwrap().to_string()];
+    env.write_config();
+    env.setup();
+    let mut daemon = env.spawn_run();
+
+    let declined = stranger.create_room(false, &[&bot]).await;
+    let accepted = friend.create_room(false, &[&bot]).await;
+    friend.wait_for_join(&accepted, &bot).await;
+    let bot_id = matrix_sdk::ruma::UserId::parse(bot.as_str()).unwrap();
+    crate::harness::eventually(Duration::from_secs(30), "the stranger's invite to be declined", || {
+        let room = declined.clone();
+        let bot_id = bot_id.clone();
+        async move {
+            let member = room.get_member(&bot_id).await.ok().flatten()?;
+            (*member.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Leave).then_some(())
+        }
+    })
+    .await;
+    assert!(daemon.log().contains("declining an invite"), "{}", daemon.log());
+    assert_eq!(daemon.stop().code(), Some(0));
+}

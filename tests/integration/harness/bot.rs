@@ -27,6 +27,8 @@ pub struct BotEnv {
     /// Extra top-level YAML.
     pub top_extra: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The ping bots' `allow_invites_from` globs.
+    pub allow_invites_from: Vec<String>,
 }
 
 impl BotEnv {
@@ -59,6 +61,7 @@ impl BotEnv {
             homeserver_extra: Vec::new(),
             top_extra: Vec::new(),
             env: BTreeMap::new(),
+            allow_invites_from: vec!["@*:maubot.test".into()],
         }
     }
 
@@ -103,7 +106,8 @@ impl BotEnv {
                 "  {}:\n    type: ping\n    user: \"@{}:{SERVER_NAME}\"\n",
                 instance.id, instance.localpart
             ));
-            yaml.push_str("    config:\n      allow_invites_from: [\"@*:maubot.test\"]\n");
+            let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
+            yaml.push_str(&format!("    config:\n      allow_invites_from: [{}]\n", globs.join(", ")));
             for line in &instance.extra {
                 yaml.push_str(&format!("    {line}\n"));
             }
