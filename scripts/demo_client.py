@@ -1,72 +1,34 @@
 #!/usr/bin/env python3
 """The person in the demo: registers on the local Synapse, opens a room with the bot, sends `!ping` and prints
-the bot's `pong`. Standard library only.
+the bot's `pong`.
 
 Usage: demo_client.py HOMESERVER_URL SHARED_SECRET BOT_USER_ID
 """
-import hashlib
-import hmac
-import json
+import os
 import secrets
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-base, shared_secret, bot = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
-token = None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from matrixlib import Api, replies_in  # noqa: E402
 
-
-def call(method, path, body=None):
-    request = urllib.request.Request(base + path, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    data = json.dumps(body).encode() if body is not None else None
-    try:
-        with urllib.request.urlopen(request, data, timeout=30) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:
-        raise SystemExit(f"{method} {path} failed: {error.code} {error.read().decode()}")
-
-
-# Register a person with Synapse's shared-secret admin API.
-localpart = "demo-person-" + secrets.token_hex(3)
-password = secrets.token_hex(12)
-nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
-mac = hmac.new(shared_secret.encode(), b"\0".join([nonce.encode(), localpart.encode(), password.encode(), b"notadmin"]), hashlib.sha1)
-token = call("POST", "/_synapse/admin/v1/register",
-             {"nonce": nonce, "username": localpart, "password": password, "admin": False, "mac": mac.hexdigest()})["access_token"]
-print(f"person: registered @{localpart}")
-
-room = call("POST", "/_matrix/client/v3/createRoom", {"invite": [bot], "name": "maubot demo"})["room_id"]
+base, shared_secret, bot = sys.argv[1], sys.argv[2], sys.argv[3]
+person = Api(base).register_with_secret(shared_secret, "demo-person-" + secrets.token_hex(3), secrets.token_hex(12))
+print(f"person: registered {person.user_id()}")
+room = person.create_room([bot], name="maubot demo")
 print(f"person: created {room} and invited {bot}")
-room_path = urllib.parse.quote(room)
-
-deadline = time.time() + 60
-while True:
-    members = call("GET", f"/_matrix/client/v3/rooms/{room_path}/joined_members")["joined"]
-    if bot in members:
-        break
-    if time.time() > deadline:
-        raise SystemExit("the bot did not join within 60 s")
-    time.sleep(0.2)
+person.wait_for_members(room, [bot])
 print(f"person: {bot} joined")
-
+since = person.sync()["next_batch"]
 sent_at = time.time()
-ping = call("PUT", f"/_matrix/client/v3/rooms/{room_path}/send/m.room.message/{secrets.token_hex(8)}",
-            {"msgtype": "m.text", "body": "!ping"})["event_id"]
+ping = person.send_text(room, "!ping")
 print("person: sent !ping")
-
 deadline = time.time() + 60
 while time.time() < deadline:
-    messages = call("GET", f"/_matrix/client/v3/rooms/{room_path}/messages?dir=b&limit=20")["chunk"]
-    for event in messages:
-        content = event.get("content", {})
-        reply_to = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-        if event.get("sender") == bot and reply_to == ping:
-            print(f"{bot}: {content['body']}   (round trip {1000 * (time.time() - sent_at):.0f} ms)")
+    response = person.sync(since, timeout_ms=5000)
+    since = response["next_batch"]
+    for sender, target, body in replies_in(response, room):
+        if sender == bot and target == ping:
+            print(f"{bot}: {body}   (round trip {1000 * (time.time() - sent_at):.0f} ms)")
             sys.exit(0)
-    time.sleep(0.2)
 raise SystemExit("no pong within 60 s")

@@ -5,6 +5,7 @@ use maubot::cli::{Cli, Command};
 use maubot::config::{self, Sources, provenance};
 use maubot::setup::{RecoveryKey, SetupOptions};
 use maubot::systemd::{Notifier, logging};
+use maubot::telemetry::Telemetry;
 use maubot::{EXIT_CONFIG, host, setup};
 
 fn main() -> ExitCode {
@@ -33,7 +34,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    logging::init(&loaded.config.logging.level);
+    let telemetry = std::sync::Arc::new(Telemetry::default());
+    logging::init(&loaded.config.logging.level, telemetry.clone());
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let notifier = Notifier::from_env();
-            match runtime.block_on(host::run(&loaded.config, &notifier)) {
+            match runtime.block_on(host::run(&loaded.config, &notifier, telemetry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("maubot run: {}", with_causes(&e));

@@ -29,6 +29,27 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
+    /// ERROR and CRITICAL events sent to an admin room. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// The admin room (room ID); the sending bot must be joined to it (or invited by an allowed user).
+    pub room: String,
+    /// The instance whose bot sends the notifications.
+    pub instance: String,
+    /// Minimum severity sent to the room; lower levels go to the journal only. `ERROR` or `CRITICAL`.
+    #[serde(default)]
+    pub level: NotificationLevel,
+    /// At most this many messages per minute; the rest are counted and summarized.
+    #[serde(default = "default_notifications_per_minute")]
+    pub max_per_minute: u32,
+    /// The same event again within this window is counted, not sent again.
+    #[serde(default = "default_dedupe_window_secs")]
+    pub dedupe_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +61,9 @@ pub struct ServerConfig {
     /// Signs management API tokens; at least 32 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<Secret>,
+    /// Lifetime of a management API token.
+    #[serde(default = "default_token_ttl_secs")]
+    pub token_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +97,9 @@ pub struct HostConfig {
     pub ready_timeout_secs: u64,
     /// Long-poll timeout of each `/sync`.
     pub sync_timeout_secs: u64,
+    /// The health summary is degraded while an ERROR or CRITICAL event is younger than this.
+    #[serde(default = "default_error_window_secs")]
+    pub error_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,6 +171,22 @@ pub enum NotificationLevel {
     #[default]
     Error,
     Critical,
+}
+
+fn default_error_window_secs() -> u64 {
+    300
+}
+
+fn default_token_ttl_secs() -> u64 {
+    3600
+}
+
+fn default_notifications_per_minute() -> u32 {
+    6
+}
+
+fn default_dedupe_window_secs() -> u64 {
+    600
 }
 
 fn yes() -> bool {

@@ -53,6 +53,7 @@ pub fn validate(config: &Config) -> Findings {
     check_homeservers(config, &mut findings);
     check_logging(config, &mut findings);
     check_host(config, &mut findings);
+    check_notifications(config, &mut findings);
     let mut users: BTreeMap<&str, &str> = BTreeMap::new();
     for (id, instance) in &config.instances {
         check_instance(config, id, instance, &mut findings);
@@ -109,6 +110,9 @@ fn check_server(config: &Config, findings: &mut Findings) {
         Err(_) if server.hostname == "localhost" => {}
         Err(_) => findings
             .error("server.hostname", format!("`{}` is not an IP address; use 127.0.0.1 (or ::1)", server.hostname)),
+    }
+    if !(60..=86400).contains(&server.token_ttl_secs) {
+        findings.error("server.token_ttl_secs", "must be between 60 seconds and a day (86400)");
     }
     if let Some(key) = &server.secret_key
         && key.expose().len() < MIN_SECRET_KEY_BYTES
@@ -221,8 +225,40 @@ fn check_host(config: &Config, findings: &mut Findings) {
     if !(1..=600).contains(&config.host.ready_timeout_secs) {
         findings.error("host.ready_timeout_secs", "must be between 1 and 600 seconds");
     }
+    if !(1..=86400).contains(&config.host.error_window_secs) {
+        findings.error("host.error_window_secs", "must be between 1 second and a day; the default is 300 (5 minutes)");
+    }
     if !(1..=300).contains(&config.host.sync_timeout_secs) {
         findings.error("host.sync_timeout_secs", "must be between 1 and 300 seconds");
+    }
+}
+
+fn check_notifications(config: &Config, findings: &mut Findings) {
+    let Some(notifications) = &config.notifications else { return };
+    if let Err(why) = check_room_id(&notifications.room) {
+        findings.error("notifications.room", format!("`{}` is not a room ID: {why}", notifications.room));
+    }
+    if !config.instances.contains_key(&notifications.instance) {
+        findings.error(
+            "notifications.instance",
+            format!(
+                "`{}` is not a configured instance; name the bot that sends notifications (one of: {})",
+                notifications.instance,
+                config.instances.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    if notifications.level < super::model::NotificationLevel::Error {
+        findings.error(
+            "notifications.level",
+            "only ERROR and CRITICAL go to the admin room (lower levels stay in the journal); use ERROR or CRITICAL",
+        );
+    }
+    if !(1..=60).contains(&notifications.max_per_minute) {
+        findings.error("notifications.max_per_minute", "must be between 1 and 60");
+    }
+    if !(10..=86400).contains(&notifications.dedupe_window_secs) {
+        findings.error("notifications.dedupe_window_secs", "must be between 10 seconds and a day (86400)");
     }
 }
 

@@ -2,6 +2,9 @@
 //! store check that keeps `run` from ever creating new device keys for an existing device.
 
 use std::path::Path;
+use std::time::Duration;
+
+use matrix_sdk::config::RequestConfig;
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
@@ -26,6 +29,9 @@ pub enum ClientError {
 pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, ClientError> {
     Client::builder()
         .homeserver_url(homeserver_url)
+        // Let failures reach our own loop (which honours Retry-After and escalates to the supervisor) instead of
+        // matrix-sdk's default of retrying for up to 15 minutes.
+        .request_config(RequestConfig::new().retry_limit(3).max_retry_time(Duration::from_secs(30)))
         .sqlite_store(store_dir, None)
         .with_encryption_settings(EncryptionSettings {
             // Cross-signing is bootstrapped explicitly by `setup`, never implicitly.
@@ -97,4 +103,18 @@ pub async fn align_sync_position(client: &Client, position: Option<&str>) -> Res
         None => store.remove_kv_data(StateStoreDataKey::SyncToken).await,
     }
     .map_err(|e| ClientError::Matrix(e.into()))
+}
+
+/// A client for a set-up instance with its session restored. No network access: the store must have been
+/// checked with [`verify_store`] first.
+pub async fn restore(
+    homeserver_url: &str,
+    store_dir: &Path,
+    record: &InstanceRecord,
+    sync_position: Option<&str>,
+) -> Result<Client, ClientError> {
+    let client = build(homeserver_url, store_dir).await?;
+    align_sync_position(&client, sync_position).await?;
+    client.restore_session(session_of(record)?).await?;
+    Ok(client)
 }

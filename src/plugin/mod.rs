@@ -46,6 +46,13 @@ pub struct IncomingMessage {
     pub encrypted: bool,
 }
 
+/// What a plugin may use besides the event: its instance id and the instance's outgoing rate limiter, which it
+/// must `acquire()` before every external call (and `back_off()` when the service says "too many requests").
+pub struct PluginContext {
+    pub instance: String,
+    pub limiter: std::sync::Arc<crate::instance::RateLimiter>,
+}
+
 /// What a plugin wants done in answer to an event.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -62,7 +69,7 @@ pub trait Plugin: Send + Sync {
     }
 
     /// Handles a text message; the returned actions are carried out in order.
-    async fn on_message(&self, message: &IncomingMessage) -> Vec<Action>;
+    async fn on_message(&self, context: &PluginContext, message: &IncomingMessage) -> Vec<Action>;
 }
 
 /// Deserializes a plugin config, reporting the path of the first problem.

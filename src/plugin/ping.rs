@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde::Deserialize;
 
-use super::{Action, ConfigProblem, IncomingMessage, Plugin, PluginType, parse_config};
+use super::{Action, ConfigProblem, IncomingMessage, Plugin, PluginContext, PluginType, parse_config};
 use crate::config::ids::glob_matches;
 
 pub struct PingType;
@@ -77,7 +77,7 @@ impl Plugin for Ping {
         self.config.allow_invites_from.iter().any(|glob| glob_matches(glob, inviter))
     }
 
-    async fn on_message(&self, message: &IncomingMessage) -> Vec<Action> {
+    async fn on_message(&self, _context: &PluginContext, message: &IncomingMessage) -> Vec<Action> {
         if !self.is_command(&message.body) {
             return Vec::new();
         }

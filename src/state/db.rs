@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::StateError;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// The oldest schema reader that can use a database at `SCHEMA_VERSION` (bump on incompatible changes only).
 pub const COMPAT_VERSION: u32 = 1;
 
@@ -40,7 +40,24 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (instance_id, event_id)
      );
      CREATE INDEX handled_events_by_age ON handled_events (handled_at);",
+    // 1 -> 2: runtime start/stop/enable/disable (additive: schema-1 readers ignore it).
+    "CREATE TABLE instance_overrides (
+         id TEXT PRIMARY KEY NOT NULL,
+         enabled INTEGER,
+         config_enabled INTEGER,
+         stopped INTEGER NOT NULL DEFAULT 0,
+         updated_at INTEGER NOT NULL
+     );",
 ];
+
+/// What the management API changed about an instance at run time. `enabled` overrides the config only while
+/// the config still says what it said when the override was made (`config_enabled`): a changed config wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Override {
+    pub enabled: Option<bool>,
+    pub config_enabled: Option<bool>,
+    pub stopped: bool,
+}
 
 /// A bot instance's login, as `setup` recorded it.
 #[derive(Clone, PartialEq, Eq)]
@@ -212,6 +229,58 @@ impl Database {
         })
     }
 
+    /// Runtime overrides by instance id.
+    pub fn overrides(&self) -> Result<std::collections::HashMap<String, Override>, StateError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT id, enabled, config_enabled, stopped FROM instance_overrides")?;
+            stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    Override { enabled: row.get(1)?, config_enabled: row.get(2)?, stopped: row.get(3)? },
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    /// Records a runtime enable/disable made while the config said `config_enabled`.
+    pub fn set_enabled_override(&self, id: &str, enabled: bool, config_enabled: bool) -> Result<(), StateError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO instance_overrides (id, enabled, config_enabled, stopped, updated_at)
+                 VALUES (?1, ?2, ?3, 0, ?4)
+                 ON CONFLICT (id) DO UPDATE SET enabled = excluded.enabled, config_enabled = excluded.config_enabled,
+                                                updated_at = excluded.updated_at",
+                params![id, enabled, config_enabled, now_unix()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Forgets a runtime enable/disable (the config changed, so it is authoritative again).
+    pub fn clear_enabled_override(&self, id: &str) -> Result<(), StateError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE instance_overrides SET enabled = NULL, config_enabled = NULL, updated_at = ?2 WHERE id = ?1",
+                params![id, now_unix()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Records a runtime stop (kept across restarts until started again).
+    pub fn set_stopped(&self, id: &str, stopped: bool) -> Result<(), StateError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO instance_overrides (id, enabled, config_enabled, stopped, updated_at)
+                 VALUES (?1, NULL, NULL, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET stopped = excluded.stopped, updated_at = excluded.updated_at",
+                params![id, stopped, now_unix()],
+            )
+            .map(drop)
+        })
+    }
+
     pub fn is_handled(&self, id: &str, event_id: &str) -> Result<bool, StateError> {
         self.with(|conn| {
             conn.query_row(
@@ -333,6 +402,33 @@ mod tests {
         let err = Database::open(&path).err().unwrap();
         assert!(matches!(err, StateError::SchemaTooNew { .. }));
         assert!(err.to_string().contains("rollback"), "{err}");
+    }
+
+    #[test]
+    fn overrides_round_trip_and_a_schema_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("maubot.db");
+        drop(Database::create(&path).unwrap());
+        {
+            // Roll the file back to schema 1, as an older maubot would have left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP TABLE instance_overrides; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        db.set_enabled_override("a", false, true).unwrap();
+        db.set_stopped("a", true).unwrap();
+        db.set_stopped("b", true).unwrap();
+        let overrides = db.overrides().unwrap();
+        assert_eq!(overrides["a"], Override { enabled: Some(false), config_enabled: Some(true), stopped: true });
+        db.clear_enabled_override("a").unwrap();
+        db.set_stopped("b", false).unwrap();
+        let overrides = db.overrides().unwrap();
+        assert_eq!(overrides["a"], Override { enabled: None, config_enabled: None, stopped: true });
+        assert!(!overrides["b"].stopped);
     }
 
     #[test]

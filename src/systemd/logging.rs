@@ -3,6 +3,10 @@
 //! else from `logging.level`.
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use crate::telemetry::Telemetry;
+use crate::telemetry::capture::CaptureLayer;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -32,8 +36,9 @@ pub fn directives(level: &str) -> String {
     if level.contains("matrix_sdk") { level.to_owned() } else { format!("{level},{QUIET_SDK}") }
 }
 
-/// Installs the global subscriber. `level` is the config's filter (already validated).
-pub fn init(level: &str) {
+/// Installs the global subscriber. `level` is the config's filter (already validated). Every event also feeds
+/// `telemetry` (recent lines per instance, error counts, admin-room alerts).
+pub fn init(level: &str, telemetry: Arc<Telemetry>) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|env| EnvFilter::try_new(directives(&env)).ok())
@@ -42,9 +47,11 @@ pub fn init(level: &str) {
         && let Ok(journald) = tracing_journald::layer()
     {
         let journald = journald.with_field_prefix(None).with_syslog_identifier("maubot".to_owned());
-        let _ = tracing_subscriber::registry().with(filter).with(journald).try_init();
+        let _ =
+            tracing_subscriber::registry().with(filter).with(journald).with(CaptureLayer::new(telemetry)).try_init();
         return;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let text = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = tracing_subscriber::registry().with(filter).with(text).with(CaptureLayer::new(telemetry)).try_init();
 }

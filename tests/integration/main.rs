@@ -7,5 +7,6 @@ mod harness;
 mod catch_up;
 mod check_config;
 mod config_layers;
+mod host_api;
 mod notify;
 mod setup_run;

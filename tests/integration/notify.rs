@@ -20,7 +20,7 @@ async fn ready_status_watchdog_and_stopping() {
     let ready = socket
         .wait_for(Duration::from_secs(60), |m| m.contains("READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; got {:?}; log:\n{}", socket.received, daemon.log()));
-    assert!(ready.contains("STATUS=1/1 bots syncing"), "{ready}");
+    assert!(ready.contains("STATUS=healthy: 1/1 bots syncing"), "{ready}");
     assert!(
         socket.wait_for(Duration::from_secs(5), |m| m == "WATCHDOG=1").is_some(),
         "watchdog pings every WATCHDOG_USEC/2: {:?}",
@@ -58,7 +58,8 @@ async fn a_homeserver_that_is_down_gives_degraded_ready_and_retries() {
     let ready = socket
         .wait_for(Duration::from_secs(30), |m| m.contains("READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; log:\n{}", daemon.log()));
-    assert!(ready.contains("0/1 bots syncing; degraded: ping "), "{ready}");
+    assert!(ready.contains("0/1 bots syncing; ping "), "{ready}");
+    assert!(!ready.contains("STATUS=healthy"), "{ready}");
     // Still running, still trying.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon must keep retrying, not exit");

@@ -221,7 +221,7 @@ def run_tests(c, venv, secret):
     props = c.show("maubot", "ActiveState", "SubState", "StatusText", "WatchdogUSec", "MainPID", "NRestarts")
     check("after READY=1 the unit is active (running)", started.returncode == 0 and props.get("ActiveState") == "active"
           and props.get("SubState") == "running", (started.stderr, props))
-    check("STATUS= says the bots are syncing", props.get("StatusText") == "1/1 bots syncing", props)
+    check("STATUS= says the bots are syncing", "1/1 bots syncing" in props.get("StatusText", ""), props)
     check("the watchdog is armed (WatchdogSec=60)", props.get("WatchdogUSec") == "1min", props)
     watchdog_at_start = c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
     pid = props.get("MainPID", "0")
@@ -274,7 +274,7 @@ def run_tests(c, venv, secret):
     c.sh("mv /var/lib/maubot/maubot.db.aside /var/lib/maubot/maubot.db; systemctl reset-failed maubot.service")
     restarted = c.sh("systemctl start maubot.service", timeout=150)
     check("with the state restored it runs again", restarted.returncode == 0
-          and c.show("maubot", "StatusText").get("StatusText") == "1/1 bots syncing", restarted.stderr)
+          and "1/1 bots syncing" in c.show("maubot", "StatusText").get("StatusText", ""), restarted.stderr)
 
 
 if __name__ == "__main__":

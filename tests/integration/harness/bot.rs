@@ -29,7 +29,20 @@ pub struct BotEnv {
     pub env: BTreeMap<String, String>,
     /// The ping bots' `allow_invites_from` globs.
     pub allow_invites_from: Vec<String>,
+    /// The management API port (a free one, so that tests can run side by side).
+    pub api_port: u16,
+    /// YAML lines under `server:` besides `port`.
+    pub server_extra: Vec<String>,
+    /// YAML lines under `host:` besides the timeouts.
+    pub host_extra: Vec<String>,
+    /// More homeservers (name, url) besides `local`.
+    pub extra_homeservers: Vec<(String, String)>,
 }
+
+/// The admin password `enable_api_login` configures.
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
+/// The token signing key `enable_api_login` configures.
+pub const SECRET_KEY: &str = "0123456789abcdef0123456789abcdef-test-signing-key";
 
 impl BotEnv {
     /// An environment with one `ping` bot per id; bots log in with a password from a credential
@@ -62,7 +75,25 @@ impl BotEnv {
             top_extra: Vec::new(),
             env: BTreeMap::new(),
             allow_invites_from: vec!["@*:maubot.test".into()],
+            api_port: std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+            server_extra: Vec::new(),
+            host_extra: Vec::new(),
+            extra_homeservers: Vec::new(),
         }
+    }
+
+    /// Configures an admin `admin` (bcrypt, cost 12) and a token signing key, both as credentials.
+    pub fn enable_api_login(&mut self) {
+        let hash = bcrypt::hash(ADMIN_PASSWORD, 12).unwrap();
+        self.write_credential("admin-admin", &format!("{hash}\n"));
+        self.write_credential("secret-key", SECRET_KEY);
+        self.server_extra.push("secret_key: {credential: secret-key}".into());
+        self.top_extra.push("admins:\n  admin: {credential: admin-admin}".into());
+        self.write_config();
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -93,9 +124,19 @@ impl BotEnv {
         let mut yaml = format!("state_dir: {}\n", self.state_dir().display());
         yaml.push_str("logging:\n  level: \"info,maubot=debug\"\n");
         yaml.push_str("host:\n  ready_timeout_secs: 30\n  sync_timeout_secs: 5\n");
+        for line in &self.host_extra {
+            yaml.push_str(&format!("  {line}\n"));
+        }
+        yaml.push_str(&format!("server:\n  port: {}\n", self.api_port));
+        for line in &self.server_extra {
+            yaml.push_str(&format!("  {line}\n"));
+        }
         yaml.push_str(&format!("homeservers:\n  local:\n    url: {}\n", self.homeserver_url));
         for line in &self.homeserver_extra {
             yaml.push_str(&format!("    {line}\n"));
+        }
+        for (name, url) in &self.extra_homeservers {
+            yaml.push_str(&format!("  {name}:\n    url: {url}\n"));
         }
         for line in &self.top_extra {
             yaml.push_str(&format!("{line}\n"));

@@ -26,6 +26,8 @@ pub struct Seen {
     pub body: String,
     pub in_reply_to: Option<OwnedEventId>,
     pub encrypted: bool,
+    /// The homeserver's timestamp, in milliseconds since the epoch.
+    pub ts_ms: u64,
 }
 
 pub struct TestUser {
@@ -154,5 +156,11 @@ fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
         Some(Relation::Reply(reply)) => Some(reply.in_reply_to.event_id.clone()),
         _ => None,
     };
-    Seen { sender: event.sender.clone(), body: event.content.body().to_owned(), in_reply_to, encrypted }
+    Seen {
+        sender: event.sender.clone(),
+        body: event.content.body().to_owned(),
+        in_reply_to,
+        encrypted,
+        ts_ms: event.origin_server_ts.0.into(),
+    }
 }

@@ -3,6 +3,7 @@
 pub mod bot;
 pub mod client;
 pub mod daemon;
+pub mod proxy;
 pub mod synapse;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use matrix_sdk::config::{SyncSettings, SyncToken};
@@ -27,19 +28,24 @@ use matrix_sdk::ruma::events::{
 };
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use crate::plugin::{Action, IncomingMessage, Plugin};
+use crate::alerts::scrub::scrubbed;
+use crate::plugin::{Action, IncomingMessage, Plugin, PluginContext};
 use crate::state::{Database, StateError};
 
-/// Where an instance is in its life, as the host and the status line see it.
+pub mod rate_limit;
+
+pub use rate_limit::RateLimiter;
+
+/// Where a running instance's loop is, as the supervisor and the status line see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     Starting,
     Syncing,
     /// Sync or handling failed; retrying with backoff.
     Retrying(String),
-    /// Stopped for good (e.g. the access token was revoked); needs the operator.
+    /// The loop ended with an error; the supervisor restarts it.
     Failed(String),
     Stopped,
 }
@@ -51,7 +57,7 @@ pub struct Status {
     /// Last time the loop made progress (a sync returned, or an error was handled).
     pub last_progress: Instant,
     pub last_sync: Option<SystemTime>,
-    pub commands_answered: u64,
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -61,7 +67,7 @@ impl Status {
             first_sync_done: false,
             last_progress: Instant::now(),
             last_sync: None,
-            commands_answered: 0,
+            last_error: None,
         }
     }
 }
@@ -70,6 +76,25 @@ impl Default for Status {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Counters for metrics, kept across restarts of the instance.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_handled: AtomicU64,
+    pub commands_answered: AtomicU64,
+    pub handling_errors: AtomicU64,
+    pub decryption_failures: AtomicU64,
+    pub syncs: AtomicU64,
+}
+
+/// How a run of the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Asked to stop.
+    Stopped,
+    /// Gave up; the supervisor decides when to try again.
+    Failed(String),
 }
 
 /// Handling stopped part-way; the batch is retried from the same sync position.
@@ -81,10 +106,20 @@ enum HandleError {
     Matrix(#[from] matrix_sdk::Error),
 }
 
+impl HandleError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HandleError::Matrix(e) => retry_after(e),
+            HandleError::State(_) => None,
+        }
+    }
+}
+
 pub struct Instance {
     pub id: String,
     pub client: Client,
     pub plugin: Box<dyn Plugin>,
+    pub context: PluginContext,
     pub db: Arc<Database>,
     /// Users of every bot in this host; their messages are never commands.
     pub bot_users: Arc<HashSet<OwnedUserId>>,
@@ -92,9 +127,14 @@ pub struct Instance {
     pub max_command_age: Duration,
     pub sync_timeout: Duration,
     pub status: Arc<watch::Sender<Status>>,
+    pub counters: Arc<Counters>,
+    /// Woken on every status change, so that the host reacts at once (READY, STATUS=).
+    pub on_change: Arc<Notify>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Consecutive failed syncs after which the loop gives up and lets the supervisor restart it.
+pub const FAILURES_BEFORE_GIVING_UP: u32 = 5;
 /// Most events fetched to fill one gap after downtime.
 const MAX_BACKFILL_EVENTS: usize = 2000;
 
@@ -103,8 +143,16 @@ impl Instance {
         self.client.user_id().expect("session restored").to_owned()
     }
 
+    fn update(&self, change: impl FnOnce(&mut Status)) {
+        self.status.send_modify(change);
+        self.on_change.notify_one();
+    }
+
     fn set_phase(&self, phase: Phase) {
-        self.status.send_modify(|s| {
+        self.update(|s| {
+            if let Phase::Retrying(why) | Phase::Failed(why) = &phase {
+                s.last_error = Some(why.clone());
+            }
             s.phase = phase;
             s.last_progress = Instant::now();
         });
@@ -114,75 +162,90 @@ impl Instance {
         self.room_subscriptions.is_empty() || self.room_subscriptions.contains(room_id)
     }
 
-    /// Syncs until `shutdown` turns true or the session is rejected.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Syncs until `shutdown` turns true, the session is rejected, or syncing keeps failing.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Outcome {
+        let outcome = self.sync_loop(&mut shutdown).await;
+        match &outcome {
+            Outcome::Stopped => self.set_phase(Phase::Stopped),
+            Outcome::Failed(why) => {
+                // The supervisor reports the failure (at ERROR, once) and decides about the restart.
+                tracing::warn!(instance = %self.id, error = %why, "the bot stopped with an error");
+                self.set_phase(Phase::Failed(why.clone()));
+            }
+        }
+        outcome
+    }
+
+    async fn sync_loop(&self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
         let mut since = match self.db.sync_token(&self.id) {
             Ok(token) => token,
-            Err(e) => {
-                tracing::error!(instance = %self.id, error = %e, "cannot read the sync position");
-                self.set_phase(Phase::Failed(e.to_string()));
-                return;
-            }
+            Err(e) => return Outcome::Failed(format!("cannot read the sync position: {e}")),
         };
         self.answer_pending_invites().await;
         let mut failures = 0u32;
         loop {
+            if *shutdown.borrow() {
+                return Outcome::Stopped;
+            }
             let first = !self.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
                 .filter(sync_filter())
                 .timeout(if first { Duration::ZERO } else { self.sync_timeout })
                 .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
             let result = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = crate::stopping(shutdown) => return Outcome::Stopped,
                 result = self.client.sync_once(settings) => result,
             };
-            let outcome = match result {
+            let outcome: Result<String, (String, Option<Duration>)> = match result {
                 Ok(response) => {
                     let next = response.next_batch.clone();
                     match self.handle(response, since.as_deref()).await {
                         Ok(()) => match self.db.save_sync_token(&self.id, &next) {
                             Ok(()) => Ok(next),
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => Err((e.to_string(), None)),
                         },
-                        Err(e) => Err(format!("handling events failed: {e}")),
+                        Err(e) => {
+                            self.counters.handling_errors.fetch_add(1, Ordering::Relaxed);
+                            Err((scrubbed(&format!("handling events failed: {e}")), e.retry_after()))
+                        }
                     }
                 }
                 Err(e) if is_session_revoked(&e) => {
-                    let message = format!(
+                    return Outcome::Failed(scrubbed(&format!(
                         "the homeserver rejected the access token ({e}); the device was logged out or deleted. \
                          Restore the state from a backup, or set the instance up again"
-                    );
-                    tracing::error!(instance = %self.id, "{message}");
-                    self.set_phase(Phase::Failed(message));
-                    return;
+                    )));
                 }
-                Err(e) => Err(format!("sync failed: {e}")),
+                Err(e) => Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e))),
             };
             match outcome {
                 Ok(next) => {
                     since = Some(next);
                     failures = 0;
-                    self.status.send_modify(|s| {
+                    self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.update(|s| {
                         s.phase = Phase::Syncing;
                         s.first_sync_done = true;
                         s.last_progress = Instant::now();
                         s.last_sync = Some(SystemTime::now());
                     });
                 }
-                Err(message) => {
+                Err((message, retry_after)) => {
                     failures += 1;
-                    let delay = backoff(failures);
+                    if failures >= FAILURES_BEFORE_GIVING_UP {
+                        return Outcome::Failed(format!("{failures} attempts in a row failed; last: {message}"));
+                    }
+                    // The homeserver's own Retry-After wins over our backoff when it asks for longer.
+                    let delay = retry_after.map_or_else(|| backoff(failures), |r| r.max(backoff(failures)));
                     tracing::warn!(instance = %self.id, error = %message, retry_in_ms = delay.as_millis() as u64, "retrying");
                     self.set_phase(Phase::Retrying(message));
                     tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => break,
+                        _ = crate::stopping(shutdown) => return Outcome::Stopped,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
-        self.set_phase(Phase::Stopped);
-        tracing::info!(instance = %self.id, "stopped");
     }
 
     async fn handle(&self, response: matrix_sdk::sync::SyncResponse, since: Option<&str>) -> Result<(), HandleError> {
@@ -261,7 +324,8 @@ impl Instance {
                     self.handle_message(room, &message, event.encryption_info().is_some()).await?;
                 }
                 AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(encrypted)) => {
-                    tracing::warn!(
+                    self.counters.decryption_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
                         instance = %self.id,
                         room_id = %room.room_id(),
                         event_id = %encrypted.event_id(),
@@ -306,7 +370,7 @@ impl Instance {
             age,
             encrypted,
         };
-        let actions = self.plugin.on_message(&incoming).await;
+        let actions = self.plugin.on_message(&self.context, &incoming).await;
         let answered = !actions.is_empty();
         for (index, action) in actions.into_iter().enumerate() {
             self.perform(room, message, index, action).await?;
@@ -314,7 +378,7 @@ impl Instance {
         fault_injection::after_reply_sent();
         self.db.mark_handled(&self.id, message.event_id.as_str())?;
         if answered {
-            self.status.send_modify(|s| s.commands_answered += 1);
+            self.counters.commands_answered.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 instance = %self.id,
                 room_id = %room.room_id(),
@@ -349,7 +413,7 @@ impl Instance {
                             instance = %self.id,
                             room_id = %room.room_id(),
                             event_id = %message.event_id,
-                            error = %e,
+                            error = %scrubbed(&e.to_string()),
                             "the homeserver refused the reply; not retrying"
                         );
                         Ok(())
@@ -384,7 +448,7 @@ impl Instance {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(instance = %self.id, room_id = %room_id, error = %e, attempt, "joining failed");
+                        tracing::warn!(instance = %self.id, room_id = %room_id, error = %scrubbed(&e.to_string()), attempt, "joining failed");
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                 }
@@ -392,7 +456,7 @@ impl Instance {
         } else {
             tracing::info!(instance = %self.id, room_id = %room_id, %inviter, "declining an invite from a user not in allow_invites_from");
             if let Err(e) = room.leave().await {
-                tracing::warn!(instance = %self.id, room_id = %room_id, error = %e, "declining the invite failed");
+                tracing::warn!(instance = %self.id, room_id = %room_id, error = %scrubbed(&e.to_string()), "declining the invite failed");
             }
         }
     }
@@ -453,6 +517,19 @@ fn timestamp(event: &TimelineEvent) -> Option<SystemTime> {
         .to_system_time()
 }
 
+/// How long the homeserver asked us to wait (`M_LIMIT_EXCEEDED`, `retry_after_ms` / `Retry-After`).
+pub fn retry_after(error: &matrix_sdk::Error) -> Option<Duration> {
+    match error.client_api_error_kind() {
+        Some(ErrorKind::LimitExceeded(data)) => match data.retry_after.as_ref()? {
+            matrix_sdk::ruma::api::error::RetryAfter::Delay(delay) => Some(*delay),
+            matrix_sdk::ruma::api::error::RetryAfter::DateTime(at) => {
+                Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+            }
+        },
+        _ => None,
+    }
+}
+
 fn is_session_revoked(error: &matrix_sdk::Error) -> bool {
     // A soft logout would need a new login, which `run` never does: treat it the same.
     matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_)))
@@ -463,9 +540,10 @@ fn is_permanent(error: &matrix_sdk::Error) -> bool {
     error.as_client_api_error().is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
 }
 
-/// Exponential backoff with jitter: about 1 s, 2 s, 4 s ... up to a minute.
+/// Exponential backoff with jitter between retries inside one run: about 0.5 s, 1 s, 2 s, 4 s ... up to 30 s
+/// (after [`FAILURES_BEFORE_GIVING_UP`] the supervisor takes over with its own, longer backoff).
 pub fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(500u64.saturating_mul(1u64 << failures.min(7)));
+    let base = Duration::from_millis(250u64.saturating_mul(1u64 << failures.min(7)));
     let capped = base.min(MAX_BACKOFF);
     let jitter = rand::random::<f64>() * 0.25 + 0.875;
     capped.mul_f64(jitter)
@@ -487,8 +565,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) < Duration::from_millis(1300));
-        assert!(backoff(3) > Duration::from_secs(3));
+        assert!(backoff(1) < Duration::from_millis(700));
+        assert!(backoff(3) > Duration::from_millis(1700));
         for failures in [8, 20, u32::MAX] {
             assert!(backoff(failures) <= MAX_BACKOFF.mul_f64(1.125));
         }

@@ -1,0 +1,106 @@
+//! The task that posts alerts to the admin room, as one of the host's bots.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use matrix_sdk::Client;
+use matrix_sdk::ruma::OwnedRoomId;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use tokio::sync::{mpsc, watch};
+
+use super::{Digest, Scrubber};
+use crate::config::{NotificationLevel, model::NotificationsConfig};
+use crate::telemetry::{Alert, Severity};
+
+/// The running bots' clients, by instance id (kept up to date by the supervisor).
+pub type Clients = Arc<RwLock<HashMap<String, Client>>>;
+
+/// Queue length between the log layer and this task; alerts beyond it are dropped (they stay in the journal).
+pub const QUEUE: usize = 256;
+
+pub struct AlertSender {
+    pub config: NotificationsConfig,
+    /// Each instance's `error_notification_level`.
+    pub instance_levels: HashMap<String, NotificationLevel>,
+    pub scrubber: Scrubber,
+    pub clients: Clients,
+}
+
+fn passes(level: NotificationLevel, severity: Severity) -> bool {
+    match severity {
+        Severity::Critical => true,
+        Severity::Error => level <= NotificationLevel::Error,
+    }
+}
+
+impl AlertSender {
+    fn wanted(&self, alert: &Alert) -> bool {
+        let instance_level = alert
+            .instance
+            .as_ref()
+            .and_then(|id| self.instance_levels.get(id))
+            .copied()
+            .unwrap_or(NotificationLevel::Error);
+        passes(self.config.level, alert.severity) && passes(instance_level, alert.severity)
+    }
+
+    pub async fn run(self, mut alerts: mpsc::Receiver<Alert>, mut stop: watch::Receiver<bool>) {
+        let mut digest = Digest::new(Duration::from_secs(self.config.dedupe_window_secs), self.config.max_per_minute);
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = crate::stopping(&mut stop) => break,
+                alert = alerts.recv() => {
+                    let Some(alert) = alert else { break };
+                    if self.wanted(&alert) && let Some(out) = digest.offer(&alert, Instant::now()) {
+                        self.post(&out.body).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    for out in digest.flush(Instant::now()) {
+                        self.post(&out.body).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one notice. Failures are logged at WARN: an ERROR here would become another alert.
+    async fn post(&self, body: &str) {
+        let text = self.scrubber.scrub(body);
+        let client = self.clients.read().unwrap_or_else(|p| p.into_inner()).get(&self.config.instance).cloned();
+        let Some(client) = client else {
+            tracing::warn!(sender = %self.config.instance, "admin-room notification not sent: the sending bot is not running");
+            return;
+        };
+        let Ok(room_id) = OwnedRoomId::try_from(self.config.room.as_str()) else { return };
+        let room = match client.get_room(&room_id) {
+            Some(room) if room.state() == matrix_sdk::RoomState::Joined => room,
+            _ => match client.join_room_by_id(&room_id).await {
+                Ok(room) => room,
+                Err(e) => {
+                    tracing::warn!(room_id = %room_id, error = %e, "admin-room notification not sent: cannot join the admin room");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
+            tracing::warn!(room_id = %room_id, error = %e, "admin-room notification not sent");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_filter_severities() {
+        assert!(passes(NotificationLevel::Error, Severity::Error));
+        assert!(passes(NotificationLevel::Error, Severity::Critical));
+        assert!(!passes(NotificationLevel::Critical, Severity::Error));
+        assert!(passes(NotificationLevel::Critical, Severity::Critical));
+        assert!(passes(NotificationLevel::Warn, Severity::Error));
+    }
+}

@@ -1,0 +1,119 @@
+//! A reverse proxy in front of the real Synapse that can break `/sync` on demand: failure injection that a real
+//! homeserver cannot be asked for (a blocked path, rate limiting). Everything else passes through untouched.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    /// `/sync` answers 502.
+    BlockSync,
+    /// `/sync` answers 429 `M_LIMIT_EXCEEDED` with this `retry_after_ms`.
+    RateLimitSync(u64),
+    /// `/sync` answers 400 `M_UNKNOWN` with this error text.
+    Error400(String),
+}
+
+#[derive(Clone)]
+struct Shared {
+    upstream: String,
+    mode: Arc<Mutex<Mode>>,
+    syncs: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+pub struct Proxy {
+    pub url: String,
+    mode: Arc<Mutex<Mode>>,
+    syncs: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let mode = Arc::new(Mutex::new(Mode::Pass));
+        let syncs = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            mode: mode.clone(),
+            syncs: syncs.clone(),
+            http: reqwest::Client::new(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(forward).with_state(shared);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Proxy { url, mode, syncs, task }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// `/sync` requests seen so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}
+
+async fn forward(State(shared): State<Shared>, request: Request) -> Response {
+    let path_and_query = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    if request.uri().path().ends_with("/sync") {
+        shared.syncs.fetch_add(1, Ordering::SeqCst);
+        let mode = shared.mode.lock().unwrap().clone();
+        match mode {
+            Mode::Pass => {}
+            Mode::BlockSync => return (StatusCode::BAD_GATEWAY, "blocked by the test proxy").into_response(),
+            Mode::RateLimitSync(retry_after_ms) => {
+                let body = serde_json::json!({"errcode": "M_LIMIT_EXCEEDED", "error": "Too many requests",
+                                              "retry_after_ms": retry_after_ms});
+                return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            }
+            Mode::Error400(text) => {
+                let body = serde_json::json!({"errcode": "M_UNKNOWN", "error": text});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+        }
+    }
+    let method = request.method().clone();
+    let mut headers: HeaderMap = request.headers().clone();
+    headers.remove(axum::http::header::HOST);
+    let body: Bytes = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await.unwrap_or_default();
+    let upstream = shared
+        .http
+        .request(method, format!("{}{path_and_query}", shared.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    match upstream {
+        Ok(response) => {
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let mut out = Response::new(Body::from(bytes));
+            *out.status_mut() = status;
+            for (name, value) in headers.iter() {
+                if name != axum::http::header::TRANSFER_ENCODING && name != axum::http::header::CONTENT_LENGTH {
+                    out.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            out
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
