@@ -28,7 +28,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from matrixlib import Api, replies_in, room_events  # noqa: E402
 
-BINARY = os.path.join(ROOT, "target", "release", "maubot")
+BINARY = os.environ.get("MAUBOT_BENCH_BINARY") or os.path.join(ROOT, "target", "release", "maubot")
 SERVER_NAME = "bench.test"
 
 
@@ -38,12 +38,26 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_kib(pid):
+def memory_metrics(port):
+    """The daemon's own memory gauges from /metrics (heap in use and free, SQLite), in KiB."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        for name in ("maubot_heap_in_use_bytes", "maubot_heap_free_bytes", "maubot_sqlite_memory_bytes"):
+            if line.startswith(name + " "):
+                out[name[len("maubot_"):-len("_bytes")] + "_kib"] = int(line.split()[1]) // 1024
+    return out
+
+
+def memory_kib(pid):
+    """VmRSS and its parts (RssAnon: heap and stacks; RssFile: the mapped binary and libraries), in KiB."""
+    out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
+                out[key] = int(value.split()[0])
+    return out
 
 
 class Synapse:
@@ -83,8 +97,10 @@ class Deployment:
         with open(os.path.join(self.dir, "credentials", "registration-shared-secret"), "w") as f:
             f.write(synapse.secret)
         self.users = [f"@bench{i}-{secrets.token_hex(2)}:{SERVER_NAME}" for i in range(count)]
+        self.api_port = free_port()
         lines = [
             f"state_dir: {self.dir}/state",
+            f"server: {{port: {self.api_port}}}",
             "logging: {level: 'warn,maubot=info'}",
             "homeservers:",
             f"  local: {{url: '{synapse.url}', registration_shared_secret: {{credential: registration-shared-secret}}}}",
@@ -147,6 +163,15 @@ class Person:
         return arrived
 
 
+def mib(memory):
+    text = (f"{memory['VmRSS'] / 1024:.1f} MiB (anon {memory['RssAnon'] / 1024:.1f}, "
+            f"file {memory['RssFile'] / 1024:.1f}")
+    if "heap_in_use_kib" in memory:
+        text += (f"; heap in use {memory['heap_in_use_kib'] / 1024:.1f}, free {memory['heap_free_kib'] / 1024:.1f}"
+                 f"; SQLite {memory['sqlite_memory_kib'] / 1024:.1f}")
+    return text + f"; {memory['Threads']} threads)"
+
+
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -189,7 +214,9 @@ def main():
             one.stop()
         one.start()
         time.sleep(3)
-        results["rss_kib_1_bot"] = rss_kib(one.proc.pid)
+        memory = dict(memory_kib(one.proc.pid), **memory_metrics(one.api_port))
+        results["rss_kib_1_bot"] = memory["VmRSS"]
+        results["memory_kib_1_bot"] = memory
         results["ready_s_median"] = statistics.median(readies)
         results["first_pong_s_median"] = statistics.median(first_pongs) if first_pongs else None
 
@@ -234,7 +261,9 @@ def main():
         shared = person.api.create_room(many.users)
         person.api.wait_for_members(shared, many.users, timeout=120)
         time.sleep(3)
-        results[f"rss_kib_{args.instances}_bots"] = rss_kib(many.proc.pid)
+        memory = dict(memory_kib(many.proc.pid), **memory_metrics(many.api_port))
+        results[f"rss_kib_{args.instances}_bots"] = memory["VmRSS"]
+        results[f"memory_kib_{args.instances}_bots"] = memory
         many.stop()
     finally:
         synapse.stop()
@@ -252,8 +281,8 @@ def main():
     }
     n = args.instances
     rows = [
-        ("RSS, 1 bot", f"{results['rss_kib_1_bot'] / 1024:.1f} MiB"),
-        (f"RSS, {n} bots (shared room)", f"{results[f'rss_kib_{n}_bots'] / 1024:.1f} MiB"),
+        ("RSS, 1 bot", mib(results["memory_kib_1_bot"])),
+        (f"RSS, {n} bots (shared room)", mib(results[f"memory_kib_{n}_bots"])),
         ("exec -> READY=1, 1 bot (median)", f"{results['ready_s_median'] * 1000:.0f} ms"),
         (f"exec -> READY=1, {n} bots", f"{results[f'ready_s_{n}_bots'] * 1000:.0f} ms"),
         ("exec -> first pong (median)", f"{results['first_pong_s_median'] * 1000:.0f} ms"

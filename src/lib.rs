@@ -10,6 +10,7 @@ pub mod config;
 pub mod host;
 pub mod instance;
 pub mod matrix;
+pub mod memory;
 pub mod plugin;
 pub mod setup;
 pub mod state;

@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    maubot::memory::limit_malloc_arenas();
+    maubot::memory::tune_sqlite();
     let cli = Cli::parse();
     let sources = Sources::from_process(cli.config, cli.overrides);
     let loaded = match config::load(&sources) {
@@ -39,7 +41,15 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // Bots mostly wait on the network: two workers serve many of them. SQLite work runs on blocking threads;
+    // a small cap keeps their number (and their stacks and malloc arenas) bounded with many bots.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .thread_keep_alive(std::time::Duration::from_secs(5))
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("maubot: cannot start the async runtime: {e}");

@@ -58,5 +58,24 @@ pub fn render(views: &[InstanceView], health: &Health, telemetry: &Telemetry) ->
             let _ = writeln!(out, "maubot_sync_age_seconds{{instance=\"{}\"}} {age}", view.id);
         }
     }
+    let memory = crate::memory::usage();
+    for (name, help, value) in [
+        ("maubot_resident_memory_bytes", "Resident set size of the process.", memory.resident_bytes),
+        (
+            "maubot_resident_anon_memory_bytes",
+            "Anonymous part of the resident set (heap, stacks).",
+            memory.resident_anon_bytes,
+        ),
+        ("maubot_heap_in_use_bytes", "Heap bytes in use (glibc malloc).", memory.heap_in_use_bytes),
+        ("maubot_heap_free_bytes", "Heap bytes malloc holds free.", memory.heap_free_bytes),
+        (
+            "maubot_sqlite_memory_bytes",
+            "Memory held by SQLite (all stores and the host database).",
+            memory.sqlite_bytes,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }

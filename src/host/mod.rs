@@ -168,6 +168,7 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
             ready = true;
             notifier.ready(&line);
             tracing::info!(status = %line, after_ms = started.elapsed().as_millis() as u64, "ready");
+            crate::memory::release_free_heap();
             last_status = line;
         } else if ready && line != last_status {
             notifier.status(&line);

@@ -462,8 +462,8 @@ impl Instance {
     }
 }
 
-/// Only what bots use: no presence, no account data beyond what E2EE needs, lazy-loaded members, and enough
-/// timeline per room that a short downtime needs no extra requests.
+/// Only what bots use: no presence, typing, receipts or room account data (global account data stays: E2EE
+/// needs it), lazy-loaded members, and enough timeline per room that a short downtime needs no extra requests.
 fn sync_filter() -> Filter {
     let mut timeline = RoomEventFilter::default();
     timeline.limit = Some(UInt::from(50u32));
@@ -473,6 +473,9 @@ fn sync_filter() -> Filter {
     let mut room = RoomFilter::default();
     room.timeline = timeline;
     room.state = state;
+    // Typing notifications, read receipts and per-room account data (tags, read markers): no plugin uses them.
+    room.ephemeral = RoomEventFilter::ignore_all();
+    room.account_data = RoomEventFilter::ignore_all();
     let mut filter = FilterDefinition::default();
     filter.room = room;
     filter.presence = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();

@@ -255,6 +255,13 @@ async fn instance_controls_persist_and_the_config_stays_authoritative() {
     let metrics = api.metrics().await;
     assert!(metrics.contains("maubot_instance_state{instance=\"a\",state=\"stopped\"} 1"), "{metrics}");
     assert!(metrics.contains("maubot_commands_answered_total{instance=\"b\"} 1"), "{metrics}");
+    for gauge in ["maubot_resident_memory_bytes", "maubot_heap_in_use_bytes", "maubot_sqlite_memory_bytes"] {
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {gauge}:\n{metrics}"));
+        assert!(value > 0, "{gauge} is 0");
+    }
 
     // disable b; both changes survive a restart of the daemon.
     let (status, view) = api.post("/api/v1/instances/b/disable").await;

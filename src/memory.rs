@@ -1,0 +1,84 @@
+//! Process memory: glibc's allocator defaults suit programs with many busy threads, not a host of mostly idle
+//! bots. Fewer arenas mean less fragmentation; after start-up (sessions restored, first syncs parsed) the freed
+//! heap goes back to the system. Measured in docs/benchmark.md. No-ops where glibc is not the allocator.
+
+/// One malloc arena for all threads (glibc's default is eight per core), set before any thread starts. The
+/// daemon's threads are few and mostly idle, so they rarely contend for it.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// SQLite settings for many small databases (four per bot), made before any connection opens: no per-connection
+/// lookaside buffers (about 30 KiB each, eight or more connections per bot), no up-front bulk allocation of
+/// page-cache memory (pages are allocated as they are read, up to each connection's `cache_size`), and a soft
+/// limit on SQLite's memory as a whole, so that page caches stop growing with the number of bots.
+pub fn tune_sqlite() {
+    use rusqlite::ffi;
+    // SAFETY: sqlite3_config is called before SQLite is initialized (no connection exists yet), with the
+    // argument types these options take. If it is too late, SQLite refuses (SQLITE_MISUSE) and changes nothing.
+    unsafe {
+        ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, 0 as std::ffi::c_int, 0 as std::ffi::c_int);
+        ffi::sqlite3_config(
+            ffi::SQLITE_CONFIG_PAGECACHE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        );
+        ffi::sqlite3_soft_heap_limit64(SQLITE_SOFT_HEAP_LIMIT);
+    }
+}
+
+/// Above this much SQLite memory (all connections together), connections reuse their cached pages instead of
+/// allocating more. Not a hard limit: SQLite still allocates what a statement needs.
+pub const SQLITE_SOFT_HEAP_LIMIT: i64 = 1024 * 1024;
+
+/// Returns free heap memory to the system (after start-up, which allocates and frees a lot).
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe and only releases memory that is free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Where the process's memory is, for /metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Resident set (VmRSS), and its anonymous part (heap, stacks).
+    pub resident_bytes: u64,
+    pub resident_anon_bytes: u64,
+    /// Heap bytes handed out by malloc, and held free by it (fragmentation) — glibc only.
+    pub heap_in_use_bytes: u64,
+    pub heap_free_bytes: u64,
+    /// Bytes SQLite holds: page caches, schemas, statements of every connection (the host database and every
+    /// bot's stores).
+    pub sqlite_bytes: u64,
+}
+
+pub fn usage() -> Usage {
+    let mut usage = Usage::default();
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            let kib = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+            if line.starts_with("VmRSS:") {
+                usage.resident_bytes = kib(line);
+            } else if line.starts_with("RssAnon:") {
+                usage.resident_anon_bytes = kib(line);
+            }
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads allocator statistics.
+        let info = unsafe { libc::mallinfo2() };
+        usage.heap_in_use_bytes = (info.uordblks + info.hblkhd) as u64;
+        usage.heap_free_bytes = info.fordblks as u64;
+    }
+    // SAFETY: sqlite3_memory_used reads a global counter.
+    usage.sqlite_bytes = u64::try_from(unsafe { rusqlite::ffi::sqlite3_memory_used() }).unwrap_or(0);
+    usage
+}
