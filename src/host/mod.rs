@@ -48,6 +48,8 @@ impl RunError {
 
 /// Time allowed for bots to finish what they are doing after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The supervisor publishes its view every 500 ms; silence this long means it is wedged.
+const SUPERVISOR_SILENT: Duration = Duration::from_secs(30);
 
 pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>) -> Result<(), RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
@@ -136,19 +138,22 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
     let mut last_status = String::new();
     let watchdog_every = notifier.watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let wedged_after = Duration::from_secs(config.host.sync_timeout_secs) + Duration::from_secs(90);
+    let mut last_views = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = views.changed() => {}
+            _ = views.changed() => last_views = tokio::time::Instant::now(),
             _ = tokio::time::sleep_until(ready_deadline), if !ready => {}
             _ = watchdog.tick(), if watchdog_every.is_some() => {
-                let stalled = views.borrow().iter().find(|v| v.progress_age_secs.is_some_and(|s| s > wedged_after.as_secs())).map(|v| v.id.clone());
-                match stalled {
-                    None if !supervisor_task.is_finished() => notifier.watchdog(),
-                    None => tracing::error!("the supervisor stopped; withholding the watchdog ping"),
-                    Some(id) => tracing::error!(instance = %id, "bot made no progress; withholding the watchdog ping"),
+                // A hung bot is the supervisor's to restart; the host is wedged when the supervisor itself
+                // stopped or stopped publishing (it does so every 500 ms).
+                if supervisor_task.is_finished() {
+                    tracing::error!("the supervisor stopped; withholding the watchdog ping");
+                } else if last_views.elapsed() > SUPERVISOR_SILENT {
+                    tracing::error!(silent_secs = last_views.elapsed().as_secs(), "the supervisor is not responding; withholding the watchdog ping");
+                } else {
+                    notifier.watchdog();
                 }
             }
             _ = &mut supervisor_task => {

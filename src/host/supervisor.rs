@@ -83,6 +83,12 @@ const LOOP_FAILURES: usize = 3;
 /// Running this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(120);
 
+/// An instance that made no progress (no completed or failed sync) for this long is hung: its task is aborted
+/// and it is restarted like a failed one. A sync long-polls for `sync_timeout`, so this leaves 90 s to spare.
+pub fn hung_after(config: &Config) -> Duration {
+    Duration::from_secs(config.host.sync_timeout_secs) + Duration::from_secs(90)
+}
+
 struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<Outcome>,
@@ -286,6 +292,19 @@ impl Supervisor {
             {
                 slot.failures_in_row = 0;
                 slot.loop_reported = false;
+            }
+            let hung = !finished
+                && slot.run.is_some()
+                && slot.status.borrow().last_progress.elapsed() > hung_after(&shared.config);
+            if hung {
+                let running = slot.run.take().expect("checked above");
+                running.task.abort();
+                slot.shared_clients_remove(&shared);
+                slot.on_failure(format!(
+                    "made no progress for {} s (hung); aborted it",
+                    hung_after(&shared.config).as_secs()
+                ));
+                continue;
             }
             if !finished {
                 continue;

@@ -239,6 +239,8 @@ impl Instance {
                     let delay = retry_after.map_or_else(|| backoff(failures), |r| r.max(backoff(failures)));
                     tracing::warn!(instance = %self.id, error = %message, retry_in_ms = delay.as_millis() as u64, "retrying");
                     self.set_phase(Phase::Retrying(message));
+                    // A deliberate wait is not a hang: progress is due when the wait ends.
+                    self.update(|s| s.last_progress = Instant::now() + delay);
                     tokio::select! {
                         _ = crate::stopping(shutdown) => return Outcome::Stopped,
                         _ = tokio::time::sleep(delay) => {}
@@ -314,6 +316,9 @@ impl Instance {
         // What was said before the bot joined is history, not commands.
         let start = events.iter().rposition(|e| is_join_of(e, &own_user)).map_or(0, |i| i + 1);
         for event in &events[start..] {
+            self.counters.events_handled.fetch_add(1, Ordering::Relaxed);
+            // Each event is progress: a plugin waiting on its rate limiter is slow, not hung.
+            self.update(|s| s.last_progress = Instant::now());
             let Ok(parsed) = event.raw().deserialize() else {
                 continue;
             };

@@ -255,6 +255,7 @@ async fn instance_controls_persist_and_the_config_stays_authoritative() {
     let metrics = api.metrics().await;
     assert!(metrics.contains("maubot_instance_state{instance=\"a\",state=\"stopped\"} 1"), "{metrics}");
     assert!(metrics.contains("maubot_commands_answered_total{instance=\"b\"} 1"), "{metrics}");
+    assert!(!metrics.contains("maubot_events_handled_total{instance=\"b\"} 0"), "{metrics}");
     for gauge in ["maubot_resident_memory_bytes", "maubot_heap_in_use_bytes", "maubot_sqlite_memory_bytes"] {
         let value: u64 = metrics
             .lines()
