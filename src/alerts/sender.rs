@@ -9,7 +9,8 @@ use matrix_sdk::ruma::OwnedRoomId;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use tokio::sync::{mpsc, watch};
 
-use super::{Digest, Scrubber};
+use super::Digest;
+use super::scrub::scrubbed;
 use crate::config::{NotificationLevel, model::NotificationsConfig};
 use crate::telemetry::{Alert, Severity};
 
@@ -23,7 +24,6 @@ pub struct AlertSender {
     pub config: NotificationsConfig,
     /// Each instance's `error_notification_level`.
     pub instance_levels: HashMap<String, NotificationLevel>,
-    pub scrubber: Scrubber,
     pub clients: Clients,
 }
 
@@ -66,9 +66,10 @@ impl AlertSender {
         }
     }
 
-    /// Sends one notice. Failures are logged at WARN: an ERROR here would become another alert.
+    /// Sends one notice, scrubbed with the scrubber `run` installed. Failures are logged at WARN: an ERROR here
+    /// would become another alert.
     async fn post(&self, body: &str) {
-        let text = self.scrubber.scrub(body);
+        let text = scrubbed(body);
         let client = self.clients.read().unwrap_or_else(|p| p.into_inner()).get(&self.config.instance).cloned();
         let Some(client) = client else {
             tracing::warn!(sender = %self.config.instance, "admin-room notification not sent: the sending bot is not running");

@@ -77,7 +77,6 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
     let supervisor = Supervisor::new(shared.clone(), views_tx)?;
 
     // Everything that can be checked offline is checked before any bot touches the network.
-    let mut access_tokens = Vec::new();
     for (id, record) in supervisor.wanted() {
         let record = record.ok_or_else(|| StateError::InstanceNotSetUp { id: id.clone(), db: db.path().to_owned() })?;
         let configured = &config.instances[id].user;
@@ -90,8 +89,9 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
             .into());
         }
         client::verify_store(record, &layout.store_dir(id)).await?;
-        access_tokens.push(record.access_token.clone());
     }
+    // Every recorded access token (also of instances no longer configured) is a secret to scrub.
+    let mut access_tokens = Vec::new();
     for id in db.instance_ids()? {
         if !config.instances.contains_key(&id) {
             tracing::warn!(instance = %id, "state exists for an instance that is no longer configured; keeping it");
@@ -106,8 +106,7 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
         .await
         .map_err(|source| RunError::Bind { address, source })?;
 
-    let scrubber = Scrubber::new(config.secret_values().into_iter().chain(access_tokens));
-    crate::alerts::scrub::install(scrubber.clone());
+    crate::alerts::scrub::install(Scrubber::new(config.secret_values().into_iter().chain(access_tokens)));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(notifications) = &config.notifications {
         let (alerts_tx, alerts_rx) = mpsc::channel(QUEUE);
@@ -115,7 +114,6 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
         let sender = AlertSender {
             config: notifications.clone(),
             instance_levels: config.instances.iter().map(|(id, i)| (id.clone(), i.error_notification_level)).collect(),
-            scrubber,
             clients: shared.clients.clone(),
         };
         tokio::spawn(sender.run(alerts_rx, stop_rx.clone()));

@@ -80,6 +80,8 @@ pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(300);
 /// Failures within this window that make a restart loop (reported as CRITICAL).
 const LOOP_WINDOW: Duration = Duration::from_secs(600);
 const LOOP_FAILURES: usize = 3;
+/// How long a stop, restart or disable through the API waits for the instance to finish.
+const CONTROL_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Running this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(120);
 
@@ -211,15 +213,7 @@ impl Supervisor {
         }
         let deadline = tokio::time::Instant::now() + grace;
         for slot in self.slots.values_mut() {
-            if let Some(running) = slot.run.take() {
-                let _ = running.stop.send(true);
-                let abort = running.task.abort_handle();
-                if tokio::time::timeout_at(deadline, running.task).await.is_err() {
-                    tracing::warn!(instance = %slot.id, "did not stop in time; abandoning it");
-                    abort.abort();
-                }
-                slot.shared_clients_remove(&self.shared);
-            }
+            slot.stop_task(&self.shared, deadline).await;
         }
         self.publish();
     }
@@ -237,8 +231,7 @@ impl Supervisor {
                     return Err(ControlError::Disabled(id.to_owned()));
                 }
                 if control == Control::Restart {
-                    slot.stop_task(Duration::from_secs(10)).await;
-                    slot.shared_clients_remove(&shared);
+                    slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
                 }
                 if slot.stopped {
                     shared.db.set_stopped(id, false).map_err(storage)?;
@@ -254,8 +247,7 @@ impl Supervisor {
                 shared.db.set_stopped(id, true).map_err(storage)?;
                 slot.stopped = true;
                 slot.next_start = None;
-                slot.stop_task(Duration::from_secs(10)).await;
-                slot.shared_clients_remove(&shared);
+                slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
             }
             Control::Enable => {
                 shared.db.set_enabled_override(id, true, slot.config.enabled).map_err(storage)?;
@@ -269,8 +261,7 @@ impl Supervisor {
                 shared.db.set_enabled_override(id, false, slot.config.enabled).map_err(storage)?;
                 slot.enabled = false;
                 slot.next_start = None;
-                slot.stop_task(Duration::from_secs(10)).await;
-                slot.shared_clients_remove(&shared);
+                slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
             }
         }
         tracing::info!(instance = %id, action = ?control, "instance control");
@@ -363,14 +354,17 @@ impl Slot {
         self.run = Some(Running { stop, task, started: Instant::now() });
     }
 
-    async fn stop_task(&mut self, grace: Duration) {
+    /// Asks the running task to stop, waits until `deadline`, then abandons it; its client stops being offered
+    /// for admin-room notifications.
+    async fn stop_task(&mut self, shared: &Shared, deadline: tokio::time::Instant) {
         if let Some(running) = self.run.take() {
             let _ = running.stop.send(true);
             let abort = running.task.abort_handle();
-            if tokio::time::timeout(grace, running.task).await.is_err() {
+            if tokio::time::timeout_at(deadline, running.task).await.is_err() {
                 tracing::warn!(instance = %self.id, "did not stop in time; abandoning it");
                 abort.abort();
             }
+            self.shared_clients_remove(shared);
         }
     }
 

@@ -14,6 +14,7 @@ use crate::harness::client::TestUser;
 use crate::harness::daemon::Daemon;
 use crate::harness::proxy::{Mode, Proxy};
 use crate::harness::synapse::synapse;
+use matrix_sdk::Room;
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -104,6 +105,31 @@ fn alert_time_secs(notice: &str) -> f64 {
         Some(day * 86_400.0 + h * 3600.0 + m * 60.0 + s)
     })();
     parsed.unwrap_or_else(|| panic!("no timestamp in the first line of {notice:?}"))
+}
+
+/// Bots `a` and `b` running, the API logged in, and a person's room both bots joined.
+struct TwoBots {
+    a: String,
+    b: String,
+    person: TestUser,
+    room: Room,
+    daemon: Daemon,
+    api: Api,
+}
+
+/// Starts the daemon of a set-up `env` with bots `a` and `b`, logs in to the API, and waits until both bots
+/// joined a room a new person (`person_prefix`) created and invited them to.
+async fn start_two_bots(env: &BotEnv, person_prefix: &str) -> TwoBots {
+    let (a, b) = (env.user_id("a"), env.user_id("b"));
+    let person = TestUser::new(synapse(), person_prefix).await;
+    let room = person.create_room(false, &[&a, &b]).await;
+    let mut daemon = env.spawn_run();
+    let mut api = Api::new(env);
+    api.wait_up(&mut daemon).await;
+    api.login().await;
+    person.wait_for_join(&room, &a).await;
+    person.wait_for_join(&room, &b).await;
+    TwoBots { a, b, person, room, daemon, api }
 }
 
 fn sign(claims: &Value, key: &str) -> String {
@@ -234,16 +260,7 @@ async fn instance_controls_persist_and_the_config_stays_authoritative() {
     let mut env = BotEnv::with_ping_bots(synapse, &["a", "b"]).await;
     env.enable_api_login();
     env.setup();
-    let (a, b) = (env.user_id("a"), env.user_id("b"));
-    let person = TestUser::new(synapse, "oscar-").await;
-    let room = person.create_room(false, &[&a, &b]).await;
-
-    let mut daemon = env.spawn_run();
-    let mut api = Api::new(&env);
-    api.wait_up(&mut daemon).await;
-    api.login().await;
-    person.wait_for_join(&room, &a).await;
-    person.wait_for_join(&room, &b).await;
+    let TwoBots { a, b, person, room, mut daemon, api } = start_two_bots(&env, "oscar-").await;
 
     // stop: a stops answering, b goes on.
     let (status, view) = api.post("/api/v1/instances/a/stop").await;
@@ -319,16 +336,7 @@ async fn a_failing_instance_restarts_with_backoff_while_the_other_keeps_answerin
     env.host_extra.push("error_window_secs: 5".into());
     env.enable_api_login();
     env.setup();
-    let (a, b) = (env.user_id("a"), env.user_id("b"));
-    let person = TestUser::new(synapse, "peggy-").await;
-    let room = person.create_room(false, &[&a, &b]).await;
-
-    let mut daemon = env.spawn_run();
-    let mut api = Api::new(&env);
-    api.wait_up(&mut daemon).await;
-    api.login().await;
-    person.wait_for_join(&room, &a).await;
-    person.wait_for_join(&room, &b).await;
+    let TwoBots { a, b, person, room, mut daemon, api } = start_two_bots(&env, "peggy-").await;
     let (_, health) = api.get("/api/v1/health").await;
     assert_eq!(health["status"], "healthy", "{health}");
 
@@ -389,21 +397,10 @@ async fn a_revoked_login_fails_one_bot_and_not_the_other() {
     let mut env = BotEnv::with_ping_bots(synapse, &["a", "b"]).await;
     env.enable_api_login();
     env.setup();
-    let (a, b) = (env.user_id("a"), env.user_id("b"));
-    let person = TestUser::new(synapse, "rita-").await;
-    let room = person.create_room(false, &[&a, &b]).await;
-    let mut daemon = env.spawn_run();
-    let mut api = Api::new(&env);
-    api.wait_up(&mut daemon).await;
-    api.login().await;
-    person.wait_for_join(&room, &a).await;
-    person.wait_for_join(&room, &b).await;
+    let TwoBots { a: _, b, person, room, mut daemon, api } = start_two_bots(&env, "rita-").await;
 
     // Someone logs a's device out (a password change does the same): its access token stops working.
-    let token: String = rusqlite::Connection::open(env.database_path())
-        .unwrap()
-        .query_row("SELECT access_token FROM instances WHERE id = 'a'", [], |r| r.get(0))
-        .unwrap();
+    let token = env.access_token("a");
     let logout = reqwest::Client::new()
         .post(format!("{}/_matrix/client/v3/logout", synapse.url))
         .bearer_auth(&token)
@@ -466,10 +463,7 @@ async fn errors_reach_the_admin_room_sanitised_and_deduplicated() {
     env.enable_api_login();
     env.setup();
     let password = std::fs::read_to_string(env.credentials_dir().join("failing-password")).unwrap().trim().to_owned();
-    let token: String = rusqlite::Connection::open(env.database_path())
-        .unwrap()
-        .query_row("SELECT access_token FROM instances WHERE id = 'failing'", [], |r| r.get(0))
-        .unwrap();
+    let token = env.access_token("failing");
 
     let mut daemon = env.spawn_run();
     admin.wait_for_join(&admin_room, &herald).await;

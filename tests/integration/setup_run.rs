@@ -291,10 +291,7 @@ async fn secrets_never_reach_logs_or_printed_config() {
 
     let setup = env.setup();
     let key = recovery_key(&stdout(&setup));
-    let token: String = rusqlite::Connection::open(env.database_path())
-        .unwrap()
-        .query_row("SELECT access_token FROM instances", [], |r| r.get(0))
-        .unwrap();
+    let token = env.access_token("ping");
 
     let mut daemon = env.spawn_run();
     let person = TestUser::new(synapse, "erin-").await;

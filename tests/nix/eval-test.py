@@ -18,6 +18,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from checks import check, summary  # noqa: E402
 GOLDEN = os.path.join(ROOT, "tests", "systemd", "golden")
 MIRROR = "/work/.mirror/nix-community+nixpkgs.lib/repo"
 ENV = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = nix-command flakes\nfsync-metadata = false")
@@ -55,19 +57,6 @@ def evaluate(lib, configuration, check_config=False):
 def module_with(extra):
     """A configuration: the example plus `extra` (Nix attribute set text)."""
     return "{ imports = [ %s ]; config = %s; }" % (os.path.join(HERE, "example-configuration.nix"), extra)
-
-
-passed, failed = 0, 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}\n{detail}")
 
 
 def read(path):
@@ -195,8 +184,7 @@ def main():
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.openFirewall = true; services.maubot.listenAddress = "0.0.0.0"; }'))
     check("openFirewall opens the port", result is not None and result["firewall"] == [29316], result)
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

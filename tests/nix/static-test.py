@@ -13,20 +13,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from checks import check, summary  # noqa: E402
 ENV = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = nix-command flakes\nfsync-metadata = false")
-passed, failed = 0, 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}\n     {detail}")
-
-
 def nix_files():
     tracked = subprocess.run(["git", "-C", ROOT, "ls-files", "*.nix"], capture_output=True, text=True).stdout.split()
     return sorted(set(tracked) | {os.path.relpath(os.path.join(d, f), ROOT)
@@ -79,8 +68,7 @@ def main():
     check("the committed test secrets are encrypted", "maubot-vm-test-registration-token" not in encrypted
           and "ENC[AES256_GCM" in encrypted)
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -22,26 +22,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from checks import check, failures, summary  # noqa: E402
 GOLDEN = os.path.join(HERE, "golden")
 BINARY = os.path.join(ROOT, "target", "release", "maubot")
 SYNAPSE_PORT = 8008  # the golden settings name http://127.0.0.1:8008
 SERVER_NAME = "maubot.test"
 BOT = "@pingbot:maubot.test"
 MAX_EXPOSURE = 1.5
-
-passed, failed = 0, 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}\n     {detail}", flush=True)
-    return ok
-
 
 def run(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, **kw)
@@ -161,7 +149,7 @@ def main():
             container.stop()
         synapse.terminate()
         synapse.wait()
-        if failed == 0:
+        if failures() == 0:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"(logs kept in {work})")
@@ -171,8 +159,7 @@ def main():
     check(f"systemd-analyze security exposure <= {MAX_EXPOSURE}",
           match is not None and float(match.group(1)) <= MAX_EXPOSURE, match.group(0) if match else exposure.stderr)
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 def run_tests(c, venv, secret):

@@ -197,6 +197,14 @@ impl BotEnv {
         self.state_dir().join("maubot.db")
     }
 
+    /// The access token `setup` recorded for instance `id`.
+    pub fn access_token(&self, id: &str) -> String {
+        rusqlite::Connection::open(self.database_path())
+            .unwrap()
+            .query_row("SELECT access_token FROM instances WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    }
+
     /// Every file below the state dir with its size, to compare states.
     pub fn state_snapshot(&self) -> BTreeMap<PathBuf, u64> {
         fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
