@@ -18,7 +18,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Free ports for everything, so that the demo runs beside another maubot or homeserver on this machine.
+free_port() { "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+api_port=$(free_port)
 secret=$("$venv/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
 echo "==> starting Synapse on 127.0.0.1:$port (data in $work/synapse)"
 "$venv/bin/python" scripts/synapse-config.py "$work/synapse" "$port" "$secret" maubot.test
@@ -33,6 +36,8 @@ mkdir -m 700 "$work/credentials"
 printf '%s\n' "$secret" >"$work/credentials/registration-shared-secret"
 cat >"$work/config.yaml" <<YAML
 state_dir: $work/state
+server:
+  port: $api_port
 homeservers:
   local:
     url: http://127.0.0.1:$port
@@ -51,10 +56,18 @@ echo "==> maubot check-config"
 echo "==> maubot run before setup (refuses, exit 78)"
 "$maubot" --config "$work/config.yaml" run 2>&1 | tail -1 || true
 echo "==> maubot setup (registers the bot, bootstraps E2EE, shows the recovery key once)"
-"$maubot" --config "$work/config.yaml" setup 2>"$work/setup.log"
-echo "==> maubot run"
+if ! "$maubot" --config "$work/config.yaml" setup 2>"$work/setup.log"; then
+  echo "==> setup failed; its log:"
+  cat "$work/setup.log"
+  exit 1
+fi
+echo "==> maubot run (management API on 127.0.0.1:$api_port)"
 "$maubot" --config "$work/config.yaml" run 2>"$work/run.log" &
 pids+=($!)
-"$venv/bin/python" scripts/demo_client.py "http://127.0.0.1:$port" "$secret" "@pingbot:maubot.test"
+if ! "$venv/bin/python" scripts/demo_client.py "http://127.0.0.1:$port" "$secret" "@pingbot:maubot.test"; then
+  echo "==> the demo failed; the bot's log:"
+  cat "$work/run.log"
+  exit 1
+fi
 echo "==> done; the bot's log:"
 tail -5 "$work/run.log"

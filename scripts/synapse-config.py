@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """Writes a throwaway Synapse config for tests, the demo and the benchmark, and generates its signing key.
 
-Usage: synapse-config.py DATA_DIR PORT SHARED_SECRET [SERVER_NAME]
+Usage: synapse-config.py DATA_DIR PORT SHARED_SECRET [SERVER_NAME] [--default-rate-limits]
 
 Loopback only, SQLite, shared-secret registration, token-gated open registration, and rate limits relaxed so
-that tests measure the bots rather than Synapse's throttling. Run it with the Synapse venv's python.
+that tests measure the bots rather than Synapse's throttling; with --default-rate-limits, Synapse's own limits
+stay (the tests that show the bots live within them). Run it with the Synapse venv's python.
 """
 import os
 import secrets
 import subprocess
 import sys
 
-data, port, shared_secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-server_name = sys.argv[4] if len(sys.argv) > 4 else "maubot.test"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+default_limits = "--default-rate-limits" in sys.argv[1:]
+data, port, shared_secret = args[0], int(args[1]), args[2]
+server_name = args[3] if len(args) > 3 else "maubot.test"
 os.makedirs(data, exist_ok=True)
 
 relaxed = "{per_second: 10000, burst_count: 10000}"
@@ -49,6 +52,8 @@ presence:
 url_preview_enabled: false
 enable_metrics: false
 federation_domain_whitelist: []
+"""
+relaxed_limits = f"""
 rc_message: {relaxed}
 rc_registration: {relaxed}
 rc_registration_token_validity: {relaxed}
@@ -71,6 +76,8 @@ rc_room_creation: {relaxed}
 rc_presence:
   per_user: {relaxed}
 """
+if not default_limits:
+    config += relaxed_limits
 with open(f"{data}/homeserver.yaml", "w") as f:
     f.write(config)
 

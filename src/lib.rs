@@ -26,3 +26,18 @@ pub async fn stopping(flag: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, not held across an await of the caller.
     let _ = flag.wait_for(|stop| *stop).await;
 }
+
+/// An error and its causes, for people: "cannot create the client: builder error: no CA certificates found".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -3,21 +3,30 @@ use std::process::ExitCode;
 use clap::Parser;
 use maubot::cli::{Cli, Command};
 use maubot::config::{self, Sources, provenance};
-use maubot::setup::{RecoveryKey, SetupOptions};
+use maubot::setup::{KeyFile, Plan, RecoveryKey, Report, SetupError, SetupOptions};
 use maubot::systemd::{Notifier, logging};
 use maubot::telemetry::Telemetry;
-use maubot::{EXIT_CONFIG, host, setup};
+use maubot::{EXIT_CONFIG, error_chain, host, setup, state};
 
 fn main() -> ExitCode {
     // State files hold access tokens and E2EE keys: nothing this process creates is for other users.
     unsafe {
         libc::umask(0o077);
     }
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Run) {
+        // Until the host installs its handlers, signals that would end the process by default do nothing.
+        host::signals::ignore_until_handled();
+    }
     maubot::memory::limit_malloc_arenas();
     maubot::memory::tune_sqlite();
-    let cli = Cli::parse();
     let sources = Sources::from_process(cli.config, cli.overrides);
-    let loaded = match config::load(&sources) {
+    let purpose = match cli.command {
+        Command::Run => config::Purpose::Run,
+        Command::Setup(_) => config::Purpose::Setup,
+        Command::CheckConfig => config::Purpose::Check,
+    };
+    let loaded = match config::load(&sources, purpose) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("maubot: {e}");
@@ -27,6 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    state::set_setup_command(&loaded.config.host.setup_command);
 
     if let Command::CheckConfig = cli.command {
         for warning in &loaded.warnings {
@@ -41,8 +51,9 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    // Bots mostly wait on the network: two workers serve many of them. SQLite work runs on blocking threads;
-    // a small cap keeps their number (and their stacks and malloc arenas) bounded with many bots.
+    // Bots mostly wait on the network: two workers serve many of them. matrix-sdk's SQLite work runs on blocking
+    // threads; a small cap keeps their number (and their stacks and malloc arenas) bounded with many bots. The
+    // host database has a thread of its own, and password hashing a pool of its own (src/api/auth.rs).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
@@ -62,28 +73,35 @@ fn main() -> ExitCode {
         Command::Setup(args) => {
             let options =
                 SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
-            match runtime.block_on(setup::setup(&loaded.config, &options)) {
-                Ok(keys) => {
-                    match &args.recovery_key_file {
-                        Some(path) => {
-                            println!("Recovery keys written to {} (mode 0400).", path.display())
-                        }
-                        None => print_recovery_keys(&keys),
-                    }
-                    ExitCode::SUCCESS
+            let mut terminal = Terminal { key_file: args.recovery_key_file.as_deref().map(KeyFile::new), shown: 0 };
+            let result = runtime.block_on(async {
+                tokio::select! {
+                    result = setup::setup(&loaded.config, &options, &mut terminal) => Some(result),
+                    _ = tokio::signal::ctrl_c() => None,
                 }
-                Err(e) => {
-                    eprintln!("maubot setup: {}", with_causes(&e));
+            });
+            terminal.finish();
+            match result {
+                None => {
+                    eprintln!(
+                        "maubot setup: interrupted. What was done is kept; run `{}` again to resume.",
+                        state::setup_command()
+                    );
+                    ExitCode::from(130)
+                }
+                Some(Ok(())) => ExitCode::SUCCESS,
+                Some(Err(e)) => {
+                    eprintln!("maubot setup: {}", error_chain(&e));
                     if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
             }
         }
         Command::Run => {
             let notifier = Notifier::from_env();
-            match runtime.block_on(host::run(&loaded.config, &notifier, telemetry)) {
+            match runtime.block_on(host::run(loaded, sources, purpose, &notifier, telemetry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("maubot run: {}", with_causes(&e));
+                    eprintln!("maubot run: {}", error_chain(&e));
                     notifier.status(&format!("failed: {e}"));
                     if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
@@ -92,35 +110,71 @@ fn main() -> ExitCode {
     }
 }
 
-/// The one place recovery keys are shown: stdout, never the log.
-fn print_recovery_keys(keys: &[RecoveryKey]) {
-    if keys.is_empty() {
-        println!("Setup complete (no bot instances configured).");
-        return;
+/// The operator's terminal: the plan, then each recovery key once (stdout, never the log), or the key file.
+struct Terminal {
+    key_file: Option<KeyFile>,
+    shown: usize,
+}
+
+impl Report for Terminal {
+    fn plan(&mut self, plan: &Plan) {
+        if plan.new_state {
+            println!("Creating the host state (state directory and database).");
+        }
+        if plan.add.is_empty() {
+            println!("Nothing to set up: every configured bot is set up ({}).", list(&plan.existing));
+        } else {
+            let adding: Vec<String> = plan
+                .add
+                .iter()
+                .map(|(id, resume)| match resume {
+                    Some(resume) => format!("{id} ({resume})"),
+                    None => format!("{id} (new)"),
+                })
+                .collect();
+            println!(
+                "Setting up {} bot{}: {}.",
+                adding.len(),
+                if adding.len() == 1 { "" } else { "s" },
+                adding.join(", ")
+            );
+            if !plan.existing.is_empty() {
+                println!("Already set up, left alone: {}.", plan.existing.join(", "));
+            }
+        }
+        for id in &plan.orphaned {
+            println!("An unfinished setup of `{id}` is no longer configured; left alone.");
+        }
     }
-    for key in keys {
+
+    fn recovery_key(&mut self, key: &RecoveryKey) -> Result<(), SetupError> {
+        if let Some(file) = self.key_file.as_mut() {
+            return file.write(key);
+        }
         println!(
             "Recovery key for instance `{}` ({}, device {}):\n\n    {}\n",
             key.instance, key.user_id, key.device_id, key.key
         );
+        self.shown += 1;
+        Ok(())
     }
-    println!(
-        "These keys are shown only this once and are not logged. Store them somewhere safe (a password manager):\n\
-         with a key, the bot's encryption identity and message keys can be recovered if the state directory is lost."
-    );
 }
 
-/// An error and its causes, for people: "cannot create the client: builder error: no CA certificates found".
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+impl Terminal {
+    fn finish(&self) {
+        if let Some(file) = self.key_file.as_ref().filter(|f| f.written()) {
+            println!("Recovery keys written to {} (mode 0400).", file.path().display());
         }
-        source = cause.source();
+        if self.shown > 0 {
+            println!(
+                "These keys are shown only this once and are not logged. Store them somewhere safe (a password \
+                 manager): with a key, the bot's encryption identity and message keys can be recovered if the state \
+                 directory is lost."
+            );
+        }
     }
-    text
+}
+
+fn list(ids: &[String]) -> String {
+    if ids.is_empty() { "no bots are configured".to_owned() } else { ids.join(", ") }
 }

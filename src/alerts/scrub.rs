@@ -2,25 +2,54 @@
 //! access token (`syt_…`, `Bearer …`, `access_token=…`, long opaque strings). Matrix IDs (`!room`, `$event`,
 //! `@user`) are kept: they are what an admin needs to find the problem.
 
-use std::sync::OnceLock;
+use std::sync::RwLock;
 
 pub const REDACTED: &str = "[redacted]";
 
-/// The scrubber `run` installs once it knows every secret (config secrets and access tokens).
-static PROCESS: OnceLock<Scrubber> = OnceLock::new();
+/// The scrubber `run` installs once it knows every secret (config secrets and access tokens), and replaces at a
+/// reload.
+static PROCESS: RwLock<Option<Scrubber>> = RwLock::new(None);
 
-/// Makes `scrubbed` know the process's secrets. Later calls are ignored.
+/// Makes `scrubbed` know the process's secrets (replacing what it knew).
 pub fn install(scrubber: Scrubber) {
-    let _ = PROCESS.set(scrubber);
+    *PROCESS.write().unwrap_or_else(|p| p.into_inner()) = Some(scrubber);
 }
 
 /// `text` without secrets: the installed scrubber's known values, and token shapes in any case. Used for text
 /// that comes from outside (homeserver error bodies) before it reaches logs, status lines or the API.
 pub fn scrubbed(text: &str) -> String {
-    match PROCESS.get() {
+    match PROCESS.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(scrubber) => scrubber.scrub(text),
         None => scrub_shapes(text),
     }
+}
+
+/// Longest text one log field (or one log line on stderr) may carry; the rest is cut.
+pub const MAX_LOG_FIELD_BYTES: usize = 8 * 1024;
+
+/// `text` made safe for a log: secrets scrubbed, control characters (newlines, ANSI escapes, NUL) written as
+/// escapes so that no one can forge a log line or colour a terminal, and cut at [`MAX_LOG_FIELD_BYTES`].
+pub fn for_log(text: &str) -> String {
+    escape_controls(&scrubbed(text), MAX_LOG_FIELD_BYTES)
+}
+
+/// Control characters as `\n`, `\r`, `\t`, `\x1b`...; then cut at `limit` bytes (at a character boundary).
+pub fn escape_controls(text: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(limit) + 16);
+    for c in text.chars() {
+        if out.len() >= limit {
+            out.push_str(&format!("… [cut at {limit} bytes]"));
+            return out;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(Clone, Default)]
@@ -136,6 +165,16 @@ mod tests {
             assert!(clean.contains(kept), "{kept} was removed: {clean}");
         }
         assert!(clean.contains("access_token=[redacted]") || clean.contains("[redacted]"), "{clean}");
+    }
+
+    #[test]
+    fn log_text_cannot_forge_lines_or_colour_the_terminal() {
+        let hostile = "alice\n2026-12-01T00:00:00Z  INFO forged line\x1b[31mred\0end";
+        let clean = escape_controls(hostile, 1000);
+        assert!(!clean.contains('\n') && !clean.contains('\x1b') && !clean.contains('\0'), "{clean}");
+        assert!(clean.contains("alice\\n2026") && clean.contains("\\x1b[31m") && clean.contains("\\x00end"), "{clean}");
+        let long = escape_controls(&"é".repeat(10_000), 100);
+        assert!(long.len() < 140 && long.ends_with("[cut at 100 bytes]"), "{long}");
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl axum::extract::FromRequestParts<super::AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &super::AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(ApiError::unauthorized)?;
-        state.auth.verify(token.trim()).map(Admin)
+        state.auth().verify(token.trim()).map(Admin)
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::auth::{Admin, Auth};
 use self::error::{ApiError, JsonBody};
 use crate::host::health::{self, Health};
-use crate::host::supervisor::{Control, ControlError, Request};
+use crate::host::supervisor::{Command, Control, ControlError, Request};
 use crate::host::view::InstanceView;
 use crate::telemetry::Telemetry;
 
@@ -31,9 +31,10 @@ pub const OPENAPI: &str = include_str!("../../docs/management-api.yaml");
 #[derive(Clone)]
 pub struct AppState {
     pub views: watch::Receiver<Vec<InstanceView>>,
-    pub control: mpsc::Sender<Request>,
+    pub control: mpsc::Sender<Command>,
     pub telemetry: Arc<Telemetry>,
-    pub auth: Arc<Auth>,
+    /// Replaced at a reload (admins and the signing key may change).
+    pub auth: Arc<std::sync::RwLock<Arc<Auth>>>,
     pub schema_version: u32,
     /// How long an ERROR keeps the health summary degraded.
     pub error_window: std::time::Duration,
@@ -42,6 +43,10 @@ pub struct AppState {
 impl AppState {
     fn views(&self) -> Vec<InstanceView> {
         self.views.borrow().clone()
+    }
+
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn health(&self, views: &[InstanceView]) -> Health {
@@ -104,7 +109,7 @@ struct LoginRequest {
 }
 
 async fn login(State(state): State<AppState>, JsonBody(request): JsonBody<LoginRequest>) -> Result<Response, ApiError> {
-    let issued = state.auth.login(&request.username, &request.password).await?;
+    let issued = state.auth().login(&request.username, &request.password).await?;
     Ok(Json(issued).into_response())
 }
 
@@ -151,7 +156,7 @@ async fn control(
     let (reply, answer) = oneshot::channel();
     state
         .control
-        .send(Request { id, control, reply })
+        .send(Command::Control(Request { id, control, reply }))
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the host is shutting down"))?;
     let result = answer

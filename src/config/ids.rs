@@ -20,8 +20,14 @@ pub fn check_instance_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A Matrix user ID `@localpart:server_name` with a localpart of `[a-z0-9._=/+-]`.
+/// The longest user or room ID the Matrix spec allows, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// A Matrix user ID `@localpart:server_name` with a localpart of `[a-z0-9._=/+-]`, at most 255 bytes.
 pub fn check_user_id(user: &str) -> Result<(), String> {
+    if user.len() > MAX_ID_BYTES {
+        return Err(format!("it is {} bytes long; Matrix IDs have at most {MAX_ID_BYTES}", user.len()));
+    }
     let Some(rest) = user.strip_prefix('@') else {
         return Err("a Matrix user ID starts with `@`, like `@bot:example.org`".into());
     };
@@ -78,6 +84,9 @@ pub fn server_name_of(user: &str) -> &str {
 
 /// A room ID: `!opaque:server_name`, or `!opaque` (room version 12 drops the server name).
 pub fn check_room_id(room: &str) -> Result<(), String> {
+    if room.len() > MAX_ID_BYTES {
+        return Err(format!("it is {} bytes long; Matrix IDs have at most {MAX_ID_BYTES}", room.len()));
+    }
     if room.starts_with('#') {
         return Err("this is a room alias; use the room ID (`!…`), shown in the room's advanced settings".into());
     }
@@ -100,7 +109,22 @@ pub fn check_room_id(room: &str) -> Result<(), String> {
     }
 }
 
-/// Glob matching with `*` (any run) and `?` (one character), for allow lists of user IDs.
+/// Whether `user` (`@local:server`) matches a user-ID glob. The localpart and the server name are matched
+/// separately, so a `*` never crosses the `:`: `@alice*` matches no user (it names no server), and
+/// `@alice*:example.org` does not match `@alice:evil.org`. A lone `*` matches everyone.
+pub fn user_glob_matches(pattern: &str, user: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (Some((pattern_local, pattern_server)), Some((local, server))) =
+        (pattern.split_once(':'), user.split_once(':'))
+    else {
+        return false;
+    };
+    glob_matches(pattern_local, local) && glob_matches(pattern_server, server)
+}
+
+/// Glob matching with `*` (any run) and `?` (one character).
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
@@ -148,6 +172,7 @@ mod tests {
         assert!(check_user_id("@Bot:example.org").unwrap_err().contains("`B`"));
         assert!(check_user_id("@bot:exa mple.org").is_err());
         assert!(check_user_id("@bot:example.org:0").is_err());
+        assert!(check_user_id(&format!("@{}:example.org", "a".repeat(250))).unwrap_err().contains("255"));
     }
 
     #[test]
@@ -168,5 +193,19 @@ mod tests {
         assert!(glob_matches("*", "@anyone:anywhere"));
         assert!(glob_matches("@a*b*c:x", "@aXXbYYc:x"));
         assert!(!glob_matches("@a*b*c:x", "@aXXbYY:x"));
+    }
+
+    #[test]
+    fn user_globs_never_cross_the_colon() {
+        assert!(user_glob_matches("@*:example.org", "@alice:example.org"));
+        assert!(!user_glob_matches("@*:example.org", "@alice:evil.org"));
+        assert!(!user_glob_matches("@alice*", "@alice:evil.org"), "no server named: matches nobody");
+        assert!(!user_glob_matches("@alice*:example.org", "@alice:example.org.evil.org"));
+        assert!(!user_glob_matches("@*", "@mallory:evil.org"));
+        assert!(user_glob_matches("@alice*:example.org", "@alice2:example.org"));
+        assert!(user_glob_matches("@bot:example.org:8448", "@bot:example.org:8448"));
+        assert!(user_glob_matches("@*:*.example.org", "@x:matrix.example.org"));
+        assert!(user_glob_matches("*", "@anyone:anywhere"));
+        assert!(!user_glob_matches("*:evil.org", "@a:example.org"));
     }
 }

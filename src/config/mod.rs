@@ -1,5 +1,6 @@
 //! Configuration: layered with figment, secrets from systemd credentials, validated with messages that name the key.
 
+pub mod files;
 pub mod ids;
 pub mod layers;
 pub mod model;
@@ -26,8 +27,10 @@ pub struct Loaded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {kind} {path}: {source}", path = .path.display())]
-    ReadFile { kind: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot read the {kind}: {source}")]
+    ReadFile { kind: &'static str, source: files::FileError },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
     #[error("{kind} {path} is not valid YAML/JSON: {message}", path = .path.display())]
     ParseFile { kind: &'static str, path: PathBuf, message: String },
     #[error("{}", ProblemList(.0))]
@@ -47,14 +50,38 @@ impl fmt::Display for ProblemList<'_> {
     }
 }
 
-/// Merges the layers, resolves secrets and validates.
-pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+/// Which mode the config is loaded for: it decides which secrets are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `run`: only the secrets a running host uses. Bot passwords, adopted access tokens and registration
+    /// secrets are needed by `setup` alone, so the service never reads (or holds) them.
+    Run,
+    Setup,
+    /// `check-config`: every secret, as setup would read them.
+    Check,
+}
+
+impl Purpose {
+    /// Whether a secret must be readable for this purpose.
+    fn reads(self, key: &str) -> bool {
+        self != Purpose::Run || !model::is_setup_only_secret(key)
+    }
+}
+
+/// Merges the layers, resolves the secrets `purpose` needs, and validates.
+pub fn load(sources: &Sources, purpose: Purpose) -> Result<Loaded, ConfigError> {
     let figment = layers::figment(sources)?;
     let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
 
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     for (key, secret) in config.secrets_mut() {
+        if !purpose.reads(&key) {
+            // Not needed to run; read only where it happens to be at hand, so that it is scrubbed from anything
+            // the homeserver might echo. The NixOS service does not receive these credentials at all.
+            let _ = secret.resolve(sources.credentials_directory.as_deref());
+            continue;
+        }
         if secret.is_inline() {
             warnings.push(Problem {
                 key: key.clone(),

@@ -100,6 +100,9 @@ pub struct HostConfig {
     /// The health summary is degraded while an ERROR or CRITICAL event is younger than this.
     #[serde(default = "default_error_window_secs")]
     pub error_window_secs: u64,
+    /// How operators run setup on this host, as messages name it (the NixOS module sets `maubot-setup`).
+    #[serde(default = "default_setup_command")]
+    pub setup_command: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,6 +135,10 @@ pub struct InstanceConfig {
     /// Commands older than this when the bot sees them (after downtime) are not answered.
     #[serde(default = "default_max_command_age_secs")]
     pub max_command_age_secs: u64,
+    /// At most this many answered commands per sender per minute; more are not answered (off when absent).
+    /// Stops one person from making the bot spam a room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_commands_per_sender_per_minute: Option<u32>,
     /// Minimum severity that is sent to the admin room.
     #[serde(default)]
     pub error_notification_level: NotificationLevel,
@@ -173,6 +180,10 @@ pub enum NotificationLevel {
     Critical,
 }
 
+fn default_setup_command() -> String {
+    "maubot setup".to_owned()
+}
+
 fn default_error_window_secs() -> u64 {
     300
 }
@@ -211,6 +222,13 @@ fn default_burst_size() -> u32 {
 
 fn default_backoff_seconds() -> u64 {
     30
+}
+
+/// Secrets only `setup` uses (logging in, registering); a running host never reads them.
+pub fn is_setup_only_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or_default();
+    matches!(last, "password" | "access_token" | "registration_token" | "registration_shared_secret")
+        && (key.starts_with("instances.") || key.starts_with("homeservers."))
 }
 
 impl InstanceConfig {
@@ -276,9 +294,15 @@ impl Config {
         }
     }
 
-    /// All secret values, for scrubbing text that leaves the process (logs, notifications).
+    /// Every secret with its key path (copies).
+    pub fn secrets(&self) -> Vec<(String, Secret)> {
+        let mut clone = self.clone();
+        clone.secrets_mut().into_iter().map(|(key, secret)| (key, secret.clone())).collect()
+    }
+
+    /// All secret values that were read, for scrubbing text that leaves the process (logs, notifications).
     pub fn secret_values(&self) -> Vec<String> {
         let mut clone = self.clone();
-        clone.secrets_mut().into_iter().map(|(_, s)| s.expose().to_owned()).filter(|v| !v.is_empty()).collect()
+        clone.secrets_mut().into_iter().filter_map(|(_, s)| s.value().map(str::to_owned)).collect()
     }
 }

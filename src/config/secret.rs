@@ -56,8 +56,10 @@ pub enum SecretError {
     MissingCredential { name: String, path: PathBuf, dir: PathBuf },
     #[error("credential name `{name}` is invalid: it must be a plain file name (no `/`, not `.` or `..`)")]
     InvalidCredentialName { name: String },
-    #[error("secret file {path} cannot be read: {source}", path = .path.display())]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("credential `{name}`: {source}")]
+    UnreadableCredential { name: String, source: super::files::FileError },
+    #[error("secret file: {0}")]
+    Unreadable(super::files::FileError),
     #[error("secret file {path} is not UTF-8 text", path = .path.display())]
     NotUtf8 { path: PathBuf },
     #[error("secret from {origin} is empty: write the secret into it (one trailing newline is ignored)")]
@@ -91,6 +93,11 @@ impl Secret {
         self.value.as_deref().unwrap_or_default()
     }
 
+    /// The value, once resolved.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+
     /// A short description of where the value comes from, safe to print.
     pub fn origin(&self) -> String {
         match &self.source {
@@ -112,10 +119,16 @@ impl Secret {
                     return Err(SecretError::NoCredentialsDirectory { name: name.clone() });
                 };
                 let path = dir.join(name);
-                if !path.exists() {
-                    return Err(SecretError::MissingCredential { name: name.clone(), path, dir: dir.to_owned() });
+                match read_secret_file(&path) {
+                    Ok(text) => Arc::from(text),
+                    Err(SecretError::Unreadable(e)) if e.is_missing() => {
+                        return Err(SecretError::MissingCredential { name: name.clone(), path, dir: dir.to_owned() });
+                    }
+                    Err(SecretError::Unreadable(source)) => {
+                        return Err(SecretError::UnreadableCredential { name: name.clone(), source });
+                    }
+                    Err(e) => return Err(e),
                 }
-                Arc::from(read_secret_file(&path)?)
             }
             SecretSource::File(path) => Arc::from(read_secret_file(path)?),
         };
@@ -127,9 +140,10 @@ impl Secret {
     }
 }
 
-/// Reads a secret file, trimming exactly one trailing newline (`\n` or `\r\n`).
+/// Reads a secret file (a regular file of at most 64 KiB), trimming exactly one trailing newline (`\n` or
+/// `\r\n`).
 fn read_secret_file(path: &Path) -> Result<String, SecretError> {
-    let bytes = std::fs::read(path).map_err(|source| SecretError::Unreadable { path: path.to_owned(), source })?;
+    let bytes = super::files::read_bounded(path, super::files::MAX_SECRET_BYTES).map_err(SecretError::Unreadable)?;
     let mut text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 { path: path.to_owned() })?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
@@ -176,6 +190,8 @@ impl Serialize for Secret {
 }
 
 const EXPECTED: &str = "a secret: `{ credential: NAME }`, `{ file: PATH }`, or an inline string";
+const NOT_TEXT: &str = "a secret must be text, but this is a number or boolean: quote it, or better use \
+                        `{ credential: NAME }`";
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -196,13 +212,21 @@ impl<'de> Visitor<'de> for SecretVisitor {
         Ok(Secret::inline(v))
     }
 
-    // Environment variables holding only digits arrive as numbers.
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
-        Ok(Secret::inline(v.to_string()))
+    // A number or boolean is not taken as a secret: its written form (leading zeros, `1e3`) is already lost.
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(de::Error::custom(NOT_TEXT))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
-        Ok(Secret::inline(v.to_string()))
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(de::Error::custom(NOT_TEXT))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(de::Error::custom(NOT_TEXT))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(de::Error::custom(NOT_TEXT))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {

@@ -44,9 +44,28 @@ pub const MIN_BCRYPT_COST: u32 = 12;
 /// Minimum length of `server.secret_key`.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
 
+/// Secrets shorter than this are refused: too short to be secret, and too short to scrub from logs reliably.
+pub const MIN_SECRET_BYTES: usize = 8;
+/// Highest bcrypt cost accepted: each login costs 2^cost rounds, and 15 already takes seconds on a small CPU.
+pub const MAX_BCRYPT_COST: u32 = 14;
+
 /// Checks everything that can be checked without network access. Secrets must be resolved.
 pub fn validate(config: &Config) -> Findings {
     let mut findings = Findings::default();
+    for (key, secret) in config.secrets() {
+        if let Some(value) = secret.value()
+            && value.len() < MIN_SECRET_BYTES
+        {
+            findings.error(
+                key,
+                format!(
+                    "the secret from {} is {} bytes; secrets must be at least {MIN_SECRET_BYTES} bytes",
+                    secret.origin(),
+                    value.len()
+                ),
+            );
+        }
+    }
     check_paths(config, &mut findings);
     check_server(config, &mut findings);
     check_admins(config, &mut findings);
@@ -78,9 +97,18 @@ fn check_paths(config: &Config, findings: &mut Findings) {
             format!("`{}` is relative; give an absolute path such as /var/lib/maubot", config.state_dir.display()),
         );
     }
+    if config.state_dir.parent().is_none() {
+        findings.error(
+            "state_dir",
+            "`/` cannot hold the state: setup would claim the whole file system. Give the bots a directory of their \
+             own, such as /var/lib/maubot",
+        );
+    }
     let db = &config.database;
-    let escapes = db.components().any(|c| matches!(c, std::path::Component::ParentDir));
-    if db.as_os_str().is_empty() || escapes || (db.is_absolute() && !db.starts_with(&config.state_dir)) {
+    let escapes = db.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir));
+    let names_a_file = matches!(db.components().next_back(), Some(std::path::Component::Normal(_)))
+        && !db.as_os_str().to_string_lossy().ends_with('/');
+    if !names_a_file || escapes || (db.is_absolute() && !db.starts_with(&config.state_dir)) {
         findings.error(
             "database",
             format!(
@@ -115,6 +143,21 @@ fn check_server(config: &Config, findings: &mut Findings) {
         findings.error("server.token_ttl_secs", "must be between 60 seconds and a day (86400)");
     }
     if let Some(key) = &server.secret_key
+        && key.value().is_some_and(|k| {
+            k.chars().filter(|c| !c.is_whitespace()).collect::<std::collections::HashSet<_>>().len() < 8
+        })
+        && key.expose().len() >= MIN_SECRET_KEY_BYTES
+    {
+        findings.error(
+            "server.secret_key",
+            format!(
+                "the secret key from {} is not random: it has fewer than 8 different characters (whitespace aside); \
+                 use e.g. `openssl rand -hex 32`",
+                key.origin()
+            ),
+        );
+    }
+    if let Some(key) = &server.secret_key
         && key.expose().len() < MIN_SECRET_KEY_BYTES
     {
         findings.error(
@@ -141,6 +184,14 @@ fn check_admins(config: &Config, findings: &mut Findings) {
                 format!(
                     "the value from {} is not a bcrypt hash (`$2b$12$…`); create one with \
                      `htpasswd -nbBC 12 '' PASSWORD | cut -d: -f2` or `mkpasswd -m bcrypt -R 12`",
+                    hash.origin()
+                ),
+            ),
+            Some(cost) if cost > MAX_BCRYPT_COST => findings.error(
+                &key,
+                format!(
+                    "the bcrypt hash from {} has cost {cost}; above {MAX_BCRYPT_COST} each login takes seconds of CPU \
+                     (and a flood of them the whole machine). Re-hash with cost {MIN_BCRYPT_COST} to {MAX_BCRYPT_COST}",
                     hash.origin()
                 ),
             ),
@@ -210,6 +261,10 @@ fn check_homeservers(config: &Config, findings: &mut Findings) {
 }
 
 fn check_logging(config: &Config, findings: &mut Findings) {
+    if let Err(why) = check_log_filter(&config.logging.level) {
+        findings.error("logging.level", why);
+        return;
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.logging.level) {
         findings.error(
             "logging.level",
@@ -219,6 +274,36 @@ fn check_logging(config: &Config, findings: &mut Findings) {
             ),
         );
     }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A log filter of comma-separated directives, each a level (`info`) or `target=level`
+/// (`maubot=debug`). A bare word that is not a level would silence everything else (`warning` is a target
+/// name to the filter, not a level), so it is refused.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let shown = filter.escape_debug();
+    if filter.chars().any(char::is_control) {
+        return Err(format!("`{shown}` contains control characters; use e.g. `info` or `maubot=debug,info`"));
+    }
+    if filter.trim().is_empty() {
+        return Err("is empty; use e.g. `info`".into());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("`{directive}` has no target before `=`; write e.g. `maubot=debug`")),
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{level}` in `{shown}` is not a level; use one of {} (e.g. `warn`, not `warning`), or \
+                 `target=level`",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_host(config: &Config, findings: &mut Findings) {
@@ -369,6 +454,19 @@ fn check_instance(config: &Config, id: &str, instance: &InstanceConfig, findings
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        assert!(check_log_filter("info").is_ok());
+        assert!(check_log_filter("info,maubot=debug, matrix_sdk::http_client=off").is_ok());
+        assert!(check_log_filter("WARN").is_ok());
+        assert!(check_log_filter("warning").unwrap_err().contains("`warning`"));
+        assert!(check_log_filter("verbose").is_err());
+        assert!(check_log_filter("info\0").unwrap_err().contains("control"));
+        assert!(check_log_filter("").is_err());
+        assert!(check_log_filter("=debug").is_err());
+        assert!(check_log_filter("maubot=loud").is_err());
+    }
 
     #[test]
     fn bcrypt_costs() {

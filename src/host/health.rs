@@ -27,6 +27,8 @@ pub struct Health {
     pub stale_syncs: Vec<String>,
     /// Instances meant to run that are failed or restarting.
     pub failing: Vec<String>,
+    /// Enabled instances that are not set up (`created`): configured, but setup has not made their state.
+    pub not_set_up: Vec<String>,
     pub errors_last_5_min: usize,
 }
 
@@ -41,14 +43,16 @@ pub fn assess(views: &[InstanceView], errors_last_5_min: usize) -> Health {
         .collect();
     let failing: Vec<String> =
         wanted.iter().filter(|v| matches!(v.state, State::Failed | State::Restarting)).map(|v| v.id.clone()).collect();
+    let not_set_up: Vec<String> =
+        views.iter().filter(|v| v.enabled && v.state == State::Created).map(|v| v.id.clone()).collect();
     let status = if !wanted.is_empty() && running == 0 {
         HealthStatus::Failed
-    } else if running < wanted.len() || !stale_syncs.is_empty() || errors_last_5_min > 0 {
+    } else if running < wanted.len() || !stale_syncs.is_empty() || !not_set_up.is_empty() || errors_last_5_min > 0 {
         HealthStatus::Degraded
     } else {
         HealthStatus::Healthy
     };
-    Health { status, enabled: wanted.len(), running, stale_syncs, failing, errors_last_5_min }
+    Health { status, enabled: wanted.len(), running, stale_syncs, failing, not_set_up, errors_last_5_min }
 }
 
 impl Health {
@@ -77,6 +81,9 @@ impl Health {
             };
             let why = view.last_error.as_deref().map(|e| format!(" ({})", shorten(e))).unwrap_or_default();
             details.push(format!("{} {what}{why}", view.id));
+        }
+        if !self.not_set_up.is_empty() {
+            details.push(format!("not set up: {}", self.not_set_up.join(", ")));
         }
         if self.errors_last_5_min > 0 && details.is_empty() {
             details.push(format!("{} errors in the last 5 min", self.errors_last_5_min));
@@ -142,5 +149,9 @@ mod tests {
         let mut disabled = view("a", State::Configured, None);
         disabled.enabled = false;
         assert_eq!(assess(&[disabled], 0).status, HealthStatus::Healthy, "nothing wanted, nothing wrong");
+        let not_set_up = [view("a", State::Running, Some(5)), view("b", State::Created, None)];
+        let health = assess(&not_set_up, 0);
+        assert_eq!(health.status, HealthStatus::Degraded);
+        assert_eq!(health.status_line(&not_set_up), "degraded: 1/1 bots syncing; not set up: b");
     }
 }

@@ -1,28 +1,30 @@
-//! `maubot run`: opens the state (never creates it), checks every bot that will run before touching the network,
-//! then runs the supervisor (one task per bot), the management API and the admin-room notifier, and keeps
-//! systemd informed: `READY=1` after the first syncs, `STATUS=` from the health summary, watchdog pings while the
-//! host is not wedged, `STOPPING=1` on SIGTERM/SIGINT. Shutdown never logs out: that would delete device keys.
+//! `maubot run`: opens the host state (never creates it), runs the supervisor (one task per bot), the management
+//! API and the admin-room notifier, and keeps systemd informed: `READY=1` after the first syncs, `STATUS=` from
+//! the health summary, watchdog pings while the host is not wedged, `RELOADING=1` on SIGHUP, `STOPPING=1` on
+//! SIGTERM/SIGINT. Only a missing or unusable host state ends `run` (exit 78): a bot that is not set up, or
+//! whose store does not match, is shown as such while the others run. Shutdown never logs out: that would
+//! delete device keys.
 
 pub mod health;
+pub mod instance_task;
+pub mod signals;
+pub mod slot;
 pub mod supervisor;
 pub mod view;
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use matrix_sdk::ruma::OwnedUserId;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use self::supervisor::{Shared, Supervisor};
+use self::signals::{Asked, Signals};
+use self::supervisor::{Command, Reload, Shared, Supervisor};
 use self::view::{InstanceView, State};
 use crate::alerts::Scrubber;
 use crate::alerts::sender::{AlertSender, QUEUE};
 use crate::api;
-use crate::config::Config;
-use crate::matrix::client;
-use crate::state::{self, Layout, StateError};
+use crate::config::{self, Config, Loaded, Purpose, Sources};
+use crate::state::{self, Database, Layout, StateError};
 use crate::systemd::Notifier;
 use crate::telemetry::Telemetry;
 
@@ -51,62 +53,37 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The supervisor publishes its view every 500 ms; silence this long means it is wedged.
 const SUPERVISOR_SILENT: Duration = Duration::from_secs(30);
 
-pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>) -> Result<(), RunError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+pub async fn run(
+    loaded: Loaded,
+    sources: Sources,
+    purpose: Purpose,
+    notifier: &Notifier,
+    telemetry: Arc<Telemetry>,
+) -> Result<(), RunError> {
+    let mut signals = Signals::install().map_err(RunError::Signals)?;
     let started = Instant::now();
-
-    let layout = Layout::new(config);
-    let db = Arc::new(state::open(&layout)?);
-    let config = Arc::new(config.clone());
+    let mut config = Arc::new(loaded.config);
+    let layout = Layout::new(&config);
+    let opened = state::open(&layout)?;
+    let _host_lock = opened.lock;
+    let db = Arc::new(opened.db);
     let shared = Shared {
         config: config.clone(),
         layout: layout.clone(),
         db: db.clone(),
-        bot_users: Arc::new(
-            config
-                .instances
-                .values()
-                .filter_map(|i| OwnedUserId::try_from(i.user.as_str()).ok())
-                .collect::<HashSet<_>>(),
-        ),
+        bot_users: Arc::new(RwLock::new(supervisor::bot_users(&config))),
         clients: Arc::new(RwLock::default()),
         changed: Arc::new(Notify::new()),
     };
     let (views_tx, mut views) = watch::channel(Vec::<InstanceView>::new());
-    let supervisor = Supervisor::new(shared.clone(), views_tx)?;
-
-    // Everything that can be checked offline is checked before any bot touches the network.
-    for (id, record) in supervisor.wanted() {
-        let record = record.ok_or_else(|| StateError::InstanceNotSetUp { id: id.clone(), db: db.path().to_owned() })?;
-        let configured = &config.instances[id].user;
-        if &record.user_id != configured {
-            return Err(StateError::UserChanged {
-                id: id.clone(),
-                recorded: record.user_id.clone(),
-                configured: configured.clone(),
-            }
-            .into());
-        }
-        client::verify_store(record, &layout.store_dir(id)).await?;
-    }
-    // Every recorded access token (also of instances no longer configured) is a secret to scrub.
-    let mut access_tokens = Vec::new();
-    for id in db.instance_ids()? {
-        if !config.instances.contains_key(&id) {
-            tracing::warn!(instance = %id, "state exists for an instance that is no longer configured; keeping it");
-        }
-        if let Some(record) = db.instance(&id)? {
-            access_tokens.push(record.access_token);
-        }
-    }
+    let supervisor = Supervisor::new(shared.clone(), views_tx).await?;
+    install_scrubber(&config, &db).await?;
 
     let address = format!("{}:{}", config.server.hostname, config.server.port);
     let listener = api::bind(&config.server.hostname, config.server.port)
         .await
         .map_err(|source| RunError::Bind { address, source })?;
 
-    crate::alerts::scrub::install(Scrubber::new(config.secret_values().into_iter().chain(access_tokens)));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(notifications) = &config.notifications {
         let (alerts_tx, alerts_rx) = mpsc::channel(QUEUE);
@@ -119,28 +96,39 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
         tokio::spawn(sender.run(alerts_rx, stop_rx.clone()));
     }
 
-    let (control_tx, control_rx) = mpsc::channel(16);
-    let mut supervisor_task = tokio::spawn(supervisor.run(control_rx, stop_rx.clone(), SHUTDOWN_GRACE));
+    let (commands, commands_rx) = mpsc::channel(16);
+    let mut supervisor_task = tokio::spawn(supervisor.run(commands_rx, stop_rx.clone(), SHUTDOWN_GRACE));
+    let auth = Arc::new(RwLock::new(Arc::new(api::auth::Auth::from_config(&config))));
     let api_state = api::AppState {
         views: views.clone(),
-        control: control_tx,
+        control: commands.clone(),
         telemetry: telemetry.clone(),
-        auth: Arc::new(api::auth::Auth::from_config(&config)),
-        schema_version: db.schema_version()?,
+        auth: auth.clone(),
+        schema_version: db.schema_version().await?,
         error_window: Duration::from_secs(config.host.error_window_secs),
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, stop_rx.clone()));
 
     let ready_deadline = tokio::time::Instant::now() + Duration::from_secs(config.host.ready_timeout_secs);
     let mut ready = false;
+    let mut reloaded = false;
     let mut last_status = String::new();
     let watchdog_every = notifier.watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut last_views = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            asked = signals.next() => match asked {
+                Asked::Stop => break,
+                Asked::Reload => {
+                    notifier.reloading("reloading the configuration");
+                    if let Some(new) = reload(&sources, purpose, &config, &db, &commands, &auth).await {
+                        config = new;
+                    }
+                    reloaded = true;
+                }
+                Asked::Nothing(name) => tracing::info!(signal = name, "ignoring the signal (SIGHUP reloads, SIGTERM stops)"),
+            },
             _ = views.changed() => last_views = tokio::time::Instant::now(),
             _ = tokio::time::sleep_until(ready_deadline), if !ready => {}
             _ = watchdog.tick(), if watchdog_every.is_some() => {
@@ -173,6 +161,11 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
             tracing::info!(status = %line, after_ms = started.elapsed().as_millis() as u64, "ready");
             crate::memory::release_free_heap();
             last_status = line;
+        } else if reloaded {
+            // A reload is over once its changes were applied; bots it started report their syncs afterwards.
+            reloaded = false;
+            notifier.ready(&line);
+            last_status = line;
         } else if ready && line != last_status {
             notifier.status(&line);
             tracing::info!(status = %line, "status");
@@ -188,4 +181,63 @@ pub async fn run(config: &Config, notifier: &Notifier, telemetry: Arc<Telemetry>
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     Ok(())
+}
+
+/// Every known secret, including every recorded access token (also of instances no longer configured), is
+/// removed from text that leaves the process.
+async fn install_scrubber(config: &Config, db: &Database) -> Result<(), StateError> {
+    let tokens = db.instances().await?.into_iter().map(|r| r.access_token);
+    crate::alerts::scrub::install(Scrubber::new(config.secret_values().into_iter().chain(tokens)));
+    Ok(())
+}
+
+/// Re-reads the configuration and the state and hands both to the supervisor, which starts, stops and restarts
+/// only what changed. A configuration that does not load is reported and the running one is kept. Returns the
+/// new configuration when it was applied.
+async fn reload(
+    sources: &Sources,
+    purpose: Purpose,
+    current: &Config,
+    db: &Database,
+    commands: &mpsc::Sender<Command>,
+    auth: &RwLock<Arc<api::auth::Auth>>,
+) -> Option<Arc<Config>> {
+    tracing::info!("reloading the configuration (SIGHUP)");
+    let loaded = match config::load(sources, purpose) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; the running configuration stays in effect");
+            return None;
+        }
+    };
+    let new = Arc::new(loaded.config);
+    for (key, changed) in [
+        ("server", new.server.hostname != current.server.hostname || new.server.port != current.server.port),
+        ("logging", new.logging != current.logging),
+        ("notifications", new.notifications != current.notifications),
+        ("state_dir", new.state_dir != current.state_dir || new.database != current.database),
+    ] {
+        if changed {
+            tracing::warn!(key, "this part of the configuration changed; it takes effect at the next restart");
+        }
+    }
+    let state = async { Ok::<_, StateError>((db.instances().await?, db.overrides().await?)) }.await;
+    let (records, overrides) = match state {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed: cannot read the state; the running configuration stays in effect");
+            return None;
+        }
+    };
+    if let Err(e) = install_scrubber(&new, db).await {
+        tracing::warn!(error = %e, "could not refresh the list of secrets to scrub");
+    }
+    let (reply, applied) = oneshot::channel();
+    let reload = Reload { config: new.clone(), records, overrides, reply };
+    if commands.send(Command::Reload(reload)).await.is_err() || applied.await.is_err() {
+        tracing::error!("reload failed: the supervisor is gone");
+        return None;
+    }
+    *auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(api::auth::Auth::from_config(&new));
+    Some(new)
 }

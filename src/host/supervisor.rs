@@ -1,25 +1,24 @@
-//! The supervisor: runs every enabled instance as its own task, restarts failed ones with capped exponential
-//! backoff and jitter, carries out start/stop/restart/enable/disable (persisted in the database), and publishes
-//! what it sees as [`InstanceView`]s. One failing, panicking or slow instance never stops the others: each has
-//! its own task, client and store, and the supervisor never waits on an instance.
+//! The supervisor: runs every instance that is set up and enabled as its own task, restarts failed ones with
+//! capped exponential backoff and jitter, carries out start/stop/restart/enable/disable (persisted in the
+//! database) and reloads, and publishes what it sees as [`InstanceView`]s. One failing, panicking or slow
+//! instance never stops the others: each has its own task, client and store, and the supervisor never waits
+//! on an instance (stops finish in helper tasks that report back).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+use matrix_sdk::ruma::OwnedUserId;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
-use super::view::{CounterView, InstanceView, State};
+use super::slot::{Reply, Slot, Then};
+use super::view::InstanceView;
 use crate::alerts::sender::Clients;
 use crate::config::{Config, InstanceConfig};
-use crate::instance::{Counters, Instance, Outcome, Phase, RateLimiter, Status};
-use crate::matrix::client;
-use crate::plugin::{self, PluginContext};
+use crate::state::db::Override;
 use crate::state::{Database, InstanceRecord, Layout};
-use crate::telemetry::capture::rfc3339;
+
+pub use super::slot::{MAX_RESTART_DELAY, restart_delay};
 
 /// What the management API can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +47,7 @@ impl Control {
 pub enum ControlError {
     #[error("no instance `{0}` is configured")]
     NotFound(String),
-    #[error("instance `{0}` was never set up; run `maubot setup --add-instance {0}` first")]
+    #[error("instance `{0}` was never set up; run `{cmd} --add-instance {0}` first", cmd = crate::state::setup_command())]
     NotSetUp(String),
     #[error("instance `{0}` is disabled; enable it first")]
     Disabled(String),
@@ -61,7 +60,30 @@ pub enum ControlError {
 pub struct Request {
     pub id: String,
     pub control: Control,
-    pub reply: oneshot::Sender<Result<InstanceView, ControlError>>,
+    pub reply: Reply,
+}
+
+/// A new configuration and the state read for it, to apply without restarting what did not change.
+pub struct Reload {
+    pub config: Arc<Config>,
+    pub records: Vec<InstanceRecord>,
+    pub overrides: HashMap<String, Override>,
+    pub reply: oneshot::Sender<ReloadSummary>,
+}
+
+/// What a reload changed, by instance id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+    pub removed: Vec<String>,
+    pub not_set_up: Vec<String>,
+}
+
+pub enum Command {
+    Control(Request),
+    Reload(Reload),
 }
 
 /// What every instance task needs from the host.
@@ -70,20 +92,16 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub layout: Layout,
     pub db: Arc<Database>,
-    pub bot_users: Arc<HashSet<OwnedUserId>>,
+    /// Users of every bot in this host; their messages are never commands.
+    pub bot_users: Arc<RwLock<HashSet<OwnedUserId>>>,
     pub clients: Clients,
     pub changed: Arc<Notify>,
 }
 
-/// Longest wait before restarting a failed instance.
-pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(300);
-/// Failures within this window that make a restart loop (reported as CRITICAL).
-const LOOP_WINDOW: Duration = Duration::from_secs(600);
-const LOOP_FAILURES: usize = 3;
-/// How long a stop, restart or disable through the API waits for the instance to finish.
-const CONTROL_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Running this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(120);
+/// How often handled events that are too old to matter are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An instance that made no progress (no completed or failed sync) for this long is hung: its task is aborted
 /// and it is restarted like a failed one. A sync long-polls for `sync_timeout`, so this leaves 90 s to spare.
@@ -91,441 +109,306 @@ pub fn hung_after(config: &Config) -> Duration {
     Duration::from_secs(config.host.sync_timeout_secs) + Duration::from_secs(90)
 }
 
-struct Running {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Outcome>,
-    started: Instant,
+/// Whether an instance is enabled: the config, unless a run-time override was made under the same config.
+fn effective_enabled(id: &str, config: &InstanceConfig, saved: &Override) -> (bool, bool) {
+    match (saved.enabled, saved.config_enabled) {
+        (Some(enabled), Some(was)) if was == config.enabled => (enabled, false),
+        (Some(_), _) => {
+            tracing::info!(instance = %id, "the config changed `enabled`; it wins over the earlier run-time change");
+            (config.enabled, true)
+        }
+        _ => (config.enabled, false),
+    }
 }
 
-struct Slot {
-    id: String,
-    config: InstanceConfig,
-    record: Option<InstanceRecord>,
-    enabled: bool,
-    stopped: bool,
-    status: Arc<watch::Sender<Status>>,
-    counters: Arc<Counters>,
-    limiter: Arc<RateLimiter>,
-    run: Option<Running>,
-    next_start: Option<Instant>,
-    failures_in_row: u32,
-    failure_times: VecDeque<Instant>,
-    loop_reported: bool,
-    restarts: u64,
-    last_error: Option<String>,
-    failed: bool,
-    restart_delay: Option<Duration>,
-}
-
-/// Exponential backoff with jitter for restarts: about 1 s, 2 s, 4 s ... capped at five minutes.
-pub fn restart_delay(failures: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(9));
-    let jitter = rand::random::<f64>() * 0.25 + 0.875;
-    base.min(MAX_RESTART_DELAY).mul_f64(jitter).min(MAX_RESTART_DELAY)
+pub fn bot_users(config: &Config) -> HashSet<OwnedUserId> {
+    config.instances.values().filter_map(|i| OwnedUserId::try_from(i.user.as_str()).ok()).collect()
 }
 
 pub struct Supervisor {
     shared: Shared,
     slots: BTreeMap<String, Slot>,
     views: watch::Sender<Vec<InstanceView>>,
+    stopped_tx: mpsc::UnboundedSender<String>,
+    stopped_rx: mpsc::UnboundedReceiver<String>,
 }
 
 impl Supervisor {
     /// Slots for every configured instance, with the run-time overrides applied (a changed config wins over an
-    /// override made under the old config).
-    pub fn new(shared: Shared, views: watch::Sender<Vec<InstanceView>>) -> Result<Self, crate::state::StateError> {
-        let overrides = shared.db.overrides()?;
+    /// override made under the old config; such overrides are forgotten).
+    pub async fn new(
+        shared: Shared,
+        views: watch::Sender<Vec<InstanceView>>,
+    ) -> Result<Self, crate::state::StateError> {
+        let records: HashMap<String, InstanceRecord> =
+            shared.db.instances().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let overrides = shared.db.overrides().await?;
         let mut slots = BTreeMap::new();
         for (id, config) in &shared.config.instances {
-            let record = shared.db.instance(id)?;
             let saved = overrides.get(id).cloned().unwrap_or_default();
-            let enabled = match (saved.enabled, saved.config_enabled) {
-                (Some(enabled), Some(was)) if was == config.enabled => enabled,
-                (Some(_), _) => {
-                    tracing::info!(instance = %id, "the config changed `enabled`; it wins over the earlier run-time change");
-                    shared.db.clear_enabled_override(id)?;
-                    config.enabled
-                }
-                _ => config.enabled,
-            };
-            slots.insert(
-                id.clone(),
-                Slot {
-                    id: id.clone(),
-                    config: config.clone(),
-                    record,
-                    enabled,
-                    stopped: saved.stopped,
-                    status: Arc::new(watch::channel(Status::new()).0),
-                    counters: Arc::default(),
-                    limiter: Arc::new(RateLimiter::new(&config.rate_limit)),
-                    run: None,
-                    next_start: None,
-                    failures_in_row: 0,
-                    failure_times: VecDeque::new(),
-                    loop_reported: false,
-                    restarts: 0,
-                    last_error: None,
-                    failed: false,
-                    restart_delay: None,
-                },
-            );
+            let (enabled, forget) = effective_enabled(id, config, &saved);
+            if forget {
+                shared.db.clear_enabled_override(id).await?;
+            }
+            let slot = Slot::new(id, config.clone(), records.get(id).cloned(), enabled, saved.stopped);
+            slots.insert(id.clone(), slot);
         }
-        Ok(Supervisor { shared, slots, views })
-    }
-
-    /// The instances that will run (enabled, not stopped), for the start-up checks.
-    pub fn wanted(&self) -> impl Iterator<Item = (&String, Option<&InstanceRecord>)> {
-        self.slots.values().filter(|s| s.enabled && !s.stopped).map(|s| (&s.id, s.record.as_ref()))
+        for id in records.keys().filter(|id| !shared.config.instances.contains_key(*id)) {
+            tracing::warn!(instance = %id, "state exists for an instance that is no longer configured; keeping it");
+        }
+        let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
+        Ok(Supervisor { shared, slots, views, stopped_tx, stopped_rx })
     }
 
     /// Runs until `shutdown`; then stops every instance, waiting at most `grace`.
     pub async fn run(
         mut self,
-        mut requests: mpsc::Receiver<Request>,
+        mut commands: mpsc::Receiver<Command>,
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) {
+        let shared = self.shared.clone();
         for slot in self.slots.values_mut() {
-            if slot.enabled && !slot.stopped && slot.record.is_some() {
-                slot.spawn(&self.shared);
+            if slot.wanted() {
+                slot.spawn(&shared);
             }
         }
+        self.report_not_set_up(None);
         self.publish();
         let changed = self.shared.changed.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(60);
         loop {
             tokio::select! {
                 _ = crate::stopping(&mut shutdown) => break,
-                request = requests.recv() => match request {
-                    Some(request) => {
-                        let result = self.control(&request.id, request.control).await;
-                        let _ = request.reply.send(result);
-                    }
+                command = commands.recv() => match command {
+                    Some(Command::Control(request)) => self.control(request).await,
+                    Some(Command::Reload(reload)) => self.reload(reload).await,
                     None => break,
                 },
+                Some(id) = self.stopped_rx.recv() => self.stop_finished(&id),
                 _ = changed.notified() => {}
                 _ = tick.tick() => {}
             }
             self.reap().await;
-            self.start_due();
+            let now = Instant::now();
+            let shared = self.shared.clone();
+            for slot in self.slots.values_mut() {
+                slot.start_if_due(&shared, now);
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                self.prune();
+            }
             self.publish();
         }
         let deadline = tokio::time::Instant::now() + grace;
+        let shared = self.shared.clone();
         for slot in self.slots.values_mut() {
-            slot.stop_task(&self.shared, deadline).await;
+            slot.begin_shutdown();
+        }
+        // One deadline for all: the last of them waits at most `grace` in total.
+        for slot in self.slots.values_mut() {
+            slot.stop_now(&shared, deadline).await;
         }
         self.publish();
     }
 
-    async fn control(&mut self, id: &str, control: Control) -> Result<InstanceView, ControlError> {
+    async fn control(&mut self, request: Request) {
+        let Request { id, control, reply } = request;
         let shared = self.shared.clone();
-        let slot = self.slots.get_mut(id).ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
-        let storage = |e: crate::state::StateError| ControlError::Storage(e.to_string());
-        match control {
-            Control::Start | Control::Restart => {
-                if slot.record.is_none() {
-                    return Err(ControlError::NotSetUp(id.to_owned()));
-                }
-                if !slot.enabled {
-                    return Err(ControlError::Disabled(id.to_owned()));
-                }
-                if control == Control::Restart {
-                    slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
-                }
-                if slot.stopped {
-                    shared.db.set_stopped(id, false).map_err(storage)?;
-                    slot.stopped = false;
-                }
-                slot.failures_in_row = 0;
-                slot.next_start = None;
-                if slot.run.is_none() {
-                    slot.spawn(&shared);
-                }
-            }
-            Control::Stop => {
-                shared.db.set_stopped(id, true).map_err(storage)?;
-                slot.stopped = true;
-                slot.next_start = None;
-                slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
-            }
-            Control::Enable => {
-                shared.db.set_enabled_override(id, true, slot.config.enabled).map_err(storage)?;
-                slot.enabled = true;
-                if slot.record.is_some() && !slot.stopped && slot.run.is_none() {
-                    slot.failures_in_row = 0;
-                    slot.spawn(&shared);
-                }
-            }
-            Control::Disable => {
-                shared.db.set_enabled_override(id, false, slot.config.enabled).map_err(storage)?;
-                slot.enabled = false;
-                slot.next_start = None;
-                slot.stop_task(&shared, tokio::time::Instant::now() + CONTROL_STOP_GRACE).await;
-            }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ = reply.send(Err(ControlError::NotFound(id)));
+            return;
+        };
+        let needs_setup = matches!(control, Control::Start | Control::Restart | Control::Enable);
+        if needs_setup && slot.record.is_none() {
+            let _ = reply.send(Err(ControlError::NotSetUp(id)));
+            return;
+        }
+        if matches!(control, Control::Start | Control::Restart) && !slot.enabled {
+            let _ = reply.send(Err(ControlError::Disabled(id)));
+            return;
+        }
+        let saved = match control {
+            Control::Start | Control::Restart if slot.stopped => shared.db.set_stopped(&id, false).await,
+            Control::Stop => shared.db.set_stopped(&id, true).await,
+            Control::Enable => shared.db.set_enabled_override(&id, true, slot.config.enabled).await,
+            Control::Disable => shared.db.set_enabled_override(&id, false, slot.config.enabled).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = saved {
+            let _ = reply.send(Err(ControlError::Storage(e.to_string())));
+            return;
         }
         tracing::info!(instance = %id, action = ?control, "instance control");
-        let view = slot.view();
+        let reply = match control {
+            Control::Start => {
+                slot.stopped = false;
+                slot.start_fresh(&shared);
+                Some(reply)
+            }
+            Control::Restart => {
+                slot.stopped = false;
+                slot.failures_in_row = 0;
+                if slot.is_running() {
+                    slot.begin_stop(&shared, Then::Start, None, &self.stopped_tx);
+                } else {
+                    slot.start_fresh(&shared);
+                }
+                Some(reply)
+            }
+            Control::Enable => {
+                slot.enabled = true;
+                if slot.wanted() && !slot.is_running() {
+                    slot.start_fresh(&shared);
+                }
+                Some(reply)
+            }
+            // Answered when the instance has stopped, without holding up the supervisor meanwhile.
+            Control::Stop => {
+                slot.stopped = true;
+                slot.begin_stop(&shared, Then::Rest, Some(reply), &self.stopped_tx);
+                None
+            }
+            Control::Disable => {
+                slot.enabled = false;
+                slot.begin_stop(&shared, Then::Rest, Some(reply), &self.stopped_tx);
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(slot.view()));
+        }
         self.publish();
-        Ok(view)
     }
 
-    /// Collects finished tasks; failures are scheduled for a restart.
+    /// A stop in progress finished.
+    fn stop_finished(&mut self, id: &str) {
+        let shared = self.shared.clone();
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        if slot.stop_finished(&shared) == Then::Remove {
+            self.slots.remove(id);
+            tracing::info!(instance = %id, "instance removed from the configuration; stopped (its state is kept)");
+        }
+    }
+
+    /// Applies a new configuration: starts what is newly set up or enabled, stops what was removed or disabled,
+    /// restarts what changed, and leaves everything else running.
+    async fn reload(&mut self, reload: Reload) {
+        let Reload { config, records, overrides, reply } = reload;
+        let records: HashMap<String, InstanceRecord> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let old_config = self.shared.config.clone();
+        self.shared.config = config.clone();
+        *self.shared.bot_users.write().unwrap_or_else(|p| p.into_inner()) = bot_users(&config);
+        let shared = self.shared.clone();
+        let mut summary = ReloadSummary::default();
+        let mut newly_configured = HashSet::new();
+
+        let removed: Vec<String> =
+            self.slots.keys().filter(|id| !config.instances.contains_key(*id)).cloned().collect();
+        for id in removed {
+            let slot = self.slots.get_mut(&id).expect("listed above");
+            if slot.is_running() || slot.is_stopping() {
+                slot.begin_stop(&shared, Then::Remove, None, &self.stopped_tx);
+            } else {
+                self.slots.remove(&id);
+            }
+            summary.removed.push(id);
+        }
+        for (id, instance) in &config.instances {
+            let saved = overrides.get(id).cloned().unwrap_or_default();
+            let (enabled, forget) = effective_enabled(id, instance, &saved);
+            if forget && let Err(e) = shared.db.clear_enabled_override(id).await {
+                tracing::warn!(instance = %id, error = %e, "could not forget a run-time override");
+            }
+            let record = records.get(id).cloned();
+            let Some(slot) = self.slots.get_mut(id) else {
+                newly_configured.insert(id.clone());
+                let mut slot = Slot::new(id, instance.clone(), record, enabled, saved.stopped);
+                if slot.wanted() {
+                    slot.spawn(&shared);
+                    summary.started.push(id.clone());
+                }
+                self.slots.insert(id.clone(), slot);
+                continue;
+            };
+            let homeserver = |c: &Config| c.homeserver_of(instance).map(|(_, hs)| hs.url.clone());
+            let changed = slot.config != *instance
+                || slot.record != record
+                || homeserver(&old_config) != homeserver(&config)
+                || old_config.host != config.host;
+            let was_wanted = slot.wanted();
+            slot.config = instance.clone();
+            slot.record = record;
+            slot.enabled = enabled;
+            slot.stopped = saved.stopped;
+            let active = slot.is_running() || slot.is_stopping();
+            if !slot.wanted() && active {
+                slot.begin_stop(&shared, Then::Rest, None, &self.stopped_tx);
+                summary.stopped.push(id.clone());
+            } else if slot.wanted() && active && changed {
+                slot.begin_stop(&shared, Then::Start, None, &self.stopped_tx);
+                summary.restarted.push(id.clone());
+            } else if slot.wanted() && !active && (changed || !was_wanted || !slot.failed_permanently()) {
+                slot.start_fresh(&shared);
+                summary.started.push(id.clone());
+            }
+        }
+        summary.not_set_up = self.report_not_set_up(Some(&newly_configured));
+        tracing::info!(
+            started = ?summary.started,
+            stopped = ?summary.stopped,
+            restarted = ?summary.restarted,
+            removed = ?summary.removed,
+            "configuration reloaded"
+        );
+        self.publish();
+        let _ = reply.send(summary);
+    }
+
+    /// Reports (at ERROR: the admin room hears of it) enabled instances that are not set up: all of them at
+    /// start, only the newly configured ones at a reload. Returns every enabled instance that is not set up.
+    fn report_not_set_up(&self, only: Option<&HashSet<String>>) -> Vec<String> {
+        let missing: Vec<String> =
+            self.slots.values().filter(|s| s.record.is_none() && s.enabled).map(|s| s.id.clone()).collect();
+        for id in &missing {
+            if only.is_none_or(|only| only.contains(id)) {
+                tracing::error!(
+                    instance = %id,
+                    fix = %format!("{} --add-instance {id}", crate::state::setup_command()),
+                    "instance is configured but not set up; it is not started (no login, no device) until setup \
+                     has created its state. The other bots run"
+                );
+            }
+        }
+        missing
+    }
+
+    /// Collects finished tasks and aborts hung ones; failures are scheduled for a restart.
     async fn reap(&mut self) {
         let shared = self.shared.clone();
+        let hung = hung_after(&shared.config);
         for slot in self.slots.values_mut() {
-            let finished = slot.run.as_ref().is_some_and(|r| r.task.is_finished());
-            if let Some(running) = slot.run.as_ref()
-                && !finished
-                && slot.failures_in_row > 0
-                && running.started.elapsed() > HEALTHY_AFTER
-                && slot.status.borrow().phase == Phase::Syncing
-            {
-                slot.failures_in_row = 0;
-                slot.loop_reported = false;
-            }
-            let hung = !finished
-                && slot.run.is_some()
-                && slot.status.borrow().last_progress.elapsed() > hung_after(&shared.config);
-            if hung {
-                let running = slot.run.take().expect("checked above");
-                running.task.abort();
-                slot.shared_clients_remove(&shared);
-                slot.on_failure(format!(
-                    "made no progress for {} s (hung); aborted it",
-                    hung_after(&shared.config).as_secs()
-                ));
-                continue;
-            }
-            if !finished {
-                continue;
-            }
-            let Some(running) = slot.run.take() else { continue };
-            slot.shared_clients_remove(&shared);
-            let outcome = match running.task.await {
-                Ok(outcome) => outcome,
-                Err(e) if e.is_panic() => Outcome::Failed("the bot's task panicked".into()),
-                Err(_) => Outcome::Stopped,
-            };
-            if let Outcome::Failed(why) = outcome {
-                slot.on_failure(why);
-            }
+            slot.reap(&shared, hung, HEALTHY_AFTER).await;
         }
     }
 
-    fn start_due(&mut self) {
-        let now = Instant::now();
-        let shared = self.shared.clone();
-        for slot in self.slots.values_mut() {
-            if slot.next_start.is_some_and(|at| at <= now) && slot.enabled && !slot.stopped && slot.run.is_none() {
-                slot.next_start = None;
-                slot.restarts += 1;
-                tracing::info!(instance = %slot.id, restarts = slot.restarts, "restarting");
-                slot.spawn(&shared);
+    /// Forgets handled events too old to be answered again, off the supervisor's loop.
+    fn prune(&self) {
+        let max_age = self.shared.config.instances.values().map(|i| i.max_command_age_secs).max().unwrap_or(300);
+        let keep_secs = (max_age as i64).saturating_mul(2).max(3600);
+        let db = self.shared.db.clone();
+        tokio::spawn(async move {
+            match db.prune_handled(keep_secs).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "forgot old handled events"),
+                Err(e) => tracing::warn!(error = %e, "could not prune handled events"),
             }
-        }
+        });
     }
 
     fn publish(&self) {
         self.views.send_replace(self.slots.values().map(Slot::view).collect());
-    }
-}
-
-impl Slot {
-    fn spawn(&mut self, shared: &Shared) {
-        let Some(record) = self.record.clone() else { return };
-        let (stop, stop_rx) = watch::channel(false);
-        self.status.send_modify(|s| {
-            let last_error = s.last_error.take();
-            *s = Status::new();
-            s.last_error = last_error;
-        });
-        self.failed = false;
-        let context = PluginContext { instance: self.id.clone(), limiter: self.limiter.clone() };
-        let task = tokio::spawn(run_instance(
-            shared.clone(),
-            self.config.clone(),
-            record,
-            self.status.clone(),
-            self.counters.clone(),
-            context,
-            stop_rx,
-        ));
-        self.run = Some(Running { stop, task, started: Instant::now() });
-    }
-
-    /// Asks the running task to stop, waits until `deadline`, then abandons it; its client stops being offered
-    /// for admin-room notifications.
-    async fn stop_task(&mut self, shared: &Shared, deadline: tokio::time::Instant) {
-        if let Some(running) = self.run.take() {
-            let _ = running.stop.send(true);
-            let abort = running.task.abort_handle();
-            if tokio::time::timeout_at(deadline, running.task).await.is_err() {
-                tracing::warn!(instance = %self.id, "did not stop in time; abandoning it");
-                abort.abort();
-            }
-            self.shared_clients_remove(shared);
-        }
-    }
-
-    fn shared_clients_remove(&self, shared: &Shared) {
-        shared.clients.write().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
-    }
-
-    fn on_failure(&mut self, why: String) {
-        let now = Instant::now();
-        self.failed = true;
-        self.failures_in_row += 1;
-        self.failure_times.push_back(now);
-        while self.failure_times.front().is_some_and(|t| now.duration_since(*t) > LOOP_WINDOW) {
-            self.failure_times.pop_front();
-        }
-        let delay = restart_delay(self.failures_in_row);
-        self.next_start = Some(now + delay);
-        self.restart_delay = Some(delay);
-        self.last_error = Some(why.clone());
-        tracing::error!(
-            instance = %self.id,
-            error = %why,
-            retry_in_ms = delay.as_millis() as u64,
-            "instance failed; restarting it after a backoff"
-        );
-        if self.failure_times.len() >= LOOP_FAILURES && !self.loop_reported {
-            self.loop_reported = true;
-            tracing::error!(
-                instance = %self.id,
-                severity = "CRITICAL",
-                failures = self.failure_times.len(),
-                error = %why,
-                "restart loop: the instance keeps failing"
-            );
-        }
-    }
-
-    fn view(&self) -> InstanceView {
-        let status = self.status.borrow().clone();
-        let state = if self.record.is_none() {
-            State::Created
-        } else if !self.enabled {
-            State::Configured
-        } else if self.stopped {
-            State::Stopped
-        } else if self.run.is_some() {
-            match status.phase {
-                Phase::Starting => State::Enabled,
-                Phase::Syncing | Phase::Retrying(_) => State::Running,
-                Phase::Failed(_) => State::Failed,
-                Phase::Stopped => State::Stopped,
-            }
-        } else if self.next_start.is_some() {
-            State::Restarting
-        } else if self.failed {
-            State::Failed
-        } else {
-            State::Enabled
-        };
-        let counters = &self.counters;
-        InstanceView {
-            id: self.id.clone(),
-            kind: self.config.kind.clone(),
-            user: self.config.user.clone(),
-            state,
-            enabled: self.enabled,
-            stopped: self.stopped,
-            device_id: self.record.as_ref().map(|r| r.device_id.clone()),
-            last_sync: status.last_sync.map(rfc3339),
-            last_sync_age_secs: status
-                .last_sync
-                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
-            syncing: status.phase == Phase::Syncing,
-            first_sync_done: status.first_sync_done,
-            last_error: status.last_error.clone().or_else(|| self.last_error.clone()),
-            progress_age_secs: self.run.as_ref().map(|_| status.last_progress.elapsed().as_secs()),
-            restarts: self.restarts,
-            next_restart_in_secs: self.next_start.map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
-            restart_delay_ms: self.restart_delay.map(|d| d.as_millis() as u64),
-            counters: CounterView {
-                events_handled: counters.events_handled.load(Ordering::Relaxed),
-                commands_answered: counters.commands_answered.load(Ordering::Relaxed),
-                errors: counters.handling_errors.load(Ordering::Relaxed),
-                decryption_failures: counters.decryption_failures.load(Ordering::Relaxed),
-                syncs: counters.syncs.load(Ordering::Relaxed),
-            },
-        }
-    }
-}
-
-/// One run of an instance: check the store, restore the session, run the plugin's sync loop.
-async fn run_instance(
-    shared: Shared,
-    config: InstanceConfig,
-    record: InstanceRecord,
-    status: Arc<watch::Sender<Status>>,
-    counters: Arc<Counters>,
-    context: PluginContext,
-    stop: watch::Receiver<bool>,
-) -> Outcome {
-    let id = record.id.clone();
-    let store_dir = shared.layout.store_dir(&id);
-    if let Err(e) = client::verify_store(&record, &store_dir).await {
-        return Outcome::Failed(e.to_string());
-    }
-    let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.config)) {
-        Some(Ok(plugin)) => plugin,
-        Some(Err(problem)) => return Outcome::Failed(format!("plugin config: {}: {}", problem.key, problem.message)),
-        None => return Outcome::Failed(format!("unknown plugin type `{}`", config.kind)),
-    };
-    let position = match shared.db.sync_token(&id) {
-        Ok(position) => position,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    // The configured URL wins over the one recorded at setup: it may have moved (a new port, a proxy).
-    let url =
-        shared.config.homeserver_of(&config).map(|(_, hs)| hs.url.clone()).unwrap_or(record.homeserver_url.clone());
-    let client = match client::restore(&url, &store_dir, &record, position.as_deref()).await {
-        Ok(client) => client,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    tracing::info!(instance = %id, user = %record.user_id, device = %record.device_id, "session restored");
-    shared.clients.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), client.clone());
-    let instance = Instance {
-        id,
-        client,
-        plugin,
-        context,
-        db: shared.db.clone(),
-        bot_users: shared.bot_users.clone(),
-        room_subscriptions: config
-            .room_subscriptions
-            .iter()
-            .filter_map(|r| OwnedRoomId::try_from(r.as_str()).ok())
-            .collect(),
-        max_command_age: Duration::from_secs(config.max_command_age_secs),
-        sync_timeout: Duration::from_secs(shared.config.host.sync_timeout_secs),
-        status,
-        counters,
-        on_change: shared.changed.clone(),
-    };
-    instance.run(stop).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_delays_grow_and_are_capped() {
-        assert!(restart_delay(1) < Duration::from_millis(1200));
-        assert!(restart_delay(3) > Duration::from_secs(3) && restart_delay(3) < Duration::from_secs(5));
-        for failures in [9, 10, 30, u32::MAX] {
-            assert!(restart_delay(failures) <= MAX_RESTART_DELAY);
-        }
-        assert!(restart_delay(12) > Duration::from_secs(250));
-    }
-
-    #[test]
-    fn controls_parse() {
-        assert_eq!(Control::parse("restart"), Some(Control::Restart));
-        assert_eq!(Control::parse("explode"), None);
     }
 }

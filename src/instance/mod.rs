@@ -1,40 +1,40 @@
-//! One bot instance at run time: a restored Matrix client, its plugin, and the sync loop that hands each event
-//! to the plugin exactly once.
+//! One bot instance at run time: a restored Matrix client, its plugin, the sync loop that hands each event to
+//! the plugin exactly once (`handling.rs`), and the sender that carries out what the plugin asked for
+//! (`outbox.rs`).
 //!
 //! Exactly once, across restarts and crashes:
 //! - the sync position is the host's own (in the database), saved only after every event before it was handled,
 //!   so a crash re-delivers instead of skipping;
-//! - handled event ids are recorded after their actions succeeded, so a re-delivered event is skipped;
-//! - an action interrupted between sending and recording is re-sent with the same transaction id, derived from
-//!   the event, and the homeserver returns the first send instead of posting again.
+//! - an event is marked handled in the same transaction that queues its answers in the outbox, so a re-delivered
+//!   event is skipped and a queued answer is never lost;
+//! - each answer is sent with a transaction id derived from the event it answers; a send interrupted between the
+//!   homeserver's acceptance and its removal from the outbox is repeated with the same id, and the homeserver
+//!   returns the first send instead of posting again;
+//! - an encrypted event whose room key has not arrived yet waits (persisted) and is handled when the key comes,
+//!   within the command's maximum age (`pending.rs`).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+mod handling;
+pub mod outbox;
+mod pending;
+pub mod rate_limit;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use matrix_sdk::Client;
 use matrix_sdk::config::{SyncSettings, SyncToken};
-use matrix_sdk::deserialized_responses::TimelineEvent;
-use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
-use matrix_sdk::ruma::events::room::member::MembershipState;
-use matrix_sdk::ruma::events::room::message::{
-    AddMentions, ForwardThread, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
-};
-use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
-};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
-use matrix_sdk::{Client, Room};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::alerts::scrub::scrubbed;
-use crate::plugin::{Action, IncomingMessage, Plugin, PluginContext};
+use crate::plugin::{Plugin, PluginContext};
+use crate::state::db::{OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
-
-pub mod rate_limit;
 
 pub use rate_limit::RateLimiter;
 
@@ -45,7 +45,7 @@ pub enum Phase {
     Syncing,
     /// Sync or handling failed; retrying with backoff.
     Retrying(String),
-    /// The loop ended with an error; the supervisor restarts it.
+    /// The loop ended with an error; the supervisor decides what follows.
     Failed(String),
     Stopped,
 }
@@ -93,8 +93,11 @@ pub struct Counters {
 pub enum Outcome {
     /// Asked to stop.
     Stopped,
-    /// Gave up; the supervisor decides when to try again.
+    /// Gave up for now; the supervisor restarts it after a backoff.
     Failed(String),
+    /// Cannot work until an operator acts (a revoked login, a deactivated account, a store that does not match):
+    /// the supervisor leaves it failed.
+    FailedPermanently(String),
 }
 
 /// Handling stopped part-way; the batch is retried from the same sync position.
@@ -122,9 +125,11 @@ pub struct Instance {
     pub context: PluginContext,
     pub db: Arc<Database>,
     /// Users of every bot in this host; their messages are never commands.
-    pub bot_users: Arc<HashSet<OwnedUserId>>,
+    pub bot_users: Arc<RwLock<HashSet<OwnedUserId>>>,
     pub room_subscriptions: HashSet<OwnedRoomId>,
     pub max_command_age: Duration,
+    /// At most this many answered commands per sender per minute (none: no limit).
+    pub sender_limit: Option<u32>,
     pub sync_timeout: Duration,
     pub status: Arc<watch::Sender<Status>>,
     pub counters: Arc<Counters>,
@@ -132,15 +137,27 @@ pub struct Instance {
     pub on_change: Arc<Notify>,
 }
 
+/// What one run of an instance keeps besides its configuration.
+struct Run<'a> {
+    instance: &'a Instance,
+    outbox: mpsc::UnboundedSender<OutboxEntry>,
+    pending: Mutex<Vec<PendingEvent>>,
+    recent_commands: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
+}
+
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Consecutive failed syncs after which the loop gives up and lets the supervisor restart it.
 pub const FAILURES_BEFORE_GIVING_UP: u32 = 5;
-/// Most events fetched to fill one gap after downtime.
-const MAX_BACKFILL_EVENTS: usize = 2000;
+/// How long the sender may finish its sends in flight after the loop ended.
+const SENDER_DRAIN: Duration = Duration::from_secs(5);
 
 impl Instance {
     fn own_user(&self) -> OwnedUserId {
         self.client.user_id().expect("session restored").to_owned()
+    }
+
+    fn is_bot(&self, user: &OwnedUserId) -> bool {
+        *user == self.own_user() || self.bot_users.read().unwrap_or_else(|p| p.into_inner()).contains(user)
     }
 
     fn update(&self, change: impl FnOnce(&mut Status)) {
@@ -162,12 +179,36 @@ impl Instance {
         self.room_subscriptions.is_empty() || self.room_subscriptions.contains(room_id)
     }
 
-    /// Syncs until `shutdown` turns true, the session is rejected, or syncing keeps failing.
+    /// Syncs until `shutdown` turns true, the session is rejected, or syncing keeps failing. The sender runs
+    /// beside the loop and is given a moment to finish its sends when the loop ends.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Outcome {
-        let outcome = self.sync_loop(&mut shutdown).await;
+        let (outbox, queue) = mpsc::unbounded_channel();
+        let (owed, pending) =
+            match async { Ok::<_, StateError>((self.db.outbox(&self.id).await?, self.db.pending(&self.id).await?)) }
+                .await
+            {
+                Ok(state) => state,
+                Err(e) => return Outcome::Failed(format!("cannot read the outbox: {e}")),
+            };
+        let (sender_stop, sender_stopped) = watch::channel(false);
+        let sender = outbox::Sender {
+            id: self.id.clone(),
+            client: self.client.clone(),
+            db: self.db.clone(),
+            counters: self.counters.clone(),
+        };
+        let sender = sender.run(owed, queue, sender_stopped);
+        tokio::pin!(sender);
+        let run = Run { instance: &self, outbox, pending: Mutex::new(pending), recent_commands: Mutex::default() };
+        let outcome = tokio::select! {
+            outcome = run.sync_loop(&mut shutdown) => outcome,
+            () = &mut sender => Outcome::Failed("the sender stopped".into()),
+        };
+        let _ = sender_stop.send(true);
+        let _ = tokio::time::timeout(SENDER_DRAIN, &mut sender).await;
         match &outcome {
             Outcome::Stopped => self.set_phase(Phase::Stopped),
-            Outcome::Failed(why) => {
+            Outcome::Failed(why) | Outcome::FailedPermanently(why) => {
                 // The supervisor reports the failure (at ERROR, once) and decides about the restart.
                 tracing::warn!(instance = %self.id, error = %why, "the bot stopped with an error");
                 self.set_phase(Phase::Failed(why.clone()));
@@ -175,9 +216,12 @@ impl Instance {
         }
         outcome
     }
+}
 
+impl Run<'_> {
     async fn sync_loop(&self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
-        let mut since = match self.db.sync_token(&self.id) {
+        let me = self.instance;
+        let mut since = match me.db.sync_token(&me.id).await {
             Ok(token) => token,
             Err(e) => return Outcome::Failed(format!("cannot read the sync position: {e}")),
         };
@@ -187,33 +231,33 @@ impl Instance {
             if *shutdown.borrow() {
                 return Outcome::Stopped;
             }
-            let first = !self.status.borrow().first_sync_done;
+            let first = !me.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
                 .filter(sync_filter())
-                .timeout(if first { Duration::ZERO } else { self.sync_timeout })
+                .timeout(if first { Duration::ZERO } else { me.sync_timeout })
                 .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
             let result = tokio::select! {
                 _ = crate::stopping(shutdown) => return Outcome::Stopped,
-                result = self.client.sync_once(settings) => result,
+                result = me.client.sync_once(settings) => result,
             };
             let outcome: Result<String, (String, Option<Duration>)> = match result {
                 Ok(response) => {
                     let next = response.next_batch.clone();
                     match self.handle(response, since.as_deref()).await {
-                        Ok(()) => match self.db.save_sync_token(&self.id, &next) {
+                        Ok(()) => match me.db.save_sync_token(&me.id, &next).await {
                             Ok(()) => Ok(next),
                             Err(e) => Err((e.to_string(), None)),
                         },
                         Err(e) => {
-                            self.counters.handling_errors.fetch_add(1, Ordering::Relaxed);
+                            me.counters.handling_errors.fetch_add(1, Ordering::Relaxed);
                             Err((scrubbed(&format!("handling events failed: {e}")), e.retry_after()))
                         }
                     }
                 }
-                Err(e) if is_session_revoked(&e) => {
-                    return Outcome::Failed(scrubbed(&format!(
-                        "the homeserver rejected the access token ({e}); the device was logged out or deleted. \
-                         Restore the state from a backup, or set the instance up again"
+                Err(e) if is_permanently_refused(&e) => {
+                    return Outcome::FailedPermanently(scrubbed(&format!(
+                        "the homeserver rejected the access token ({e}); the device was logged out or deleted, or \
+                         the account deactivated. Restore the state from a backup, or set the instance up again"
                     )));
                 }
                 Err(e) => Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e))),
@@ -222,13 +266,17 @@ impl Instance {
                 Ok(next) => {
                     since = Some(next);
                     failures = 0;
-                    self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-                    self.update(|s| {
+                    me.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    me.update(|s| {
                         s.phase = Phase::Syncing;
                         s.first_sync_done = true;
                         s.last_progress = Instant::now();
                         s.last_sync = Some(SystemTime::now());
                     });
+                    // Room keys arrive with syncs: try what waits for one.
+                    if let Err(e) = self.retry_pending().await {
+                        tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
+                    }
                 }
                 Err((message, retry_after)) => {
                     failures += 1;
@@ -237,231 +285,15 @@ impl Instance {
                     }
                     // The homeserver's own Retry-After wins over our backoff when it asks for longer.
                     let delay = retry_after.map_or_else(|| backoff(failures), |r| r.max(backoff(failures)));
-                    tracing::warn!(instance = %self.id, error = %message, retry_in_ms = delay.as_millis() as u64, "retrying");
-                    self.set_phase(Phase::Retrying(message));
+                    tracing::warn!(instance = %me.id, error = %message, retry_in_ms = delay.as_millis() as u64, "retrying");
+                    me.set_phase(Phase::Retrying(message));
                     // A deliberate wait is not a hang: progress is due when the wait ends.
-                    self.update(|s| s.last_progress = Instant::now() + delay);
+                    me.update(|s| s.last_progress = Instant::now() + delay);
                     tokio::select! {
                         _ = crate::stopping(shutdown) => return Outcome::Stopped,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-            }
-        }
-    }
-
-    async fn handle(&self, response: matrix_sdk::sync::SyncResponse, since: Option<&str>) -> Result<(), HandleError> {
-        for room_id in response.rooms.invited.keys() {
-            self.answer_invite(room_id).await;
-        }
-        for (room_id, update) in response.rooms.joined {
-            if !self.subscribed(&room_id) {
-                continue;
-            }
-            let Some(room) = self.client.get_room(&room_id) else {
-                continue;
-            };
-            let mut events = update.timeline.events;
-            if since.is_none() {
-                // No position at all (never synced): everything is history.
-                continue;
-            }
-            if update.timeline.limited
-                && let Some(prev_batch) = update.timeline.prev_batch
-            {
-                let mut older = self.backfill(&room, prev_batch, since).await?;
-                older.append(&mut events);
-                events = older;
-            }
-            self.handle_timeline(&room, &events).await?;
-        }
-        Ok(())
-    }
-
-    /// Fetches the events a limited sync left out, back to the previous position or the age limit.
-    async fn backfill(
-        &self,
-        room: &Room,
-        prev_batch: String,
-        since: Option<&str>,
-    ) -> Result<Vec<TimelineEvent>, HandleError> {
-        let oldest_wanted = SystemTime::now() - self.max_command_age;
-        let mut collected = Vec::new();
-        let mut from = Some(prev_batch);
-        while let Some(token) = from.take() {
-            let mut options = MessagesOptions::backward().from(Some(token.as_str()));
-            options.to = since.map(str::to_owned);
-            options.limit = UInt::from(100u32);
-            let page = room.messages(options).await?;
-            let page_len = page.chunk.len();
-            let mut reached_old = false;
-            for event in page.chunk {
-                if timestamp(&event).is_some_and(|ts| ts < oldest_wanted) {
-                    reached_old = true;
-                }
-                collected.push(event);
-            }
-            if page_len == 0 || reached_old || collected.len() >= MAX_BACKFILL_EVENTS {
-                break;
-            }
-            from = page.end;
-        }
-        tracing::debug!(instance = %self.id, room_id = %room.room_id(), events = collected.len(), "filled a sync gap");
-        collected.reverse();
-        Ok(collected)
-    }
-
-    async fn handle_timeline(&self, room: &Room, events: &[TimelineEvent]) -> Result<(), HandleError> {
-        let own_user = self.own_user();
-        // What was said before the bot joined is history, not commands.
-        let start = events.iter().rposition(|e| is_join_of(e, &own_user)).map_or(0, |i| i + 1);
-        for event in &events[start..] {
-            self.counters.events_handled.fetch_add(1, Ordering::Relaxed);
-            // Each event is progress: a plugin waiting on its rate limiter is slow, not hung.
-            self.update(|s| s.last_progress = Instant::now());
-            let Ok(parsed) = event.raw().deserialize() else {
-                continue;
-            };
-            match parsed {
-                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
-                    SyncMessageLikeEvent::Original(message),
-                )) => {
-                    self.handle_message(room, &message, event.encryption_info().is_some()).await?;
-                }
-                AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(encrypted)) => {
-                    self.counters.decryption_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        instance = %self.id,
-                        room_id = %room.room_id(),
-                        event_id = %encrypted.event_id(),
-                        "cannot decrypt an event (the sender did not share the key with this bot's device)"
-                    );
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_message(
-        &self,
-        room: &Room,
-        message: &OriginalSyncRoomMessageEvent,
-        encrypted: bool,
-    ) -> Result<(), HandleError> {
-        if message.sender == self.own_user() || self.bot_users.contains(&message.sender) {
-            return Ok(());
-        }
-        let MessageType::Text(text) = &message.content.msgtype else {
-            return Ok(());
-        };
-        if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
-            return Ok(());
-        }
-        let sent_at = message.origin_server_ts.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH);
-        let age = SystemTime::now().duration_since(sent_at).unwrap_or_default();
-        if age > self.max_command_age {
-            tracing::debug!(instance = %self.id, event_id = %message.event_id, age_s = age.as_secs(), "too old to answer");
-            return Ok(());
-        }
-        if self.db.is_handled(&self.id, message.event_id.as_str())? {
-            return Ok(());
-        }
-        let incoming = IncomingMessage {
-            room_id: room.room_id().to_owned(),
-            event_id: message.event_id.clone(),
-            sender: message.sender.clone(),
-            body: text.body.clone(),
-            age,
-            encrypted,
-        };
-        let actions = self.plugin.on_message(&self.context, &incoming).await;
-        let answered = !actions.is_empty();
-        for (index, action) in actions.into_iter().enumerate() {
-            self.perform(room, message, index, action).await?;
-        }
-        fault_injection::after_reply_sent();
-        self.db.mark_handled(&self.id, message.event_id.as_str())?;
-        if answered {
-            self.counters.commands_answered.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                instance = %self.id,
-                room_id = %room.room_id(),
-                event_id = %message.event_id,
-                age_ms = age.as_millis() as u64,
-                "answered"
-            );
-        }
-        Ok(())
-    }
-
-    async fn perform(
-        &self,
-        room: &Room,
-        message: &OriginalSyncRoomMessageEvent,
-        index: usize,
-        action: Action,
-    ) -> Result<(), HandleError> {
-        match action {
-            Action::Reply(content) => {
-                let content = content.make_reply_to(
-                    ReplyMetadata::new(&message.event_id, &message.sender, thread_of(message)),
-                    ForwardThread::Yes,
-                    AddMentions::No,
-                );
-                let txn_id = transaction_id(message.event_id.as_str(), index);
-                match room.send(content).with_transaction_id(txn_id).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_permanent(&e) => {
-                        // Retrying cannot help (no permission, room gone...): give up on this action only.
-                        tracing::error!(
-                            instance = %self.id,
-                            room_id = %room.room_id(),
-                            event_id = %message.event_id,
-                            error = %scrubbed(&e.to_string()),
-                            "the homeserver refused the reply; not retrying"
-                        );
-                        Ok(())
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
-    }
-
-    /// Invites that arrived while the bot was down.
-    async fn answer_pending_invites(&self) {
-        for room in self.client.invited_rooms() {
-            self.answer_invite(room.room_id()).await;
-        }
-    }
-
-    async fn answer_invite(&self, room_id: &RoomId) {
-        let Some(room) = self.client.get_room(room_id) else {
-            return;
-        };
-        let inviter =
-            room.invite_details().await.ok().and_then(|details| details.inviter).map(|m| m.user_id().to_owned());
-        let allowed =
-            inviter.as_ref().is_some_and(|u| self.plugin.accepts_invite_from(u.as_str())) && self.subscribed(room_id);
-        let inviter = inviter.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
-        if allowed {
-            for attempt in 1..=3u32 {
-                match self.client.join_room_by_id(room_id).await {
-                    Ok(_) => {
-                        tracing::info!(instance = %self.id, room_id = %room_id, %inviter, "joined on invite");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(instance = %self.id, room_id = %room_id, error = %scrubbed(&e.to_string()), attempt, "joining failed");
-                        tokio::time::sleep(backoff(attempt)).await;
-                    }
-                }
-            }
-        } else {
-            tracing::info!(instance = %self.id, room_id = %room_id, %inviter, "declining an invite from a user not in allow_invites_from");
-            if let Err(e) = room.leave().await {
-                tracing::warn!(instance = %self.id, room_id = %room_id, error = %scrubbed(&e.to_string()), "declining the invite failed");
             }
         }
     }
@@ -501,46 +333,25 @@ pub fn transaction_id(event_id: &str, index: usize) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("maubot.{index}.{escaped}"))
 }
 
-fn thread_of(message: &OriginalSyncRoomMessageEvent) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
-    match &message.content.relates_to {
-        Some(Relation::Thread(thread)) => Some(thread),
-        _ => None,
-    }
-}
-
-fn is_join_of(event: &TimelineEvent, user: &OwnedUserId) -> bool {
-    matches!(
-        event.raw().deserialize(),
-        Ok(AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(SyncStateEvent::Original(member))))
-            if member.state_key == *user && member.content.membership == MembershipState::Join
-    )
-}
-
-fn timestamp(event: &TimelineEvent) -> Option<SystemTime> {
-    event
-        .raw()
-        .get_field::<matrix_sdk::ruma::MilliSecondsSinceUnixEpoch>("origin_server_ts")
-        .ok()
-        .flatten()?
-        .to_system_time()
-}
-
 /// How long the homeserver asked us to wait (`M_LIMIT_EXCEEDED`, `retry_after_ms` / `Retry-After`).
 pub fn retry_after(error: &matrix_sdk::Error) -> Option<Duration> {
     match error.client_api_error_kind() {
-        Some(ErrorKind::LimitExceeded(data)) => match data.retry_after.as_ref()? {
-            matrix_sdk::ruma::api::error::RetryAfter::Delay(delay) => Some(*delay),
-            matrix_sdk::ruma::api::error::RetryAfter::DateTime(at) => {
+        Some(ErrorKind::LimitExceeded(data)) => match data.retry_after.as_ref() {
+            Some(matrix_sdk::ruma::api::error::RetryAfter::Delay(delay)) => Some(*delay),
+            Some(matrix_sdk::ruma::api::error::RetryAfter::DateTime(at)) => {
                 Some(at.duration_since(SystemTime::now()).unwrap_or_default())
             }
+            // Rate limited without saying for how long: wait a little.
+            None => Some(Duration::from_secs(1)),
         },
         _ => None,
     }
 }
 
-fn is_session_revoked(error: &matrix_sdk::Error) -> bool {
-    // A soft logout would need a new login, which `run` never does: treat it the same.
-    matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_)))
+/// The login is gone for good: a revoked or unknown token (a soft logout would need a new login, which `run`
+/// never does), or a deactivated account.
+fn is_permanently_refused(error: &matrix_sdk::Error) -> bool {
+    matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_) | ErrorKind::UserDeactivated))
 }
 
 /// A 4xx other than rate limiting: the same request will fail again.
@@ -577,28 +388,6 @@ mod tests {
         assert!(backoff(3) > Duration::from_millis(1700));
         for failures in [8, 20, u32::MAX] {
             assert!(backoff(failures) <= MAX_BACKOFF.mul_f64(1.125));
-        }
-    }
-}
-
-/// Test-only fault injection: `MAUBOT_FAULT_ABORT_AFTER_REPLIES=N` aborts the process right after the N-th
-/// answered command was sent and before it was recorded, the one window in which only the transaction id
-/// prevents a duplicate. Unset (always, outside tests), it does nothing.
-mod fault_injection {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    static SENT: AtomicU64 = AtomicU64::new(0);
-
-    pub fn after_reply_sent() {
-        let limit =
-            LIMIT.get_or_init(|| std::env::var("MAUBOT_FAULT_ABORT_AFTER_REPLIES").ok().and_then(|v| v.parse().ok()));
-        if let Some(limit) = limit
-            && SENT.fetch_add(1, Ordering::SeqCst) + 1 >= *limit
-        {
-            eprintln!("fault injection: aborting after a sent, unrecorded reply");
-            std::process::abort();
         }
     }
 }

@@ -55,6 +55,9 @@ fn shared_http_client() -> Result<reqwest::Client, ClientError> {
 pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, ClientError> {
     Client::builder()
         .homeserver_url(homeserver_url)
+        // The configured URL is the one to use (often loopback, past the reverse proxy that the homeserver's
+        // public base URL names): a login's `well_known` never replaces it.
+        .respect_login_well_known(false)
         .http_client(shared_http_client()?)
         // Let failures reach our own loop (which honours Retry-After and escalates to the supervisor) instead of
         // matrix-sdk's default of retrying for up to 15 minutes.
@@ -85,6 +88,24 @@ pub fn session_of(record: &InstanceRecord) -> Result<MatrixSession, ClientError>
     })
 }
 
+/// The user and device whose E2EE account `store_dir` holds, without network access and without creating
+/// anything: `None` when there is no crypto store or it holds no account.
+async fn store_account(id: &str, store_dir: &Path) -> Result<Option<(String, String)>, StateError> {
+    if !store_dir.join(CRYPTO_STORE_FILE).is_file() {
+        return Ok(None);
+    }
+    let unreadable =
+        |e: &dyn std::fmt::Display| StateError::StoreUnreadable { id: id.to_owned(), message: e.to_string() };
+    let store = SqliteCryptoStore::open_with_config(&store_config(store_dir)).await.map_err(|e| unreadable(&e))?;
+    let account = store.load_account().await.map_err(|e| unreadable(&e))?;
+    Ok(account.map(|a| (a.user_id().to_string(), a.device_id().to_string())))
+}
+
+/// The device whose keys `store_dir` holds, if any (for `setup`, which creates the store).
+pub async fn store_device(store_dir: &Path) -> Result<Option<String>, StateError> {
+    Ok(store_account("(being set up)", store_dir).await?.map(|(_, device)| device))
+}
+
 /// Checks, without network access and without creating anything, that `store_dir` holds the E2EE account of
 /// the recorded session. A missing, empty or foreign store is an error: restoring a session onto it would make
 /// matrix-sdk create and upload new keys for an existing device.
@@ -94,21 +115,14 @@ pub async fn verify_store(record: &InstanceRecord, store_dir: &Path) -> Result<(
     if !crypto_file.is_file() {
         return Err(StateError::StoreMissing { id, path: crypto_file });
     }
-    let store = SqliteCryptoStore::open_with_config(&store_config(store_dir))
-        .await
-        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
-    let account = store
-        .load_account()
-        .await
-        .map_err(|e| StateError::StoreUnreadable { id: id.clone(), message: e.to_string() })?;
-    let Some(account) = account else {
+    let Some((store_user, store_device)) = store_account(&id, store_dir).await? else {
         return Err(StateError::StoreEmpty { id, path: crypto_file });
     };
-    if account.user_id().as_str() != record.user_id || account.device_id().as_str() != record.device_id {
+    if store_user != record.user_id || store_device != record.device_id {
         return Err(StateError::StoreMismatch {
             id,
-            store_user: account.user_id().to_string(),
-            store_device: account.device_id().to_string(),
+            store_user,
+            store_device,
             session_user: record.user_id.clone(),
             session_device: record.device_id.clone(),
         });

@@ -5,7 +5,7 @@ use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde::Deserialize;
 
 use super::{Action, ConfigProblem, IncomingMessage, Plugin, PluginContext, PluginType, parse_config};
-use crate::config::ids::glob_matches;
+use crate::config::ids::user_glob_matches;
 
 pub struct PingType;
 
@@ -74,7 +74,7 @@ impl Ping {
 #[async_trait]
 impl Plugin for Ping {
     fn accepts_invite_from(&self, inviter: &str) -> bool {
-        self.config.allow_invites_from.iter().any(|glob| glob_matches(glob, inviter))
+        self.config.allow_invites_from.iter().any(|glob| user_glob_matches(glob, inviter))
     }
 
     async fn on_message(&self, _context: &PluginContext, message: &IncomingMessage) -> Vec<Action> {
@@ -114,5 +114,8 @@ mod tests {
         let ping = Ping { config: parse_config(&json!({"allow_invites_from": ["@*:example.org"]})).unwrap() };
         assert!(ping.accepts_invite_from("@alice:example.org"));
         assert!(!ping.accepts_invite_from("@mallory:evil.org"));
+        let ping = Ping { config: parse_config(&json!({"allow_invites_from": ["@alice*:example.org"]})).unwrap() };
+        assert!(ping.accepts_invite_from("@alice:example.org"));
+        assert!(!ping.accepts_invite_from("@alice:evil.org"));
     }
 }

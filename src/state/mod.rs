@@ -1,41 +1,59 @@
 //! Bot state on disk: `setup` creates it, `run` opens it and never creates it.
 //!
 //! ```text
-//! <state_dir>/            mode 0700
-//!   maubot.db             sessions, sync positions, handled events (schema-versioned)
-//!   instances/<id>/store/ the bot's own matrix-sdk SQLite stores (state, crypto, event cache)
+//! <state_dir>/              mode 0700
+//!   maubot.db               sessions, sync positions, handled events, outbox, setup progress (schema-versioned)
+//!   maubot.lock             held by `run` (flock): one host per state directory
+//!   instances/<id>/store/   the bot's own matrix-sdk SQLite stores (state, crypto, event cache)
+//!   instances/<id>/lock     held by whoever uses that store (`run`'s instance task, or `setup`)
 //! ```
 //!
-//! `setup` builds everything in `<state_dir>/.setup-*` and moves it into place at the end; the database appears
-//! last, so a failed or interrupted setup leaves no state that `run` would accept.
+//! The database is created first (an empty host state), then each instance is set up on its own: its progress
+//! is recorded before every step that creates something on the homeserver, and its record replaces that
+//! progress in one transaction when it is done (see `src/setup/`). `run` uses only recorded instances.
 
 pub mod db;
-pub mod staging;
+pub mod lock;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub use db::{Database, InstanceRecord};
+pub use lock::StateLock;
 
 use crate::config::Config;
 
 /// The file matrix-sdk keeps the E2EE keys in, inside a store directory.
 pub const CRYPTO_STORE_FILE: &str = "matrix-sdk-crypto.sqlite3";
 
+static SETUP_COMMAND: OnceLock<String> = OnceLock::new();
+
+/// How operators run setup where this process runs: `maubot setup`, or what `host.setup_command` says (the
+/// NixOS module sets `maubot-setup`, its wrapper that runs setup under the service's sandbox).
+pub fn setup_command() -> &'static str {
+    SETUP_COMMAND.get().map(String::as_str).unwrap_or("maubot setup")
+}
+
+/// Sets what [`setup_command`] says (once, from the config).
+pub fn set_setup_command(command: &str) {
+    let _ = SETUP_COMMAND.set(command.to_owned());
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
-        "state directory {path} does not exist. Run `maubot setup` to create the bot logins and stores, or restore \
-         a backup of it; `run` never creates state",
-        path = .path.display()
+        "state directory {path} does not exist. Run `{cmd}` to create the bot logins and stores, or restore a \
+         backup of it; `run` never creates state",
+        path = .path.display(), cmd = setup_command()
     )]
     StateDirMissing { path: PathBuf },
     #[error(
-        "no database at {path}: this state directory was never set up. Run `maubot setup`, or restore a backup",
-        path = .path.display()
+        "no database at {path}: this state directory was never set up. Run `{cmd}`, or restore a backup",
+        path = .path.display(), cmd = setup_command()
     )]
     DatabaseMissing { path: PathBuf },
-    #[error("{path} is not a maubot database (no schema version); restore a backup or move it away and run `maubot setup`", path = .path.display())]
+    #[error("{path} is not a maubot database (no schema version); restore a backup or move it away and run `{cmd}`", path = .path.display(), cmd = setup_command())]
     NotADatabase { path: PathBuf },
     #[error(
         "database {path} has schema version {found} and needs maubot with schema >= {compat}, but this maubot knows \
@@ -46,26 +64,37 @@ pub enum StateError {
     SchemaTooNew { path: PathBuf, found: u32, compat: u32, supported: u32 },
     #[error("database {path}: {source}", path = .path.display())]
     Database { path: PathBuf, source: rusqlite::Error },
-    #[error(
-        "state already exists ({path}); setup changes nothing. To set up a newly configured instance run \
-         `maubot setup --add-instance ID`; to start over, stop the service and move the state directory away",
-        path = .path.display()
-    )]
+    #[error("database {path}: its thread stopped", path = .path.display())]
+    DatabaseClosed { path: PathBuf },
+    #[error("state already exists ({path})", path = .path.display())]
     AlreadySetUp { path: PathBuf },
     #[error(
-        "{path} exists but there is no database beside it: partial state (an interrupted setup, or a lost \
-         database). Restore a backup, or move it away and run `maubot setup` again",
+        "{path} holds files that are not maubot state ({entries}); setup uses only a new or empty directory, so that \
+         it never takes over another service's data. Point `state_dir` at a directory of its own",
         path = .path.display()
+    )]
+    ForeignDirectory { path: PathBuf, entries: String },
+    #[error("{path} is not a directory", path = .path.display())]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "{path} is in use by another maubot ({holder}). One process per state directory (and per bot store): \
+         stop the other one first",
+        path = .path.display()
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "{path} exists but the database records neither the instance nor its setup (a copy from elsewhere, or what \
+         an older maubot's interrupted setup left). It holds E2EE keys: restore the matching database, or move it \
+         away and run `{cmd}` again",
+        path = .path.display(), cmd = setup_command()
     )]
     PartialState { path: PathBuf },
     #[error(
-        "instance `{id}` is configured but was never set up (no session in {db}). Run `maubot setup --add-instance \
-         {id}`, or disable it",
-        db = .db.display()
+        "instance `{id}` is configured but was never set up (no session in {db}). Run `{cmd} --add-instance {id}`, \
+         or disable it",
+        db = .db.display(), cmd = setup_command()
     )]
     InstanceNotSetUp { id: String, db: PathBuf },
-    #[error("instance `{id}` is already set up; nothing changed. To redo it, remove it from the state first")]
-    InstanceAlreadySetUp { id: String },
     #[error("`{id}` is not a configured instance; add `instances.{id}` to the config first")]
     InstanceNotConfigured { id: String },
     #[error(
@@ -113,18 +142,16 @@ impl Layout {
         Layout { root: config.state_dir.clone(), database: config.database.clone() }
     }
 
-    /// The same layout rooted elsewhere (a staging directory).
-    pub fn rebased(&self, root: &Path) -> Self {
-        let relative = self.database.strip_prefix(&self.root).unwrap_or(&self.database).to_owned();
-        Layout { root: root.to_owned(), database: relative }
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     pub fn database(&self) -> PathBuf {
         self.root.join(&self.database)
+    }
+
+    pub fn host_lock(&self) -> PathBuf {
+        self.root.join("maubot.lock")
     }
 
     pub fn instances_dir(&self) -> PathBuf {
@@ -138,10 +165,22 @@ impl Layout {
     pub fn store_dir(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("store")
     }
+
+    pub fn instance_lock(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("lock")
+    }
 }
 
-/// Opens existing state for `run`: the directory and database must exist. Creates nothing.
-pub fn open(layout: &Layout) -> Result<Database, StateError> {
+/// What `run` holds while it uses a state directory.
+pub struct Opened {
+    pub db: Database,
+    /// Released when dropped (or when the process ends).
+    pub lock: StateLock,
+}
+
+/// Opens existing state for `run`: the directory and database must exist, and no other `run` may use them.
+/// Creates nothing in a directory that holds no state, and writes nothing to a database it refuses.
+pub fn open(layout: &Layout) -> Result<Opened, StateError> {
     if !layout.root().is_dir() {
         return Err(StateError::StateDirMissing { path: layout.root().to_owned() });
     }
@@ -153,11 +192,90 @@ pub fn open(layout: &Layout) -> Result<Database, StateError> {
             "the state directory is readable by others; it holds access tokens and E2EE keys (chmod 700 it)"
         );
     }
-    Database::open(&layout.database())
+    db::Database::check(&layout.database())?;
+    let lock = StateLock::acquire(&layout.host_lock(), "run")?;
+    let db = Database::open(&layout.database())?;
+    Ok(Opened { db, lock })
+}
+
+/// Readies the state directory for `setup`: creates it (mode 0700) when it does not exist, and otherwise accepts
+/// only an empty directory or one that holds maubot state. Returns whether a database is there already.
+pub fn prepare_for_setup(layout: &Layout) -> Result<bool, StateError> {
+    let root = layout.root();
+    match std::fs::symlink_metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_private_dir(root)?;
+            return Ok(false);
+        }
+        Err(e) => return Err(io(root)(e)),
+        Ok(meta) if !std::fs::metadata(root).map(|m| m.is_dir()).unwrap_or(meta.is_dir()) => {
+            return Err(StateError::NotADirectory { path: root.to_owned() });
+        }
+        Ok(_) => {}
+    }
+    let has_database = layout.database().is_file();
+    let ours = |name: &str| {
+        name == "instances" || name == "maubot.lock" || name.starts_with(".setup-") || name.starts_with("maubot.db")
+    };
+    let foreign: Vec<String> = std::fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !ours(name))
+        .collect();
+    if !has_database && !foreign.is_empty() {
+        let mut shown: Vec<String> = foreign.iter().take(5).cloned().collect();
+        if foreign.len() > 5 {
+            shown.push(format!("and {} more", foreign.len() - 5));
+        }
+        return Err(StateError::ForeignDirectory { path: root.to_owned(), entries: shown.join(", ") });
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io(root))?;
+    Ok(has_database)
 }
 
 /// Creates a directory (and parents) and sets mode 0700 on it.
 pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
     std::fs::create_dir_all(path).map_err(io(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(root: &Path) -> Layout {
+        Layout { root: root.to_owned(), database: "maubot.db".into() }
+    }
+
+    #[test]
+    fn setup_creates_a_new_directory_and_uses_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("state");
+        assert!(!prepare_for_setup(&layout(&new)).unwrap());
+        assert_eq!(std::fs::metadata(&new).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(!prepare_for_setup(&layout(&new)).unwrap(), "an empty directory is fine");
+    }
+
+    #[test]
+    fn setup_refuses_a_directory_of_someone_else_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("postgresql");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(other.join("PG_VERSION"), "16").unwrap();
+        let err = prepare_for_setup(&layout(&other)).unwrap_err();
+        assert!(matches!(err, StateError::ForeignDirectory { .. }), "{err}");
+        assert!(err.to_string().contains("PG_VERSION"), "{err}");
+        assert_eq!(std::fs::metadata(&other).unwrap().permissions().mode() & 0o777, 0o755, "mode changed");
+        assert!(!other.join("maubot.db").exists());
+    }
+
+    #[test]
+    fn run_refuses_an_empty_directory_and_creates_nothing_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = open(&layout(dir.path())).err().unwrap();
+        assert!(matches!(err, StateError::DatabaseMissing { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

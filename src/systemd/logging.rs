@@ -1,16 +1,21 @@
 //! Logging with tracing: to journald (with structured fields such as `INSTANCE=`, `ROOM_ID=`, `EVENT_ID=`) when
-//! stderr is connected to the journal, as human text on stderr otherwise. The level comes from `RUST_LOG` when set,
-//! else from `logging.level`.
+//! stderr is connected to the journal, as text on stderr otherwise. The level comes from `RUST_LOG` when set,
+//! else from `logging.level`. Whatever the destination, every line is scrubbed of known secrets and token
+//! shapes, and has its control characters escaped (`journald.rs`, [`StderrLines`]).
 
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use crate::telemetry::Telemetry;
-use crate::telemetry::capture::CaptureLayer;
-
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use super::journald::JournaldLayer;
+use crate::alerts::scrub::{MAX_LOG_FIELD_BYTES, escape_controls, scrubbed};
+use crate::telemetry::Telemetry;
+use crate::telemetry::capture::CaptureLayer;
 
 /// Whether systemd connected our stderr to the journal (`$JOURNAL_STREAM` names stderr's device and inode).
 pub fn stderr_is_journal() -> bool {
@@ -41,17 +46,51 @@ pub fn directives(level: &str) -> String {
 pub fn init(level: &str, telemetry: Arc<Telemetry>) {
     let filter = std::env::var("RUST_LOG")
         .ok()
+        .filter(|env| crate::config::validate::check_log_filter(env).is_ok())
         .and_then(|env| EnvFilter::try_new(directives(&env)).ok())
         .unwrap_or_else(|| EnvFilter::try_new(directives(level)).unwrap_or_else(|_| EnvFilter::new("info")));
     if stderr_is_journal()
-        && let Ok(journald) = tracing_journald::layer()
+        && let Ok(journald) = JournaldLayer::connect()
     {
-        let journald = journald.with_field_prefix(None).with_syslog_identifier("maubot".to_owned());
         let _ =
             tracing_subscriber::registry().with(filter).with(journald).with(CaptureLayer::new(telemetry)).try_init();
         return;
     }
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let text = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let text = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(StderrLines);
     let _ = tracing_subscriber::registry().with(filter).with(text).with(CaptureLayer::new(telemetry)).try_init();
+}
+
+/// Hands the text formatter a buffer per event; the finished line is scrubbed, escaped and cut before it is
+/// written to stderr in one piece.
+pub struct StderrLines;
+
+pub struct Line(Vec<u8>);
+
+impl<'a> MakeWriter<'a> for StderrLines {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line(Vec::with_capacity(256))
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let mut line = escape_controls(&scrubbed(text), 2 * MAX_LOG_FIELD_BYTES);
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }

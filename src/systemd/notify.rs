@@ -72,6 +72,17 @@ impl Notifier {
         self.send("WATCHDOG=1");
     }
 
+    /// The start of a reload; `ready` ends it. systemd wants the monotonic time with it (sd_notify(3)).
+    pub fn reloading(&self, status: &str) {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        }
+        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={}", one_line(status)));
+    }
+
     pub fn stopping(&self, status: &str) {
         self.send(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }

@@ -1,15 +1,14 @@
 //! A tracing layer feeding [`Telemetry`]: each event becomes a line in its instance's ring, ERROR events are
 //! counted, and ERROR events from maubot itself become admin-room alerts.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 
+use super::fields::EventFields;
 use super::{Alert, HOST, Severity, Telemetry};
 
 pub struct CaptureLayer {
@@ -22,35 +21,9 @@ impl CaptureLayer {
     }
 }
 
-#[derive(Default)]
-struct Fields {
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message = value.to_owned();
-        } else {
-            self.fields.insert(field.name().to_owned(), value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let text = format!("{value:?}");
-        if field.name() == "message" {
-            self.message = text;
-        } else {
-            self.fields.insert(field.name().to_owned(), text);
-        }
-    }
-}
-
 impl<S: Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
+        let fields = EventFields::of(event);
         let metadata = event.metadata();
         let instance = fields.fields.get("instance").cloned();
         let key = instance.as_deref().unwrap_or(HOST);
@@ -61,7 +34,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
                 let _ = write!(line, " {name}={value}");
             }
         }
-        self.telemetry.push_line(key, crate::alerts::scrub::scrubbed(&line));
+        self.telemetry.push_line(key, crate::alerts::scrub::for_log(&line));
 
         if *metadata.level() == Level::ERROR {
             self.telemetry.record_error(instance.as_deref());

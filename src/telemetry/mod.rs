@@ -2,6 +2,7 @@
 //! errors (a health indicator), error counts (metrics), and ERROR/CRITICAL events for the admin room.
 
 pub mod capture;
+pub mod fields;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use maubot::config::{ConfigError, Sources, load};
+use maubot::config::{ConfigError, Purpose, Sources, load};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -54,49 +54,53 @@ fn problems(err: ConfigError) -> String {
 #[test]
 fn each_layer_overrides_the_one_before() {
     let files = Files::new();
-    files.credential("ping-password", "pw\n");
+    files.credential("ping-password", "pw-long-enough\n");
     let config = files.write("config.yaml", &format!("{BASE}server:\n  port: 1111\nlogging:\n  level: debug\n"));
     let override1 = files.write("override.json", r#"{"server": {"port": 2222}, "host": {"sync_timeout_secs": 7}}"#);
     let override2 = files.write("override2.yaml", "server:\n  port: 3333\n");
 
     // defaults only for what no layer sets
-    let loaded = load(&files.sources(&[&config], &[], &[])).unwrap();
+    let loaded = load(&files.sources(&[&config], &[], &[]), Purpose::Check).unwrap();
     assert_eq!(loaded.config.server.port, 1111, "config file beats the default 29316");
     assert_eq!(loaded.config.server.hostname, "127.0.0.1", "default kept");
     assert_eq!(loaded.config.logging.level, "debug");
 
-    let loaded = load(&files.sources(&[&config], &[&override1], &[])).unwrap();
+    let loaded = load(&files.sources(&[&config], &[&override1], &[]), Purpose::Check).unwrap();
     assert_eq!(loaded.config.server.port, 2222, "override file beats config file");
     assert_eq!(loaded.config.host.sync_timeout_secs, 7);
     assert_eq!(loaded.config.logging.level, "debug", "keys an override does not set are kept");
 
-    let loaded = load(&files.sources(&[&config], &[&override1, &override2], &[])).unwrap();
+    let loaded = load(&files.sources(&[&config], &[&override1, &override2], &[]), Purpose::Check).unwrap();
     assert_eq!(loaded.config.server.port, 3333, "later override file beats earlier one");
 
     let env = [("MAUBOT__SERVER__PORT", "4444"), ("MAUBOT__LOGGING__LEVEL", "warn")];
-    let loaded = load(&files.sources(&[&config], &[&override1, &override2], &env)).unwrap();
+    let loaded = load(&files.sources(&[&config], &[&override1, &override2], &env), Purpose::Check).unwrap();
     assert_eq!(loaded.config.server.port, 4444, "environment beats override files");
     assert_eq!(loaded.config.logging.level, "warn");
 
     // credentials are the last word on secrets: the env can only point at another credential
     files.credential("other-password", "from-other\n");
     let env = [("MAUBOT__INSTANCES__PING__PASSWORD__CREDENTIAL", "other-password")];
-    let loaded = load(&files.sources(&[&config], &[], &env)).unwrap();
+    let loaded = load(&files.sources(&[&config], &[], &env), Purpose::Check).unwrap();
     assert_eq!(loaded.config.instances["ping"].password.as_ref().unwrap().expose(), "from-other");
 }
 
 #[test]
 fn state_dir_follows_systemd_state_directory() {
     let files = Files::new();
-    files.credential("ping-password", "pw");
+    files.credential("ping-password", "pw-long-enough");
     let config = files.write("config.yaml", BASE);
     let mut sources = files.sources(&[&config], &[], &[]);
-    assert_eq!(load(&sources).unwrap().config.state_dir, PathBuf::from("/var/lib/maubot"));
+    assert_eq!(load(&sources, Purpose::Check).unwrap().config.state_dir, PathBuf::from("/var/lib/maubot"));
     sources.state_directory = Some("/var/lib/private/maubot:/var/lib/other".into());
-    assert_eq!(load(&sources).unwrap().config.state_dir, PathBuf::from("/var/lib/private/maubot"));
+    assert_eq!(load(&sources, Purpose::Check).unwrap().config.state_dir, PathBuf::from("/var/lib/private/maubot"));
     let explicit = files.write("explicit.yaml", "state_dir: /srv/bots\n");
     sources.config_files.push(explicit);
-    assert_eq!(load(&sources).unwrap().config.state_dir, PathBuf::from("/srv/bots"), "config beats $STATE_DIRECTORY");
+    assert_eq!(
+        load(&sources, Purpose::Check).unwrap().config.state_dir,
+        PathBuf::from("/srv/bots"),
+        "config beats $STATE_DIRECTORY"
+    );
 }
 
 #[test]
@@ -104,7 +108,7 @@ fn credentials_present_missing_empty_and_trailing_newline() {
     let files = Files::new();
     let config = files.write("config.yaml", BASE);
 
-    let err = problems(load(&files.sources(&[&config], &[], &[])).err().unwrap());
+    let err = problems(load(&files.sources(&[&config], &[], &[]), Purpose::Check).err().unwrap());
     assert!(err.contains("instances.ping.password"), "{err}");
     assert!(err.contains("credential `ping-password` not found"), "{err}");
     assert!(err.contains("LoadCredential=ping-password:"), "{err}");
@@ -112,25 +116,25 @@ fn credentials_present_missing_empty_and_trailing_newline() {
 
     let mut no_dir = files.sources(&[&config], &[], &[]);
     no_dir.credentials_directory = None;
-    let err = problems(load(&no_dir).err().unwrap());
+    let err = problems(load(&no_dir, Purpose::Check).err().unwrap());
     assert!(err.contains("$CREDENTIALS_DIRECTORY is not set"), "{err}");
 
     files.credential("ping-password", "");
-    let err = problems(load(&files.sources(&[&config], &[], &[])).err().unwrap());
+    let err = problems(load(&files.sources(&[&config], &[], &[]), Purpose::Check).err().unwrap());
     assert!(err.contains("instances.ping.password") && err.contains("is empty"), "{err}");
 
-    files.credential("ping-password", "hunter2\n");
-    let loaded = load(&files.sources(&[&config], &[], &[])).unwrap();
-    assert_eq!(loaded.config.instances["ping"].password.as_ref().unwrap().expose(), "hunter2");
+    files.credential("ping-password", "hunter2-pw\n");
+    let loaded = load(&files.sources(&[&config], &[], &[]), Purpose::Check).unwrap();
+    assert_eq!(loaded.config.instances["ping"].password.as_ref().unwrap().expose(), "hunter2-pw");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 
 #[test]
 fn inline_secrets_work_with_a_warning_naming_the_key() {
     let files = Files::new();
-    let config = files.write("config.yaml", &BASE.replace("{credential: ping-password}", "inline-pw"));
-    let loaded = load(&files.sources(&[&config], &[], &[])).unwrap();
-    assert_eq!(loaded.config.instances["ping"].password.as_ref().unwrap().expose(), "inline-pw");
+    let config = files.write("config.yaml", &BASE.replace("{credential: ping-password}", "inline-password"));
+    let loaded = load(&files.sources(&[&config], &[], &[]), Purpose::Check).unwrap();
+    assert_eq!(loaded.config.instances["ping"].password.as_ref().unwrap().expose(), "inline-password");
     assert_eq!(loaded.warnings.len(), 1);
     assert_eq!(loaded.warnings[0].key, "instances.ping.password");
     assert!(loaded.warnings[0].message.contains("credential"));
@@ -140,7 +144,7 @@ fn inline_secrets_work_with_a_warning_naming_the_key() {
 #[test]
 fn validation_messages_name_the_key_and_the_fix() {
     let files = Files::new();
-    files.credential("ping-password", "pw");
+    files.credential("ping-password", "pw-long-enough");
     files.credential("short-key", "too-short");
     files.credential("weak-hash", "$2b$10$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW");
     let cases: &[(&str, &[&str])] = &[
@@ -186,7 +190,7 @@ fn validation_messages_name_the_key_and_the_fix() {
     for (yaml, expected) in cases {
         let base = files.write("base.yaml", BASE);
         let extra = files.write("extra.yaml", yaml);
-        let err = match load(&files.sources(&[&base, &extra], &[], &[])) {
+        let err = match load(&files.sources(&[&base, &extra], &[], &[]), Purpose::Check) {
             Ok(_) => panic!("accepted invalid config:\n{yaml}"),
             Err(e) => problems(e),
         };
@@ -199,9 +203,9 @@ fn validation_messages_name_the_key_and_the_fix() {
 #[test]
 fn localhost_homeserver_urls_warn() {
     let files = Files::new();
-    files.credential("ping-password", "pw");
+    files.credential("ping-password", "pw-long-enough");
     let config = files.write("config.yaml", &BASE.replace("127.0.0.1", "localhost"));
-    let loaded = load(&files.sources(&[&config], &[], &[])).unwrap();
+    let loaded = load(&files.sources(&[&config], &[], &[]), Purpose::Check).unwrap();
     assert!(loaded.warnings.iter().any(|w| w.key == "homeservers.local.url" && w.message.contains("127.0.0.1")));
 }
 
@@ -209,9 +213,9 @@ fn localhost_homeserver_urls_warn() {
 fn a_missing_or_malformed_file_is_named() {
     let files = Files::new();
     let missing = files.dir.path().join("nope.yaml");
-    let err = load(&files.sources(&[&missing], &[], &[])).err().unwrap().to_string();
+    let err = load(&files.sources(&[&missing], &[], &[]), Purpose::Check).err().unwrap().to_string();
     assert!(err.contains("nope.yaml"), "{err}");
     let bad = files.write("bad.yaml", "server: [unclosed\n");
-    let err = load(&files.sources(&[&bad], &[], &[])).err().unwrap().to_string();
+    let err = load(&files.sources(&[&bad], &[], &[]), Purpose::Check).err().unwrap().to_string();
     assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
 }

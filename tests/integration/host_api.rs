@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::harness::api::Api;
 use crate::harness::bot::{ADMIN_PASSWORD, BotEnv, SECRET_KEY};
 use crate::harness::client::TestUser;
 use crate::harness::daemon::Daemon;
@@ -17,81 +18,6 @@ use crate::harness::synapse::synapse;
 use matrix_sdk::Room;
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
-}
-
-impl Api {
-    fn new(env: &BotEnv) -> Api {
-        Api { base: env.api_url(), http: reqwest::Client::new(), token: None }
-    }
-
-    async fn wait_up(&self, daemon: &mut Daemon) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.http.get(format!("{}/health", self.base)).send().await.is_err() {
-            assert!(Instant::now() < deadline, "the API did not come up; log:\n{}", daemon.log());
-            assert!(daemon.child.try_wait().unwrap().is_none(), "maubot exited; log:\n{}", daemon.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn login(&mut self) {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/login", self.base))
-            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        self.token = Some(body["token"].as_str().unwrap().to_owned());
-    }
-
-    async fn request(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.request(reqwest::Method::GET, path).await
-    }
-
-    async fn post(&self, path: &str) -> (u16, Value) {
-        self.request(reqwest::Method::POST, path).await
-    }
-
-    async fn instance(&self, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/api/v1/instances/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    async fn wait_state(&self, id: &str, states: &[&str], timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let view = self.instance(id).await;
-            if states.contains(&view["state"].as_str().unwrap_or_default()) {
-                return view;
-            }
-            assert!(Instant::now() < deadline, "{id} never reached {states:?}: {view}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-}
 
 /// Seconds since midnight (UTC, plus a day per day of month) of the timestamp in "ERROR · id · 2026-11-22T01:22:33.159Z".
 fn alert_time_secs(notice: &str) -> f64 {
@@ -157,7 +83,7 @@ async fn the_management_api_authenticates_and_always_answers_json() {
     assert_eq!((status, body), (200, json!({"status": "ok"})));
     let (status, body) = api.get("/api/v1/version").await;
     assert_eq!(status, 200);
-    assert_eq!(body["schema_version"], 2);
+    assert_eq!(body["schema_version"], 3);
 
     // No token, a tampered token, an expired token, a token signed with another key: the same 401.
     let (status, unauthenticated) = api.get("/api/v1/instances").await;
@@ -342,7 +268,7 @@ async fn a_failing_instance_restarts_with_backoff_while_the_other_keeps_answerin
 
     // The path a's homeserver serves /sync on is blocked: a fails and is restarted, with growing pauses.
     proxy.set(Mode::BlockSync);
-    let failed = api.wait_state("a", &["failed", "restarting"], Duration::from_secs(90)).await;
+    let failed = api.wait_state("a", &["restarting"], Duration::from_secs(90)).await;
     assert!(failed["last_error"].as_str().unwrap_or_default().contains("sync failed"), "{failed}");
     let (status, health) = api.get("/api/v1/health").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("degraded")), "{health}");
@@ -410,9 +336,14 @@ async fn a_revoked_login_fails_one_bot_and_not_the_other() {
         .unwrap();
     assert_eq!(logout.status(), 200);
 
-    let failed = api.wait_state("a", &["failed", "restarting"], Duration::from_secs(90)).await;
+    let failed = api.wait_state("a", &["failed"], Duration::from_secs(90)).await;
     let why = failed["last_error"].as_str().unwrap_or_default();
     assert!(why.contains("rejected the access token") && why.contains("set the instance up again"), "{failed}");
+    // Permanent: no restart is scheduled, and none happens.
+    assert_eq!(failed["next_restart_in_secs"], Value::Null, "{failed}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = api.instance("a").await;
+    assert_eq!((still["state"].as_str(), still["restarts"].as_u64()), (Some("failed"), Some(0)), "{still}");
     assert!(!daemon.log().contains(&token), "the token is not logged");
     let (_, health) = api.get("/api/v1/health").await;
     assert_eq!(health["status"], "degraded", "{health}");

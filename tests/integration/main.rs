@@ -8,5 +8,8 @@ mod catch_up;
 mod check_config;
 mod config_layers;
 mod host_api;
+mod hostile_config;
+mod lifecycle;
 mod notify;
+mod sending;
 mod setup_run;

@@ -115,6 +115,7 @@ impl BotEnv {
 
     pub fn write_credential(&self, name: &str, value: &str) {
         let path = self.credentials_dir().join(name);
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, value).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
     }
@@ -180,6 +181,19 @@ impl BotEnv {
         let output = self.output(&["setup"]);
         assert!(output.status.success(), "setup failed: {}", describe(&output));
         output
+    }
+
+    /// Starts any mode in the background (e.g. a setup to interrupt).
+    pub fn spawn(&self, args: &[&str]) -> Daemon {
+        Daemon::spawn(self.command(args), &self.dir.path().join(format!("{}-{}.log", args[0], rand::random::<u32>())))
+    }
+
+    /// The device recorded for instance `id`.
+    pub fn device_id(&self, id: &str) -> String {
+        rusqlite::Connection::open(self.database_path())
+            .unwrap()
+            .query_row("SELECT device_id FROM instances WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
     }
 
     /// Starts `maubot run` in the background.

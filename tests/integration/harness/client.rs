@@ -46,12 +46,22 @@ impl Drop for TestUser {
 impl TestUser {
     /// Registers a new user and logs in with a fresh crypto store; starts syncing.
     pub async fn new(synapse: &Synapse, prefix: &str) -> TestUser {
+        Self::new_at(synapse, &synapse.url, prefix).await
+    }
+
+    /// As [`TestUser::new`], with the client talking to `url` (a test proxy in front of `synapse`).
+    pub async fn new_at(synapse: &Synapse, url: &str, prefix: &str) -> TestUser {
         let localpart = super::unique(prefix);
         let password = "person-password";
         register_with_secret(&synapse.url, &localpart, password, false).await.unwrap();
         let store = tempfile::tempdir().unwrap();
-        let client =
-            Client::builder().homeserver_url(&synapse.url).sqlite_store(store.path(), None).build().await.unwrap();
+        let client = Client::builder()
+            .homeserver_url(url)
+            .respect_login_well_known(false)
+            .sqlite_store(store.path(), None)
+            .build()
+            .await
+            .unwrap();
         client.matrix_auth().login_username(&localpart, password).send().await.unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let sink = seen.clone();
@@ -143,6 +153,10 @@ impl TestUser {
         }
         out.reverse();
         out
+    }
+
+    pub fn user_id(&self) -> String {
+        self.client.user_id().expect("logged in").to_string()
     }
 
     /// All messages seen from `sender`.

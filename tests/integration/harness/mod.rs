@@ -1,5 +1,6 @@
 //! Test harness: a real Synapse on a free loopback port, the real `maubot` binary, and real Matrix clients.
 
+pub mod api;
 pub mod bot;
 pub mod client;
 pub mod daemon;

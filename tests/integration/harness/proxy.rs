@@ -1,5 +1,7 @@
-//! A reverse proxy in front of the real Synapse that can break `/sync` on demand: failure injection that a real
-//! homeserver cannot be asked for (a blocked path, rate limiting). Everything else passes through untouched.
+//! A reverse proxy in front of the real Synapse for failure injection that a real homeserver cannot be asked
+//! for: a blocked or rate-limited `/sync`, a request held at the worst moment (not forwarded, or forwarded with
+//! its answer held back, as when a process dies after the homeserver acted), and to-device messages delivered
+//! late. Everything else passes through untouched.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,18 +22,33 @@ pub enum Mode {
     Error400(String),
 }
 
+/// Requests to hold: the first request whose method is `method` and whose path contains `path` (and every later
+/// one) never gets an answer. With `forward`, it reaches the homeserver first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub forward: bool,
+}
+
 #[derive(Clone)]
 struct Shared {
     upstream: String,
     mode: Arc<Mutex<Mode>>,
+    hold: Arc<Mutex<Option<Hold>>>,
+    to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
     syncs: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
     http: reqwest::Client,
 }
 
 pub struct Proxy {
     pub url: String,
     mode: Arc<Mutex<Mode>>,
+    hold: Arc<Mutex<Option<Hold>>>,
+    to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
     syncs: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,11 +61,17 @@ impl Drop for Proxy {
 impl Proxy {
     pub async fn start(upstream: &str) -> Proxy {
         let mode = Arc::new(Mutex::new(Mode::Pass));
+        let hold = Arc::new(Mutex::new(None));
+        let to_device_delay = Arc::new(Mutex::new(None));
         let syncs = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(AtomicU64::new(0));
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
             mode: mode.clone(),
+            hold: hold.clone(),
+            to_device_delay: to_device_delay.clone(),
             syncs: syncs.clone(),
+            held: held.clone(),
             http: reqwest::Client::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -57,11 +80,26 @@ impl Proxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Proxy { url, mode, syncs, task }
+        Proxy { url, mode, hold, to_device_delay, syncs, held, task }
     }
 
     pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Holds matching requests from now on (`None`: passes them again).
+    pub fn hold(&self, hold: Option<Hold>) {
+        *self.hold.lock().unwrap() = hold;
+    }
+
+    /// Requests held so far.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Answers `/sendToDevice` at once and delivers it to the homeserver `delay` later (`None`: at once).
+    pub fn delay_to_device(&self, delay: Option<std::time::Duration>) {
+        *self.to_device_delay.lock().unwrap() = delay;
     }
 
     /// `/sync` requests seen so far.
@@ -90,16 +128,31 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
         }
     }
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let hold = shared.hold.lock().unwrap().clone().filter(|h| h.method == method.as_str() && path.contains(h.path));
+    if hold.as_ref().is_some_and(|h| !h.forward) {
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
     let mut headers: HeaderMap = request.headers().clone();
     headers.remove(axum::http::header::HOST);
     let body: Bytes = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await.unwrap_or_default();
-    let upstream = shared
-        .http
-        .request(method, format!("{}{path_and_query}", shared.upstream))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
+    let forward =
+        shared.http.request(method, format!("{}{path_and_query}", shared.upstream)).headers(headers).body(body);
+    let delay = *shared.to_device_delay.lock().unwrap();
+    if let Some(delay) = delay.filter(|_| path.contains("/sendToDevice/")) {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = forward.send().await;
+        });
+        return axum::Json(serde_json::json!({})).into_response();
+    }
+    let upstream = forward.send().await;
+    if hold.is_some() {
+        // The homeserver acted; its answer never arrives.
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
     match upstream {
         Ok(response) => {
             let status = response.status();

@@ -19,17 +19,27 @@ pub struct Synapse {
 }
 
 static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+static SYNAPSE_DEFAULT_LIMITS: OnceLock<Synapse> = OnceLock::new();
 
-/// The shared homeserver, started on first use.
+/// The shared homeserver (rate limits relaxed), started on first use.
 pub fn synapse() -> &'static Synapse {
-    SYNAPSE.get_or_init(|| {
+    keep(&SYNAPSE, false)
+}
+
+/// A second homeserver with Synapse's default rate limits, for the tests that show the bots live within them.
+pub fn synapse_with_default_limits() -> &'static Synapse {
+    keep(&SYNAPSE_DEFAULT_LIMITS, true)
+}
+
+fn keep(cell: &'static OnceLock<Synapse>, default_limits: bool) -> &'static Synapse {
+    cell.get_or_init(|| {
         // Started from a thread that lives as long as the process: the homeserver gets SIGKILL (PDEATHSIG)
         // when the thread that spawned it ends, which is then only at process exit.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("synapse-keeper".into())
             .spawn(move || {
-                let result = start();
+                let result = start(default_limits);
                 tx.send(result).unwrap();
                 loop {
                     std::thread::park();
@@ -51,6 +61,7 @@ fn remove_stale_data_dirs() {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix(DATA_DIR_PREFIX) else { continue };
+        let pid = pid.trim_end_matches("-default-limits");
         if !PathBuf::from(format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -65,7 +76,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start() -> Result<Synapse, String> {
+fn start(default_limits: bool) -> Result<Synapse, String> {
     let install = Command::new("bash")
         .arg(repo_root().join("scripts/install-synapse.sh"))
         .stderr(Stdio::inherit())
@@ -77,7 +88,8 @@ fn start() -> Result<Synapse, String> {
     let venv = PathBuf::from(String::from_utf8_lossy(&install.stdout).trim());
     let python = venv.join("bin/python");
     remove_stale_data_dirs();
-    let data_dir = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}", std::process::id()));
+    let suffix = if default_limits { "-default-limits" } else { "" };
+    let data_dir = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}{suffix}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let port = free_port();
     let status = Command::new(&python)
@@ -86,6 +98,7 @@ fn start() -> Result<Synapse, String> {
         .arg(port.to_string())
         .arg(SHARED_SECRET)
         .arg(SERVER_NAME)
+        .args(default_limits.then_some("--default-rate-limits"))
         .status()
         .map_err(|e| format!("synapse-config.py: {e}"))?;
     if !status.success() {
@@ -177,6 +190,33 @@ impl Synapse {
     pub async fn user_exists(&self, user_id: &str) -> bool {
         let url = format!("{}/_synapse/admin/v2/users/{user_id}", self.url);
         self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
+    }
+
+    /// Exempts a user (a test person, never a bot) from the message rate limit.
+    pub async fn exempt_from_rate_limits(&self, user_id: &str) {
+        let url = format!("{}/_synapse/admin/v1/users/{user_id}/override_ratelimit", self.url);
+        let response = self
+            .admin(reqwest::Client::new().post(url))
+            .json(&json!({"messages_per_second": 0, "burst_count": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "override_ratelimit: {}", response.status());
+    }
+
+    /// The user's cross-signing master key as the homeserver has it (none without an identity).
+    pub async fn master_key(&self, user_id: &str) -> Option<Value> {
+        let url = format!("{}/_matrix/client/v3/keys/query", self.url);
+        let response: Value = self
+            .admin(reqwest::Client::new().post(url))
+            .json(&json!({"device_keys": {user_id: []}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["master_keys"].get(user_id).map(|k| k["keys"].clone())
     }
 
     /// A new single-use registration token.

@@ -1,0 +1,255 @@
+//! The sender: carries out the sends the outbox holds, beside the sync loop.
+//!
+//! - Fair: rooms take turns (round robin), so a flood of commands in one room cannot starve the others; sends
+//!   to one room go out one at a time and in order; a few rooms are served at once.
+//! - Within the homeserver's limits: `M_LIMIT_EXCEEDED` pauses sending for the `retry_after_ms` it names (the
+//!   limit is per user, so for every room), and the send is repeated afterwards: no answer is dropped.
+//! - Exactly once: each send carries the transaction id derived from the event it answers, and leaves the
+//!   outbox only after the homeserver accepted it; a repeat after a crash is deduplicated by the homeserver.
+//!   A send the homeserver refuses for good (no permission, left the room) is logged and dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use matrix_sdk::Client;
+use matrix_sdk::ruma::{OwnedRoomId, TransactionId};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{Counters, backoff, is_permanent, retry_after};
+use crate::alerts::scrub::scrubbed;
+use crate::state::Database;
+use crate::state::db::{OutboxEntry, now_unix};
+
+/// Rooms served at the same time.
+const MAX_IN_FLIGHT: usize = 4;
+
+pub struct Sender {
+    pub id: String,
+    pub client: Client,
+    pub db: Arc<Database>,
+    pub counters: Arc<Counters>,
+}
+
+enum Sent {
+    Done,
+    /// Wait this long, then send again (rate limited).
+    Limited(Duration),
+    /// Refused for good.
+    Refused(String),
+    /// Failed this time; try again after a backoff.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Queues {
+    rooms: BTreeMap<String, VecDeque<OutboxEntry>>,
+    busy: HashSet<String>,
+    not_before: HashMap<String, Instant>,
+    attempts: HashMap<i64, u32>,
+    /// The room served last: the next turn goes to the room after it.
+    cursor: Option<String>,
+    paused_until: Option<Instant>,
+}
+
+impl Queues {
+    fn push(&mut self, entry: OutboxEntry) {
+        let queue = self.rooms.entry(entry.room_id.clone()).or_default();
+        if !queue.iter().any(|e| e.seq == entry.seq) {
+            queue.push_back(entry);
+        }
+    }
+
+    /// The next room whose turn it is and that may send now.
+    fn next_room(&mut self, now: Instant) -> Option<String> {
+        if self.paused_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        let ready = |room: &String, queue: &VecDeque<OutboxEntry>| {
+            !queue.is_empty() && !self.busy.contains(room) && self.not_before.get(room).is_none_or(|at| *at <= now)
+        };
+        let after = self.cursor.clone();
+        let later = self.rooms.iter().filter(|(room, _)| after.as_ref().is_none_or(|c| *room > c));
+        let earlier = self.rooms.iter().filter(|(room, _)| after.as_ref().is_some_and(|c| *room <= c));
+        let room = later.chain(earlier).find(|(room, queue)| ready(room, queue)).map(|(room, _)| room.clone())?;
+        self.cursor = Some(room.clone());
+        Some(room)
+    }
+
+    /// When something blocked may go again.
+    fn wake_at(&self) -> Option<Instant> {
+        let pending_rooms = self.rooms.iter().filter(|(_, q)| !q.is_empty()).map(|(r, _)| r);
+        let room_waits = pending_rooms.filter_map(|r| self.not_before.get(r).copied());
+        room_waits.chain(self.paused_until).min()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rooms.values().all(VecDeque::is_empty)
+    }
+}
+
+impl Sender {
+    /// Sends what `owed` holds (the outbox at start) and what arrives on `incoming`, until `stop` turns true;
+    /// then finishes the sends in flight.
+    pub async fn run(
+        self,
+        owed: Vec<OutboxEntry>,
+        mut incoming: mpsc::UnboundedReceiver<OutboxEntry>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut queues = Queues::default();
+        if !owed.is_empty() {
+            tracing::info!(instance = %self.id, sends = owed.len(), "sending what was owed before the restart");
+        }
+        for entry in owed {
+            queues.push(entry);
+        }
+        let mut in_flight: JoinSet<(OutboxEntry, Sent)> = JoinSet::new();
+        let mut stopping = false;
+        loop {
+            let now = Instant::now();
+            while !stopping && in_flight.len() < MAX_IN_FLIGHT {
+                let Some(room) = queues.next_room(now) else { break };
+                let entry = queues.rooms[&room].front().cloned().expect("a ready room has a send");
+                queues.busy.insert(room);
+                in_flight.spawn(send(self.client.clone(), entry));
+            }
+            if stopping && in_flight.is_empty() {
+                return;
+            }
+            let wake = queues.wake_at().filter(|_| !stopping);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
+                    Ok((entry, outcome)) => self.finished(&mut queues, entry, outcome).await,
+                    Err(e) => tracing::error!(instance = %self.id, error = %e, "a send task failed"),
+                },
+                entry = incoming.recv(), if !stopping => match entry {
+                    Some(entry) => queues.push(entry),
+                    None => stopping = true,
+                },
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                _ = crate::stopping(&mut stop), if !stopping => stopping = true,
+            }
+            if stopping && queues.is_empty() && in_flight.is_empty() {
+                return;
+            }
+        }
+    }
+
+    async fn finished(&self, queues: &mut Queues, entry: OutboxEntry, outcome: Sent) {
+        queues.busy.remove(&entry.room_id);
+        let answers = entry.answers.as_deref().unwrap_or("-");
+        match outcome {
+            Sent::Done | Sent::Refused(_) => {
+                if let Sent::Refused(why) = &outcome {
+                    tracing::error!(
+                        instance = %self.id,
+                        room_id = %entry.room_id,
+                        event_id = %answers,
+                        error = %why,
+                        "the homeserver refused the answer; not retrying"
+                    );
+                } else {
+                    self.counters.commands_answered.fetch_add(1, Ordering::Relaxed);
+                    let waited_ms = (now_unix() - entry.queued_at).max(0) * 1000;
+                    tracing::info!(instance = %self.id, room_id = %entry.room_id, event_id = %answers, queued_ms = waited_ms, "answered");
+                }
+                if let Some(queue) = queues.rooms.get_mut(&entry.room_id) {
+                    queue.retain(|e| e.seq != entry.seq);
+                }
+                queues.attempts.remove(&entry.seq);
+                queues.not_before.remove(&entry.room_id);
+                if let Err(e) = self.db.remove_sent(&self.id, entry.seq).await {
+                    // It stays owed: sent again after a restart, and deduplicated by its transaction id.
+                    tracing::warn!(instance = %self.id, error = %e, "could not remove a sent answer from the outbox");
+                }
+            }
+            Sent::Limited(wait) => {
+                tracing::info!(
+                    instance = %self.id,
+                    room_id = %entry.room_id,
+                    wait_ms = wait.as_millis() as u64,
+                    "the homeserver's message limit was reached; sending again after the wait it asked for"
+                );
+                let until = Instant::now() + wait;
+                queues.paused_until = Some(queues.paused_until.map_or(until, |p| p.max(until)));
+            }
+            Sent::Failed(why) => {
+                let attempts = queues.attempts.entry(entry.seq).or_default();
+                *attempts += 1;
+                let delay = backoff(*attempts);
+                tracing::warn!(
+                    instance = %self.id,
+                    room_id = %entry.room_id,
+                    error = %why,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "sending an answer failed; trying again"
+                );
+                queues.not_before.insert(entry.room_id.clone(), Instant::now() + delay);
+            }
+        }
+    }
+}
+
+async fn send(client: Client, entry: OutboxEntry) -> (OutboxEntry, Sent) {
+    let outcome = match OwnedRoomId::try_from(entry.room_id.as_str()).ok().and_then(|id| client.get_room(&id)) {
+        None => Sent::Refused("the bot is not in this room any more".into()),
+        Some(room) => match serde_json::from_str::<serde_json::Value>(&entry.content) {
+            Err(e) => Sent::Refused(format!("the queued content is not JSON: {e}")),
+            Ok(content) => {
+                let txn_id = <&TransactionId>::from(entry.txn_id.as_str());
+                match room.send_raw(&entry.event_type, content).with_transaction_id(txn_id).await {
+                    Ok(_) => Sent::Done,
+                    Err(e) => match retry_after(&e) {
+                        Some(wait) => Sent::Limited(wait),
+                        None if is_permanent(&e) => Sent::Refused(scrubbed(&e.to_string())),
+                        None => Sent::Failed(scrubbed(&e.to_string())),
+                    },
+                }
+            }
+        },
+    };
+    (entry, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: i64, room: &str) -> OutboxEntry {
+        OutboxEntry {
+            seq,
+            room_id: room.into(),
+            txn_id: format!("t{seq}"),
+            event_type: "m.room.message".into(),
+            content: "{}".into(),
+            answers: None,
+            queued_at: 0,
+        }
+    }
+
+    #[test]
+    fn rooms_take_turns_and_one_room_sends_one_at_a_time() {
+        let mut queues = Queues::default();
+        for seq in 0..5 {
+            queues.push(entry(seq, "!flood:x"));
+        }
+        queues.push(entry(9, "!quiet:x"));
+        let now = Instant::now();
+        let first = queues.next_room(now).unwrap();
+        queues.busy.insert(first.clone());
+        let second = queues.next_room(now).unwrap();
+        assert_ne!(first, second, "the quiet room gets the second turn");
+        queues.busy.insert(second);
+        assert_eq!(queues.next_room(now), None, "each room has a send in flight");
+        queues.busy.clear();
+        queues.rooms.get_mut("!quiet:x").unwrap().clear();
+        assert_eq!(queues.next_room(now).as_deref(), Some("!flood:x"));
+        queues.paused_until = Some(now + Duration::from_secs(5));
+        assert_eq!(queues.next_room(now), None, "paused by a rate limit");
+        assert_eq!(queues.wake_at(), queues.paused_until);
+    }
+}
