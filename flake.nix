@@ -22,32 +22,8 @@
         "aarch64-linux"
       ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      cargoToml = lib.importTOML ./Cargo.toml;
-
-      maubotPackage =
-        pkgs:
-        pkgs.rustPlatform.buildRustPackage {
-          pname = "maubot";
-          inherit (cargoToml.package) version;
-          src = lib.fileset.toSource {
-            root = ./.;
-            fileset = lib.fileset.unions [
-              ./Cargo.toml
-              ./Cargo.lock
-              ./src
-              ./tests
-            ];
-          };
-          cargoLock.lockFile = ./Cargo.lock;
-          # The unit tests run here; the integration tests need a live Synapse and run in CI (scripts/test.sh).
-          cargoTestFlags = [ "--lib" ];
-          meta = {
-            description = cargoToml.package.description;
-            license = lib.licenses.agpl3Plus;
-            mainProgram = "maubot";
-            platforms = lib.platforms.linux;
-          };
-        };
+      # The same package expression the module uses by default (nixos-modules/package.nix).
+      maubotPackage = pkgs: pkgs.callPackage ./nixos-modules/package.nix { };
 
       # Every file in tests/nixos/ is a VM test: a function of this flake's inputs returning a test module.
       vmTests =
@@ -80,20 +56,28 @@
         vmTests pkgs
         // {
           package = self.packages.${pkgs.stdenv.hostPlatform.system}.maubot;
-          # `maubot check-config` on the example configuration, as `nixos-rebuild` runs it.
+          # `maubot check-config` on the example configuration, as `nixos-rebuild` runs it, after the module's
+          # assertions (which a settings file alone would not evaluate) have passed.
           check-config-example =
-            (lib.nixosSystem {
-              modules = [
-                self.nixosModules.default
-                ./tests/nix/example-configuration.nix
-                {
-                  nixpkgs.hostPlatform = pkgs.stdenv.hostPlatform.system;
-                  boot.loader.grub.enable = false;
-                  fileSystems."/".device = "none";
-                  system.stateVersion = "26.05";
-                }
-              ];
-            }).config.services.maubot.settingsFile;
+            let
+              system = lib.nixosSystem {
+                modules = [
+                  self.nixosModules.default
+                  ./tests/nix/example-configuration.nix
+                  {
+                    nixpkgs.hostPlatform = pkgs.stdenv.hostPlatform.system;
+                    boot.loader.grub.enable = false;
+                    fileSystems."/".device = "none";
+                    system.stateVersion = "26.05";
+                  }
+                ];
+              };
+              failed = map (a: a.message) (lib.filter (a: !a.assertion) system.config.assertions);
+            in
+            if failed != [ ] then
+              throw "check-config-example: failed assertions:\n- ${lib.concatStringsSep "\n- " failed}"
+            else
+              system.config.services.maubot.settingsFile;
         }
       );
 

@@ -1,9 +1,12 @@
 # services.maubot: the Rust maubot daemon, deployed the NixOS way.
 #
-# The module renders the daemon's own config schema (docs/configuration.md) into an override file, hands every
-# secret to the unit with LoadCredential= (never through the Nix store), checks the rendered config at build time
-# with `maubot check-config`, and runs `maubot run` as a hardened Type=notify service. `maubot-setup` runs
-# `maubot setup` with the same identity, credentials and config: setup first, then start the service.
+# The module renders the daemon's own config schema (docs/configuration.md) into an override file at a stable
+# path (/etc/maubot/settings.json), hands every secret to the units with LoadCredential= (never through the Nix
+# store), checks the rendered config at build time with `maubot check-config`, and runs `maubot run` as a
+# hardened Type=notify service that a changed config reloads (SIGHUP) instead of restarting. `maubot-setup` runs
+# `maubot setup` with the same identity, credentials and config, then reloads the service so new bots start;
+# `maubot-ctl` runs any other mode the same way (`maubot-ctl check-config`). The service itself never receives
+# the bots' passwords or registration secrets: only setup uses them.
 {
   config,
   lib,
@@ -105,10 +108,16 @@ let
       };
     };
 
-  # Credential name -> file, everything the unit loads with LoadCredential=.
-  credentials =
+  # Credential name -> file. The service loads what a running host reads; setup loads everything.
+  runCredentials =
     optionalAttrs (cfg.adminPasswordHashFile != null) { "admin-${cfg.adminUser}" = cfg.adminPasswordHashFile; }
     // optionalAttrs (cfg.secretKeyFile != null) { secret-key = cfg.secretKeyFile; }
+    // concatMapAttrs (
+      id: instance: lib.mapAttrs' (key: file: lib.nameValuePair "${id}-${key}" file) instance.secretFiles
+    ) cfg.instances
+    // cfg.credentialFiles;
+  setupCredentials =
+    runCredentials
     // optionalAttrs (cfg.registrationTokenFile != null) { registration-token = cfg.registrationTokenFile; }
     // optionalAttrs (cfg.registrationSharedSecretFile != null) {
       registration-shared-secret = cfg.registrationSharedSecretFile;
@@ -117,14 +126,13 @@ let
       id: instance:
       optionalAttrs (instance.passwordFile != null) { "${id}-password" = instance.passwordFile; }
       // optionalAttrs (instance.accessTokenFile != null) { "${id}-access-token" = instance.accessTokenFile; }
-      // lib.mapAttrs' (key: file: lib.nameValuePair "${id}-${key}" file) instance.secretFiles
-    ) cfg.instances
-    // cfg.credentialFiles;
-
+    ) cfg.instances;
   credential = name: { credential = name; };
 
   generatedSettings = {
     state_dir = cfg.dataDir;
+    # Messages that name the fix say `maubot-setup`, the wrapper this module installs.
+    host.setup_command = "maubot-setup";
     server = {
       hostname = cfg.listenAddress;
       inherit (cfg) port;
@@ -157,6 +165,9 @@ let
 
   finalSettings = lib.recursiveUpdate generatedSettings cfg.settings;
   settingsFile = json.generate "maubot-settings.json" finalSettings;
+  # Where the units read it: a stable path, so that a changed config changes no unit file (it reloads the
+  # service, through reloadTriggers) and the setup wrapper of any generation reads the running one's config.
+  settingsPath = "/etc/maubot/settings.json";
 
   # A value that passes every secret check of `check-config` (it is also a bcrypt hash of cost 12 and longer than
   # 32 bytes), so that the build-time check validates everything but the real secrets.
@@ -172,12 +183,30 @@ let
         ${concatStringsSep "\n" (
           mapAttrsToList (
             name: _: "printf '%s' ${escapeShellArg placeholderSecret} > credentials/${escapeShellArg name}"
-          ) credentials
+          ) setupCredentials
         )}
         CREDENTIALS_DIRECTORY=$PWD/credentials maubot --override ${settingsFile} check-config > check-config.txt
         cp ${settingsFile} $out
       '';
   effectiveSettingsFile = if cfg.checkConfig then checkedSettingsFile else settingsFile;
+
+  # Settings of nixpkgs' Python maubot that mean nothing (or something else) to this daemon.
+  pythonMaubotKeys =
+    lib.filter (key: lib.hasAttrByPath key cfg.settings) [
+      [ "crypto_database" ]
+      [ "database_opts" ]
+      [ "plugin_directories" ]
+      [ "plugin_databases" ]
+      [ "api_features" ]
+      [ "server" "public_url" ]
+      [ "server" "ui_base_path" ]
+      [ "server" "plugin_base_path" ]
+      [ "server" "override_resource_path" ]
+      [ "server" "unshared_secret" ]
+    ]
+    ++ lib.optional (builtins.match "(sqlite|postgres).*:.*" (toString (cfg.settings.database or "")) != null) [
+      "database"
+    ];
 
   # Keys whose values are secrets in the daemon's schema: written inline they would land in the Nix store.
   secretKeys = [
@@ -235,16 +264,33 @@ let
     ++ optional (config.services.matrix-tuwunel.enable or false) "tuwunel.service"
     ++ optional (config.services.matrix-conduit.enable or false) "conduit.service";
 
-  # Shared by the service and `maubot-setup`, so that setup runs as the service will: same user, state,
-  # credentials and sandbox.
-  sandbox = {
+  # The homeserver hosts the bots talk to, and whether all of them are this machine.
+  urlHost =
+    url:
+    let
+      host = builtins.match "https?://(\\[[^]]*]|[^:/]*).*" url;
+    in
+    if host == null then "" else lib.toLower (lib.head host);
+  isLoopback =
+    host: builtins.elem host [ "localhost" "[::1]" "::1" ] || builtins.match "127\\.[0-9.]+" host != null;
+  homeserverUrls = [ cfg.homeserverUrl ] ++ mapAttrsToList (_: hs: hs.url or "") (finalSettings.homeservers or { });
+  # Plugin types that talk to nothing but their homeserver and listen nowhere.
+  homeserverOnlyTypes = [ "ping" ];
+  networkIsLocal =
+    lib.all (url: isLoopback (urlHost url)) homeserverUrls
+    && isLoopback cfg.listenAddress
+    && lib.all (instance: builtins.elem instance.type homeserverOnlyTypes) (lib.attrValues cfg.instances);
+
+  # Shared by the service, `maubot-setup` and `maubot-ctl`, so that setup runs as the service will: same user,
+  # state, sandbox (setup gets the setup-only credentials on top).
+  sandbox = loaded: {
     User = "maubot";
     Group = "maubot";
     StateDirectory = "maubot";
     StateDirectoryMode = "0700";
     UMask = "0077";
     WorkingDirectory = cfg.dataDir;
-    LoadCredential = mapAttrsToList (name: file: "${name}:${toString file}") credentials;
+    LoadCredential = mapAttrsToList (name: file: "${name}:${toString file}") loaded;
 
     CapabilityBoundingSet = "";
     AmbientCapabilities = "";
@@ -255,6 +301,7 @@ let
     PrivateDevices = true;
     PrivateUsers = true;
     PrivateMounts = true;
+    PrivateIPC = true;
     ProtectHostname = true;
     ProtectClock = true;
     ProtectKernelTunables = true;
@@ -273,9 +320,17 @@ let
     KeyringMode = "private";
     DevicePolicy = "closed";
     SystemCallArchitectures = "native";
-    # One string starting with `~`: a deny list. Separate list entries would each be an allow list.
-    SystemCallFilter = "~@clock @cpu-emulation @debug @module @mount @obsolete @privileged @raw-io @reboot @resources @swap";
+    # An allow list, as nixpkgs' services use: what services need, minus privileged calls and resource tuning.
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
     SystemCallErrorNumber = "EPERM";
+  }
+  # Bots that only talk to a homeserver on this machine need no other network.
+  // optionalAttrs networkIsLocal {
+    IPAddressDeny = "any";
+    IPAddressAllow = "localhost";
   };
 
   # `-p KEY=VALUE` arguments for systemd-run from an attribute set of unit settings.
@@ -291,26 +346,93 @@ let
       ) settings
     );
 
-  setupCommand = pkgs.writeShellScriptBin "maubot-setup" ''
-    # Runs `maubot setup` as the maubot service would run: same user, state directory, credentials, sandbox.
-    # Arguments are passed on (e.g. --add-instance ID, --recovery-key-file PATH).
+  # `systemd-run` with the sandbox of the service and the given credentials, running `maubot` with the service's
+  # config; the caller appends the mode and its arguments. `$io` is set by `ioMode`.
+  ioMode = ''if [ -t 0 ] && [ -t 1 ]; then io=--pty; else io=--pipe; fi'';
+  sandboxed = unit: loaded: ''
+    ${pkgs.systemd}/bin/systemd-run --unit=${unit} --quiet --wait --collect --service-type=exec "$io" \
+      ${concatStringsSep " \\\n  " (map (p: "-p ${escapeShellArg p}") (toProperties (sandbox loaded)))} \
+      ${cfg.package}/bin/maubot --override ${settingsPath}'';
+
+  ctlCommand = pkgs.writeShellScriptBin "maubot-ctl" ''
+    # `maubot` as the service runs it (its config, user, state directory, credentials and sandbox), for the modes
+    # an operator runs by hand: `maubot-ctl check-config`. Setup has its own wrapper, `maubot-setup`.
     set -eu
-    if [ -t 0 ] && [ -t 1 ]; then io=--pty; else io=--pipe; fi
-    exec ${pkgs.systemd}/bin/systemd-run --unit=maubot-setup --quiet --wait --collect --service-type=exec "$io" \
-      ${concatStringsSep " \\\n  " (map (p: "-p ${escapeShellArg p}") (toProperties sandbox))} \
-      ${cfg.package}/bin/maubot --override ${effectiveSettingsFile} setup "$@"
+    ${ioMode}
+    exec ${sandboxed "maubot-ctl-$$" setupCredentials} "$@"
+  '';
+
+  setupCommand = pkgs.writeShellScriptBin "maubot-setup" ''
+    # Runs `maubot setup` as the maubot service would run: same user, state directory, credentials, sandbox; then
+    # reloads the running service, so that the bots just set up start and the others go on. Arguments pass on
+    # (e.g. --add-instance ID). --recovery-key-file PATH is written by this script outside the sandbox (whose /tmp
+    # is private and whose view of /root is read-only): setup writes the keys into the state directory, and they
+    # are moved to PATH (root's, mode 0400) when it ends.
+    set -eu
+    key_file=""
+    args=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --recovery-key-file) key_file=''${2:?--recovery-key-file needs a path}; shift 2 ;;
+        --recovery-key-file=*) key_file=''${1#*=}; shift ;;
+        *) args+=("$1"); shift ;;
+      esac
+    done
+    staged=""
+    if [ -n "$key_file" ]; then
+      if [ -e "$key_file" ]; then
+        echo "maubot-setup: $key_file already exists; setup will not overwrite a recovery key file. Choose another path" >&2
+        exit 78
+      fi
+      if [ ! -d "$(${pkgs.coreutils}/bin/dirname -- "$key_file")" ]; then
+        echo "maubot-setup: the directory of $key_file does not exist" >&2
+        exit 78
+      fi
+      staged=${cfg.dataDir}/.recovery-keys.$$
+      args+=(--recovery-key-file "$staged" --recovery-key-file-shown-as "$key_file")
+    fi
+    status=0
+    ${ioMode}
+    ${sandboxed "maubot-setup" setupCredentials} setup "''${args[@]}" || status=$?
+    if [ -n "$staged" ] && [ -e "$staged" ]; then
+      ${pkgs.coreutils}/bin/install -m 0400 "$staged" "$key_file"
+      ${pkgs.coreutils}/bin/rm -f "$staged"
+    fi
+    if ${pkgs.systemd}/bin/systemctl is-active --quiet maubot.service; then
+      ${pkgs.systemd}/bin/systemctl reload maubot.service \
+        || echo "maubot-setup: reloading maubot.service failed; restart it to start the new bots" >&2
+    fi
+    exit "$status"
   '';
 in
 {
-  # This module replaces the Python maubot module that nixpkgs ships under the same option path.
+  # This module replaces the Python maubot module that nixpkgs ships under the same option path. Its options
+  # that have no counterpart here fail evaluation with guidance instead of being ignored.
   disabledModules = [ "services/matrix/maubot.nix" ];
+  imports =
+    let
+      removed =
+        name: why:
+        lib.mkRemovedOptionModule [ "services" "maubot" name ] (
+          why
+          + " This services.maubot is the Rust daemon (docs/nixos.md); bots are declared in services.maubot.instances."
+        );
+    in
+    [
+      (removed "plugins" "Plugins are built into the daemon (types: ${concatStringsSep ", " knownTypes}); there are no .mbp files to load.")
+      (removed "pythonPackages" "The daemon runs no Python plugins, so it needs no Python packages.")
+      (removed "extraConfigFile" "Put settings into services.maubot.settings, and secrets into the *File options (or credentialFiles).")
+      (removed "configMutable" "The config is declarative; run-time changes go through the management API (start/stop/enable/disable), which keeps them in the state.")
+    ];
 
   options.services.maubot = {
     enable = mkEnableOption "maubot, a host for Matrix bots (Rust)";
 
     package = mkOption {
       type = types.package;
-      description = "The maubot package (this flake's `packages.<system>.maubot`).";
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./package.nix { } (this repository's daemon)";
+      description = "The maubot daemon, built from this repository (the flake sets its own `packages.<system>.maubot`). Not nixpkgs' `pkgs.maubot`, which is the Python maubot.";
     };
 
     settings = mkOption {
@@ -428,9 +550,21 @@ in
           cfg.registrationSharedSecretFile
         ];
         canRegister = lib.any (f: f != null) loginFiles;
-        secretFiles = lib.attrValues credentials;
+        secretFiles = lib.attrValues setupCredentials;
       in
       [
+        {
+          assertion = cfg.package.passthru.maubotRust or false;
+          message = "services.maubot.package is not this module's daemon (it is probably nixpkgs' pkgs.maubot, the Python maubot, whose config and state this module does not use). Remove the setting to use the Rust daemon built from the module's own nixos-modules/package.nix, or set it to the flake's packages.<system>.maubot.";
+        }
+        {
+          assertion = pythonMaubotKeys == [ ];
+          message = "services.maubot.settings: ${concatStringsSep ", " (map (concatStringsSep ".") pythonMaubotKeys)} ${if lib.length pythonMaubotKeys == 1 then "is a setting" else "are settings"} of nixpkgs' Python maubot. This services.maubot is the Rust daemon: its settings are described in docs/configuration.md (the database is a file name inside the state directory, e.g. \"maubot.db\"). Remove or translate them.";
+        }
+        {
+          assertion = (finalSettings.state_dir or cfg.dataDir) == cfg.dataDir;
+          message = "services.maubot.settings.state_dir = \"${toString (finalSettings.state_dir or "")}\" would move the bots' state out of ${cfg.dataDir} (StateDirectory=maubot), the only directory the hardened units may write and the one systemd creates with the right owner. Remove settings.state_dir.";
+        }
         {
           assertion = inlineSecretPaths == [ ];
           message =
@@ -500,7 +634,11 @@ in
     };
     users.groups.maubot = { };
 
-    environment.systemPackages = [ setupCommand ];
+    environment.systemPackages = [
+      setupCommand
+      ctlCommand
+    ];
+    environment.etc."maubot/settings.json".source = effectiveSettingsFile;
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
 
@@ -510,14 +648,21 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ] ++ homeserverUnits;
       after = [ "network-online.target" ] ++ homeserverUnits;
-      serviceConfig = sandbox // {
+      # A new config (say, one more bot) reloads: the daemon starts, stops and restarts only what changed.
+      reloadTriggers = [ effectiveSettingsFile ];
+      # A crash loop ends (exit 78 is never retried at all).
+      startLimitBurst = 5;
+      startLimitIntervalSec = 600;
+      serviceConfig = sandbox runCredentials // {
         Type = "notify";
         NotifyAccess = "main";
         WatchdogSec = cfg.watchdogSec;
-        ExecStart = "${cfg.package}/bin/maubot --override ${effectiveSettingsFile} run";
+        ExecStart = "${cfg.package}/bin/maubot --override ${settingsPath} run";
+        # SIGHUP: re-read config and state; RELOADING=1, then READY=1 when applied.
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";
         RestartSec = 5;
-        # 78: configuration or state problem; restarting cannot fix it (run `maubot-setup`, fix the config).
+        # 78: the host's config or state is unusable; restarting cannot fix it (run `maubot-setup`, fix the config).
         RestartPreventExitStatus = 78;
         TimeoutStartSec = 120;
         TimeoutStopSec = 30;

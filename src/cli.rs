@@ -35,4 +35,7 @@ pub struct SetupArgs {
     /// Write the recovery keys to this new file (mode 0400) instead of printing them.
     #[arg(long, value_name = "PATH")]
     pub recovery_key_file: Option<PathBuf>,
+    /// Where the recovery key file ends up, for the message (the NixOS wrapper moves the file there).
+    #[arg(long, value_name = "PATH", hide = true, requires = "recovery_key_file")]
+    pub recovery_key_file_shown_as: Option<PathBuf>,
 }

@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         Command::Setup(args) => {
             let options =
                 SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
-            let mut terminal = Terminal { key_file: args.recovery_key_file.as_deref().map(KeyFile::new), shown: 0 };
+            let mut terminal = Terminal {
+                key_file: args.recovery_key_file.as_deref().map(KeyFile::new),
+                key_file_shown_as: args.recovery_key_file_shown_as.clone(),
+                shown: 0,
+            };
             let result = runtime.block_on(async {
                 tokio::select! {
                     result = setup::setup(&loaded.config, &options, &mut terminal) => Some(result),
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
 /// The operator's terminal: the plan, then each recovery key once (stdout, never the log), or the key file.
 struct Terminal {
     key_file: Option<KeyFile>,
+    key_file_shown_as: Option<std::path::PathBuf>,
     shown: usize,
 }
 
@@ -163,7 +168,8 @@ impl Report for Terminal {
 impl Terminal {
     fn finish(&self) {
         if let Some(file) = self.key_file.as_ref().filter(|f| f.written()) {
-            println!("Recovery keys written to {} (mode 0400).", file.path().display());
+            let path = self.key_file_shown_as.as_deref().unwrap_or(file.path());
+            println!("Recovery keys written to {} (mode 0400).", path.display());
         }
         if self.shown > 0 {
             println!(

@@ -3,11 +3,17 @@
 
 pub mod auth;
 pub mod error;
+pub mod hashing;
+pub mod limits;
 pub mod metrics;
+pub mod serve;
+pub mod throttle;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +22,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::auth::{Admin, Auth};
-use self::error::{ApiError, JsonBody};
+use self::auth::{Admin, Auth, Epoch, LoginGuards};
+use self::error::{ApiError, JsonBody, PathParams, QueryParams};
+use self::limits::Limits;
 use crate::host::health::{self, Health};
 use crate::host::supervisor::{Command, Control, ControlError, Request};
 use crate::host::view::InstanceView;
@@ -35,6 +42,11 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Replaced at a reload (admins and the signing key may change).
     pub auth: Arc<std::sync::RwLock<Arc<Auth>>>,
+    /// The login throttle and the hashing thread (kept across reloads).
+    pub guards: Arc<LoginGuards>,
+    /// The token epoch, and where `logout-all` records a new one.
+    pub epoch: Epoch,
+    pub db: Arc<crate::state::Database>,
     pub schema_version: u32,
     /// How long an ERROR keeps the health summary degraded.
     pub error_window: std::time::Duration,
@@ -54,7 +66,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, limits: Limits) -> Router {
     Router::new()
         .route("/health", get(liveness))
         .route("/metrics", get(prometheus))
@@ -62,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/health", get(health_summary))
         .route("/api/v1/openapi.yaml", get(openapi))
         .route("/api/v1/login", post(login))
+        .route("/api/v1/logout-all", post(logout_all))
         .route("/api/v1/instances", get(list_instances))
         .route("/api/v1/instances/{id}", get(instance))
         .route("/api/v1/instances/{id}/logs", get(logs))
@@ -71,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(limits, limits::enforce))
         .with_state(state)
 }
 
@@ -108,9 +122,26 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(State(state): State<AppState>, JsonBody(request): JsonBody<LoginRequest>) -> Result<Response, ApiError> {
-    let issued = state.auth().login(&request.username, &request.password).await?;
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let issued = state.auth().login(&state.guards, Some(client.ip()), &request.username, &request.password).await?;
     Ok(Json(issued).into_response())
+}
+
+/// Ends every token issued so far (also the caller's): a new token epoch, kept in the database.
+async fn logout_all(Admin(admin): Admin, State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let epoch = auth::new_epoch();
+    state
+        .db
+        .set_meta(auth::EPOCH_KEY, &epoch)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    *state.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    tracing::warn!(admin = %admin, "every management API token was revoked (logout-all)");
+    Ok(Json(json!({"revoked": true})))
 }
 
 async fn list_instances(_admin: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -124,12 +155,13 @@ fn find(state: &AppState, id: &str) -> Result<InstanceView, ApiError> {
 async fn instance(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Json<InstanceView>, ApiError> {
     find(&state, &id).map(Json)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogQuery {
     limit: Option<usize>,
 }
@@ -137,8 +169,8 @@ struct LogQuery {
 async fn logs(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<LogQuery>,
+    PathParams(id): PathParams<String>,
+    QueryParams(query): QueryParams<LogQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     find(&state, &id)?;
     let limit = query.limit.unwrap_or(100).min(crate::telemetry::RING_LINES);
@@ -148,7 +180,7 @@ async fn logs(
 async fn control(
     _admin: Admin,
     State(state): State<AppState>,
-    Path((id, action)): Path<(String, String)>,
+    PathParams((id, action)): PathParams<(String, String)>,
 ) -> Result<Json<InstanceView>, ApiError> {
     let control = Control::parse(&action).ok_or_else(|| {
         ApiError::not_found(format!("unknown action `{action}`; use start, stop, restart, enable or disable"))
@@ -179,12 +211,6 @@ pub async fn bind(hostname: &str, port: u16) -> std::io::Result<tokio::net::TcpL
     tokio::net::TcpListener::bind((hostname, port)).await
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
-    let app = router(state);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "the management API stopped");
-    }
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: Limits, stop: watch::Receiver<bool>) {
+    serve::serve(listener, router(state, limits), limits, stop).await
 }

@@ -64,6 +64,15 @@ pub struct ServerConfig {
     /// Lifetime of a management API token.
     #[serde(default = "default_token_ttl_secs")]
     pub token_ttl_secs: u64,
+    /// Connections served at once; further ones are closed at once (and logged).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers; a kept-alive connection idle this long is closed.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Time a whole request may take (the body included) before it is answered 408.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -186,6 +195,18 @@ fn default_setup_command() -> String {
 
 fn default_error_window_secs() -> u64 {
     300
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+
+fn default_request_timeout_secs() -> u64 {
+    30
 }
 
 fn default_token_ttl_secs() -> u64 {

@@ -139,6 +139,15 @@ fn check_server(config: &Config, findings: &mut Findings) {
         Err(_) => findings
             .error("server.hostname", format!("`{}` is not an IP address; use 127.0.0.1 (or ::1)", server.hostname)),
     }
+    if !(1..=4096).contains(&server.max_connections) {
+        findings.error("server.max_connections", "must be between 1 and 4096; the default is 64");
+    }
+    if !(1..=300).contains(&server.header_timeout_secs) {
+        findings.error("server.header_timeout_secs", "must be between 1 and 300 seconds; the default is 10");
+    }
+    if !(1..=600).contains(&server.request_timeout_secs) {
+        findings.error("server.request_timeout_secs", "must be between 1 and 600 seconds; the default is 30");
+    }
     if !(60..=86400).contains(&server.token_ttl_secs) {
         findings.error("server.token_ttl_secs", "must be between 60 seconds and a day (86400)");
     }

@@ -98,16 +98,33 @@ pub async fn run(
 
     let (commands, commands_rx) = mpsc::channel(16);
     let mut supervisor_task = tokio::spawn(supervisor.run(commands_rx, stop_rx.clone(), SHUTDOWN_GRACE));
-    let auth = Arc::new(RwLock::new(Arc::new(api::auth::Auth::from_config(&config))));
+    let epoch = match db.meta(api::auth::EPOCH_KEY).await? {
+        Some(epoch) => epoch,
+        None => {
+            let epoch = api::auth::new_epoch();
+            db.set_meta(api::auth::EPOCH_KEY, &epoch).await?;
+            epoch
+        }
+    };
+    let epoch: api::auth::Epoch = Arc::new(RwLock::new(epoch));
+    let auth = Arc::new(RwLock::new(Arc::new(api::auth::Auth::from_config(&config, epoch.clone()))));
+    let guards = Arc::new(api::auth::LoginGuards {
+        throttle: api::throttle::LoginThrottle::default(),
+        hashing: api::hashing::HashPool::start(),
+    });
     let api_state = api::AppState {
         views: views.clone(),
         control: commands.clone(),
         telemetry: telemetry.clone(),
         auth: auth.clone(),
+        guards,
+        epoch: epoch.clone(),
+        db: db.clone(),
         schema_version: db.schema_version().await?,
         error_window: Duration::from_secs(config.host.error_window_secs),
     };
-    let api_task = tokio::spawn(api::serve(listener, api_state, stop_rx.clone()));
+    let limits = api::limits::Limits::from_config(&config.server);
+    let api_task = tokio::spawn(api::serve(listener, api_state, limits, stop_rx.clone()));
 
     let ready_deadline = tokio::time::Instant::now() + Duration::from_secs(config.host.ready_timeout_secs);
     let mut ready = false;
@@ -122,7 +139,7 @@ pub async fn run(
                 Asked::Stop => break,
                 Asked::Reload => {
                     notifier.reloading("reloading the configuration");
-                    if let Some(new) = reload(&sources, purpose, &config, &db, &commands, &auth).await {
+                    if let Some(new) = reload(&sources, purpose, &config, &db, &commands, &auth, &epoch).await {
                         config = new;
                     }
                     reloaded = true;
@@ -201,6 +218,7 @@ async fn reload(
     db: &Database,
     commands: &mpsc::Sender<Command>,
     auth: &RwLock<Arc<api::auth::Auth>>,
+    epoch: &api::auth::Epoch,
 ) -> Option<Arc<Config>> {
     tracing::info!("reloading the configuration (SIGHUP)");
     let loaded = match config::load(sources, purpose) {
@@ -238,6 +256,6 @@ async fn reload(
         tracing::error!("reload failed: the supervisor is gone");
         return None;
     }
-    *auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(api::auth::Auth::from_config(&new));
+    *auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(api::auth::Auth::from_config(&new, epoch.clone()));
     Some(new)
 }

@@ -374,11 +374,11 @@ impl Supervisor {
             self.slots.values().filter(|s| s.record.is_none() && s.enabled).map(|s| s.id.clone()).collect();
         for id in &missing {
             if only.is_none_or(|only| only.contains(id)) {
+                let fix = format!("{} --add-instance {id}", crate::state::setup_command());
                 tracing::error!(
                     instance = %id,
-                    fix = %format!("{} --add-instance {id}", crate::state::setup_command()),
-                    "instance is configured but not set up; it is not started (no login, no device) until setup \
-                     has created its state. The other bots run"
+                    "instance `{id}` is configured but not set up: it is not started (no login, no device) until \
+                     `{fix}` has created its state. The other bots run"
                 );
             }
         }

@@ -215,7 +215,11 @@ pub fn prepare_for_setup(layout: &Layout) -> Result<bool, StateError> {
     }
     let has_database = layout.database().is_file();
     let ours = |name: &str| {
-        name == "instances" || name == "maubot.lock" || name.starts_with(".setup-") || name.starts_with("maubot.db")
+        name == "instances"
+            || name == "maubot.lock"
+            || name.starts_with(".setup-")
+            || name.starts_with(".recovery-keys.")
+            || name.starts_with("maubot.db")
     };
     let foreign: Vec<String> = std::fs::read_dir(root)
         .map_err(io(root))?

@@ -99,7 +99,13 @@ async fn the_management_api_authenticates_and_always_answers_json() {
         let (status, body) = api.get("/api/v1/instances").await;
         assert_eq!((status, &body), (401, &unauthenticated), "no detail leaks");
     }
+    let epoch: String = rusqlite::Connection::open(env.database_path())
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'token_epoch'", [], |r| r.get(0))
+        .unwrap();
     api.token = Some(sign(&json!({"sub": "admin", "iat": now, "exp": now + 3600}), SECRET_KEY));
+    assert_eq!(api.get("/api/v1/instances").await.0, 401, "a token of no epoch (as before logout-all existed)");
+    api.token = Some(sign(&json!({"sub": "admin", "iat": now, "exp": now + 3600, "epoch": epoch}), SECRET_KEY));
     assert_eq!(api.get("/api/v1/instances").await.0, 200, "a valid token is accepted");
     api.token = None;
 
@@ -170,6 +176,7 @@ async fn the_management_api_authenticates_and_always_answers_json() {
         "/api/v1/version:",
         "/api/v1/health:",
         "/api/v1/login:",
+        "/api/v1/logout-all:",
         "/api/v1/instances:",
         "/api/v1/instances/{id}:",
         "/api/v1/instances/{id}/logs:",

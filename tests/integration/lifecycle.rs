@@ -210,7 +210,12 @@ async fn a_bot_without_state_waits_while_the_others_run_and_joins_them_after_set
     );
     let (_, health) = api.get("/api/v1/health").await;
     assert_eq!((health["status"].as_str(), &health["not_set_up"]), (Some("degraded"), &serde_json::json!(["second"])));
-    assert!(daemon.log().contains("instance is configured but not set up"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("instance `second` is configured but not set up")
+            && daemon.log().contains("`maubot setup --add-instance second`"),
+        "{}",
+        daemon.log()
+    );
 
     // Neither enabling nor starting it through the API can make it run: 409 with the fix.
     for action in ["enable", "start", "restart"] {

@@ -7,6 +7,8 @@
   lib,
   configuration ? ./example-configuration.nix,
   checkConfig ? false,
+  # Leave `package` to the module's own default (nixos-modules/package.nix), as without the flake.
+  defaultPackage ? false,
 }:
 let
   stubs = import ./stubs.nix { inherit lib; };
@@ -15,10 +17,8 @@ let
       ../../nixos-modules/maubot.nix
       stubs.module
       configuration
-      {
-        services.maubot.package = lib.mkDefault stubs.package;
-        services.maubot.checkConfig = lib.mkDefault checkConfig;
-      }
+      { services.maubot.checkConfig = lib.mkDefault checkConfig; }
+      (lib.optionalAttrs (!defaultPackage) { services.maubot.package = lib.mkDefault stubs.package; })
     ];
     specialArgs.pkgs = stubs.pkgs;
   };
@@ -46,11 +46,17 @@ let
       Documentation = service.documentation or [ ];
       Wants = service.wants or [ ];
       After = service.after or [ ];
+      StartLimitBurst = service.startLimitBurst or null;
+      StartLimitIntervalSec = service.startLimitIntervalSec or null;
+      # NixOS writes the triggers into a file; the harness shows what they are.
+      X-Reload-Triggers = map toString (service.reloadTriggers or [ ]);
     })
     (renderSection "Service" service.serviceConfig)
     (renderSection "Install" { WantedBy = service.wantedBy or [ ]; })
   ];
-  setupPackage = lib.findFirst (p: (p.name or "") == "maubot-setup") null config.environment.systemPackages;
+  package = name: lib.findFirst (p: (p.name or "") == name) null config.environment.systemPackages;
+  setupPackage = package "maubot-setup";
+  ctlPackage = package "maubot-ctl";
 in
 {
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
@@ -64,6 +70,9 @@ in
       null;
   checkScript = if checkConfig then config.services.maubot.settingsFile.script else null;
   setupScript = if setupPackage == null then null else setupPackage.text;
+  ctlScript = if ctlPackage == null then null else ctlPackage.text;
+  etc = lib.mapAttrs (_: file: toString file.source) config.environment.etc;
   users = builtins.attrNames config.users.users;
+  packageName = config.services.maubot.package.name;
   firewall = config.networking.firewall.allowedTCPPorts;
 }

@@ -7,8 +7,9 @@
 - the build-time check-config command is wired.
 
 Needs a nixpkgs `lib` tree: $NIXPKGS_LIB (a directory holding lib/), else a local nix-community/nixpkgs.lib git
-mirror at /work/.mirror (exported to a temporary directory). Without one, it says so and exits 0: nothing else
-here can evaluate a module. `--update-golden` rewrites tests/systemd/golden/ from the module.
+mirror at /work/.mirror (exported to a temporary directory). Without one, it says SKIPPED and exits 77 (the
+test runner reports the step as skipped, not passed): nothing else here can evaluate a module.
+`--update-golden` rewrites tests/systemd/golden/ from the module.
 """
 import json
 import os
@@ -36,13 +37,14 @@ def find_lib():
     return None
 
 
-def evaluate(lib, configuration, check_config=False):
+def evaluate(lib, configuration, check_config=False, default_package=False):
     """Returns (result dict, None) or (None, error text)."""
     args = [
         "nix-instantiate", "--read-write-mode", "--eval", "--strict", "--json",
         os.path.join(HERE, "eval-module.nix"),
         "--arg", "lib", f"import {lib}",
         "--arg", "checkConfig", "true" if check_config else "false",
+        "--arg", "defaultPackage", "true" if default_package else "false",
     ]
     if configuration.startswith("{"):
         args += ["--arg", "configuration", configuration]
@@ -67,8 +69,9 @@ def read(path):
 def main():
     lib = find_lib()
     if lib is None:
-        print("eval-test: no nixpkgs lib tree (set NIXPKGS_LIB); module evaluation not run here")
-        return 0
+        print("SKIPPED eval-test: no nixpkgs lib tree here (set NIXPKGS_LIB to a directory holding lib/); the module "
+              "was not evaluated")
+        return 77
 
     example, error = evaluate(lib, "example-configuration.nix")
     if example is None:
@@ -78,7 +81,7 @@ def main():
         "maubot.service": example["unit"],
         "settings.json": example["settings"],
         "maubot-setup": example["setupScript"],
-        "settings-path": example["settingsPath"] + "\n",
+        "maubot-ctl": example["ctlScript"],
     }
     if "--update-golden" in sys.argv:
         os.makedirs(GOLDEN, exist_ok=True)
@@ -98,21 +101,43 @@ def main():
     for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=60", "Restart=on-failure",
                  "RestartPreventExitStatus=78", "User=maubot", "StateDirectory=maubot", "StateDirectoryMode=0700",
                  "UMask=0077", "ProtectSystem=strict", "NoNewPrivileges=true", "CapabilityBoundingSet=",
-                 "MemoryDenyWriteExecute=true",
-                 "LoadCredential=registration-shared-secret:/run/secrets/maubot/registration-shared-secret"]:
+                 "MemoryDenyWriteExecute=true", "PrivateIPC=true", "StartLimitBurst=5", "StartLimitIntervalSec=600",
+                 "ExecReload=/usr/bin/kill -HUP $MAINPID", "IPAddressDeny=any", "IPAddressAllow=localhost",
+                 "ExecStart=/nix/store/5qxq6pj1y1z0h7rg8l4m9r7s0v3b2c1a-maubot-0.1.0/bin/maubot --override "
+                 "/etc/maubot/settings.json run",
+                 "LoadCredential=secret-key:/run/secrets/maubot/secret-key"]:
         check(f"unit has {line}", f"\n{line}\n" in f"\n{unit}", unit)
-    filters = [l for l in unit.splitlines() if l.startswith("SystemCallFilter=")]
-    check("SystemCallFilter is one deny string", len(filters) == 1 and filters[0].startswith("SystemCallFilter=~"), filters)
+    filters = [line for line in unit.splitlines() if line.startswith("SystemCallFilter=")]
+    check("SystemCallFilter is an allow list minus privileged and resource calls",
+          filters == ["SystemCallFilter=@system-service", "SystemCallFilter=~@privileged @resources"], filters)
+    check("the service does not receive setup-only secrets (registration secret, bot passwords)",
+          "registration-shared-secret" not in unit, unit)
+    check("a changed config reloads the service (reloadTriggers = the settings file)",
+          f"X-Reload-Triggers={example['settingsPath']}" in unit, unit)
+    check("the settings are at a stable path", example["etc"].get("maubot/settings.json") == example["settingsPath"],
+          example["etc"])
     settings = json.loads(example["settings"])
     check("settings reference credentials, never values",
           settings["homeservers"]["default"]["registration_shared_secret"] == {"credential": "registration-shared-secret"},
           settings)
     check("user settings are merged over generated ones", settings["logging"]["level"] == "info,maubot=debug", settings)
-    check("maubot-setup runs setup with the unit's sandbox and credentials",
-          "systemd-run" in example["setupScript"] and "-p 'LoadCredential=registration-shared-secret:" in example["setupScript"]
-          and "-p 'ProtectSystem=strict'" in example["setupScript"] and " setup \"$@\"" in example["setupScript"],
-          example["setupScript"])
+    check("messages name the module's setup wrapper", settings["host"]["setup_command"] == "maubot-setup", settings)
+    setup = example["setupScript"]
+    check("maubot-setup runs setup with the unit's sandbox and every credential",
+          "systemd-run" in setup and "-p 'LoadCredential=registration-shared-secret:" in setup
+          and "-p 'ProtectSystem=strict'" in setup and ' setup "${args[@]}"' in setup, setup)
+    check("maubot-setup reloads the running service", "systemctl reload maubot.service" in setup, setup)
+    check("maubot-setup writes the recovery key file outside the sandbox",
+          "--recovery-key-file-shown-as" in setup and "install -m 0400" in setup, setup)
+    check("maubot-ctl runs maubot with the service's config and sandbox",
+          "systemd-run" in (example["ctlScript"] or "") and "--override /etc/maubot/settings.json" in example["ctlScript"],
+          example["ctlScript"])
     check("a system user and group are declared", example["users"] == ["maubot"], example["users"])
+
+    standalone, error = evaluate(lib, "example-configuration.nix", default_package=True)
+    check("the module evaluates on its own: its default package is this repository's daemon (package.nix)",
+          standalone is not None and standalone["failedAssertions"] == [] and standalone["packageName"] == "maubot-0.1.0",
+          error or (standalone or {}).get("failedAssertions"))
 
     checked, error = evaluate(lib, "example-configuration.nix", check_config=True)
     check("build-time check-config is wired", checked is not None and "check-config" in (checked["checkScript"] or "")
@@ -156,6 +181,21 @@ def main():
         ("homeserver URL without scheme",
          '{ services.maubot.homeserverUrl = lib.mkForce "127.0.0.1:8008"; }',
          "is not an http(s) URL"),
+        ("nixpkgs' Python maubot as the package",
+         '{ services.maubot.package = lib.mkForce (import %s { inherit lib; }).pythonMaubot; }' % os.path.join(HERE, "stubs.nix"),
+         "is not this module's daemon"),
+        ("state moved out of StateDirectory",
+         '{ services.maubot.settings.state_dir = "/srv/maubot"; }',
+         "would move the bots' state out of /var/lib/maubot"),
+        ("settings of the Python maubot",
+         '{ services.maubot.settings = { plugin_directories.upload = "./plugins"; database = "sqlite:maubot.db"; }; }',
+         "plugin_directories, database are settings of nixpkgs' Python maubot"),
+        ("an option of the Python maubot module",
+         '{ services.maubot.plugins = [ ]; }',
+         "Plugins are built into the daemon"),
+        ("extraConfigFile of the Python maubot module",
+         '{ services.maubot.extraConfigFile = "./config.yaml"; }',
+         "services.maubot.settings"),
     ]
     for name, extra, expected in cases:
         config = "{ lib, ... }: " + module_with(extra)
@@ -183,6 +223,14 @@ def main():
 
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.openFirewall = true; services.maubot.listenAddress = "0.0.0.0"; }'))
     check("openFirewall opens the port", result is not None and result["firewall"] == [29316], result)
+    check("a management API beyond loopback lifts the network restriction",
+          result is not None and "IPAddressDeny" not in result["unit"], result and result["unit"])
+
+    result, _ = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.homeserverUrl = lib.mkForce "https://matrix.example.org"; }'))
+    check("a homeserver elsewhere lifts the network restriction",
+          result is not None and "IPAddressDeny" not in result["unit"] and "IPAddressDeny" not in result["setupScript"],
+          result and result["unit"])
 
     return summary()
 

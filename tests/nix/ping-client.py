@@ -1,8 +1,8 @@
-#!/usr/bin/env python3
 """A person for the NixOS VM tests: logs in with a password, opens (or reuses) a room with the bots, sends `!ping`
 and waits for every bot's `pong` reply. Standard library only, so that it runs from pkgs.writers.
 
 Usage: ping-client BASE_URL USER PASSWORD BOT_ID [BOT_ID...] [--room-file FILE]
+Built with pkgs.writers.writePython3Bin, which adds the interpreter line and runs flake8 over the result.
 The room id is kept in FILE (created on first use) so that later calls ping in the same room.
 """
 import json
@@ -19,7 +19,7 @@ room_file = None
 if "--room-file" in args:
     i = args.index("--room-file")
     room_file = args[i + 1]
-    del args[i : i + 2]
+    del args[i:i + 2]
 base, user, password, bots = args[0].rstrip("/"), args[1], args[2], args[3:]
 token = None
 

@@ -42,6 +42,25 @@ in
     systemd = {
       outPath = "/usr";
     };
+    coreutils = {
+      outPath = "/usr";
+    };
+    # Enough of callPackage for nixos-modules/package.nix (the module's default package), with a builder that
+    # builds nothing.
+    callPackage =
+      path: overrides:
+      import path (
+        {
+          inherit lib;
+          cmake = { };
+          rustPlatform.buildRustPackage =
+            attrs:
+            fakeDerivation "0d3fau1tpackage00000000000000000" "${attrs.pname}-${attrs.version}" {
+              inherit (attrs) passthru meta;
+            };
+        }
+        // overrides
+      );
     runCommand =
       name: env: script:
       fakeDerivation "0c0nf1gch3ck00000000000000000000" name { inherit env script; };
@@ -51,7 +70,9 @@ in
   };
 
   # The package the golden unit refers to; tests/systemd/nspawn-test.sh installs the real binary there.
-  package = fakeDerivation "5qxq6pj1y1z0h7rg8l4m9r7s0v3b2c1a" "maubot-0.1.0" { };
+  package = fakeDerivation "5qxq6pj1y1z0h7rg8l4m9r7s0v3b2c1a" "maubot-0.1.0" { passthru.maubotRust = true; };
+  # nixpkgs' Python maubot, as far as the module can tell.
+  pythonMaubot = fakeDerivation "0pyth0nmaub0t000000000000000000" "maubot-0.5.2" { pythonModule = { }; };
 
   module =
     { ... }:
@@ -76,6 +97,10 @@ in
         environment.systemPackages = mkOption {
           type = types.listOf types.anything;
           default = [ ];
+        };
+        environment.etc = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
         };
         networking.firewall.allowedTCPPorts = mkOption {
           type = types.listOf types.port;

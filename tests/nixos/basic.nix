@@ -41,6 +41,16 @@ in
       systemd.services.continuwuity.serviceConfig.EnvironmentFile =
         config.sops.templates."continuwuity-registration.env".path;
 
+      # The bot's secrets come from sops-install-secrets (systemd activation here): start after it.
+      systemd.services.maubot = {
+        wants = [ "sops-install-secrets.service" ];
+        after = [ "sops-install-secrets.service" ];
+      };
+      systemd.services.continuwuity = {
+        wants = [ "sops-install-secrets.service" ];
+        after = [ "sops-install-secrets.service" ];
+      };
+
       sops.secrets = {
         "maubot/registration-token".restartUnits = [ "maubot.service" ];
         "maubot/admin-password-hash".restartUnits = [ "maubot.service" ];
@@ -95,8 +105,12 @@ in
         machine.sleep(8)
         assert show("NRestarts") == "0", show("NRestarts")
         assert show("ActiveState") == "failed"
-        machine.succeed("journalctl -u maubot.service | grep -q 'maubot setup'")
+        machine.succeed("journalctl -u maubot.service | grep -q 'Run `maubot-setup`'")
         machine.fail("test -e /var/lib/maubot/maubot.db")
+
+    with subtest("maubot-ctl checks the service's config with its credentials"):
+        out = machine.succeed("maubot-ctl check-config < /dev/null")
+        assert "{credential: registration-token}" in out, out
 
     with subtest("maubot-setup registers the bot with the registration token from sops"):
         out = machine.succeed("maubot-setup < /dev/null")

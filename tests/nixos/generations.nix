@@ -38,6 +38,14 @@ in
       systemd.services.continuwuity.serviceConfig.EnvironmentFile =
         config.sops.templates."continuwuity-registration.env".path;
       sops.secrets."maubot/registration-token".restartUnits = [ "maubot.service" ];
+      systemd.services.maubot = {
+        wants = [ "sops-install-secrets.service" ];
+        after = [ "sops-install-secrets.service" ];
+      };
+      systemd.services.continuwuity = {
+        wants = [ "sops-install-secrets.service" ];
+        after = [ "sops-install-secrets.service" ];
+      };
 
       services.maubot = {
         enable = true;
@@ -84,25 +92,28 @@ in
     ping("/root/room-one", "${first}")
     one_bot = devices()
 
-    with subtest("switching to the generation with a second bot: it needs setup, then both answer"):
-        # maubot fails to start in the new generation (exit 78: `second` is not set up), so the switch reports
-        # a failed unit; that is the expected outcome here.
-        machine.execute("/run/current-system/specialisation/two-bots/bin/switch-to-configuration test")
-        machine.wait_until_succeeds("test \"$(systemctl show -p ExecMainStatus --value maubot.service)\" = 78")
-        machine.succeed("journalctl -u maubot.service | grep -q 'setup --add-instance second'")
-        out = machine.succeed("maubot-setup --add-instance second < /dev/null")
-        assert "instance `second`" in out and "instance `ping`" not in out, out
-        machine.succeed("systemctl reset-failed maubot.service; systemctl restart maubot.service")
-        machine.wait_for_unit("maubot.service")
-        assert "2/2 bots syncing" in machine.succeed("systemctl show -p StatusText --value maubot.service")
+    with subtest("switching to the generation with a second bot reloads the service; the new bot waits for setup"):
+        pid = machine.succeed("systemctl show -p MainPID --value maubot.service").strip()
+        machine.succeed("/run/current-system/specialisation/two-bots/bin/switch-to-configuration test")
+        machine.wait_until_succeeds("systemctl show -p StatusText --value maubot.service | grep -q 'not set up: second'")
+        assert machine.succeed("systemctl show -p MainPID --value maubot.service").strip() == pid, "reloaded, not restarted"
+        machine.succeed("systemctl is-active maubot.service")
+        machine.succeed("journalctl -u maubot.service | grep -q 'maubot-setup --add-instance second'")
+        ping("/root/room-one", "${first}")
+
+    with subtest("maubot-setup adds the second bot and reloads; both answer"):
+        out = machine.succeed("maubot-setup < /dev/null")
+        assert "Setting up 1 bot: second (new)." in out and "Already set up, left alone: ping." in out, out
+        machine.wait_until_succeeds("systemctl show -p StatusText --value maubot.service | grep -q '2/2 bots syncing'")
+        assert machine.succeed("systemctl show -p MainPID --value maubot.service").strip() == pid
         ping("/root/room-two", "${first}", "${second}")
         two_bots = devices()
         assert one_bot in two_bots, (one_bot, two_bots)
 
     with subtest("rolling back to the first generation keeps every bot's state"):
         machine.succeed("/run/booted-system/bin/switch-to-configuration test")
-        machine.wait_for_unit("maubot.service")
         machine.wait_until_succeeds("systemctl show -p StatusText --value maubot.service | grep -q '1/1 bots syncing'")
+        assert machine.succeed("systemctl show -p MainPID --value maubot.service").strip() == pid
         ping("/root/room-one", "${first}")
         assert devices() == two_bots, devices()
 

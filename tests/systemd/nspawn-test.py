@@ -26,10 +26,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 from checks import check, failures, summary  # noqa: E402
 GOLDEN = os.path.join(HERE, "golden")
 BINARY = os.path.join(ROOT, "target", "release", "maubot")
-SYNAPSE_PORT = 8008  # the golden settings name http://127.0.0.1:8008
 SERVER_NAME = "maubot.test"
 BOT = "@pingbot:maubot.test"
-MAX_EXPOSURE = 1.5
+SECOND_BOT = "@secondbot:maubot.test"
+MAX_EXPOSURE = 1.0
+
 
 def run(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, **kw)
@@ -91,16 +92,16 @@ def wait_until(predicate, timeout, interval=0.5):
     return predicate()
 
 
-def start_synapse(venv, work, secret):
+def free_port():
     with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", SYNAPSE_PORT))
-        except OSError:
-            raise SystemExit(f"port {SYNAPSE_PORT} is taken; the golden config points the bot at 127.0.0.1:{SYNAPSE_PORT}")
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_synapse(venv, work, secret, port):
     data = os.path.join(work, "synapse")
     python = os.path.join(venv, "bin", "python")
-    subprocess.run([python, os.path.join(ROOT, "scripts", "synapse-config.py"), data, str(SYNAPSE_PORT), secret,
+    subprocess.run([python, os.path.join(ROOT, "scripts", "synapse-config.py"), data, str(port), secret,
                     SERVER_NAME], check=True)
     log = open(os.path.join(data, "stdout.log"), "w")
     proc = subprocess.Popen([python, "-m", "synapse.app.homeserver", "-c", os.path.join(data, "homeserver.yaml")],
@@ -109,7 +110,7 @@ def start_synapse(venv, work, secret):
 
     def healthy():
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{SYNAPSE_PORT}/health", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return True
         except Exception:
             return False
@@ -129,21 +130,21 @@ def main():
 
     unit_text = read(os.path.join(GOLDEN, "maubot.service"))
     package_path = re.search(r"^ExecStart=(\S+)/bin/maubot ", unit_text, re.M).group(1)
-    settings_path = read(os.path.join(GOLDEN, "settings-path")).strip()
 
     work = tempfile.mkdtemp(prefix="maubot-nspawn-")
     secret = os.urandom(16).hex()
-    synapse = start_synapse(venv, work, secret)
+    port = free_port()
+    synapse = start_synapse(venv, work, secret, port)
     container = None
     try:
         binds = [
             (BINARY, f"{package_path}/bin/maubot"),
-            (os.path.join(GOLDEN, "settings.json"), settings_path),
             (os.path.join(GOLDEN, "maubot.service"), "/etc/systemd/system/maubot.service"),
             (os.path.join(GOLDEN, "maubot-setup"), "/usr/local/bin/maubot-setup"),
+            (os.path.join(GOLDEN, "maubot-ctl"), "/usr/local/bin/maubot-ctl"),
         ]
         container = Container(rootfs, binds, os.path.join(work, "console.log"))
-        run_tests(container, venv, secret)
+        run_tests(container, venv, secret, port)
     finally:
         if container is not None:
             container.stop()
@@ -162,8 +163,23 @@ def main():
     return summary()
 
 
-def run_tests(c, venv, secret):
-    # What the module declares: users.users.maubot (system user and group), sops-nix secrets in /run/secrets.
+def write_settings(c, port, extra_instances=None):
+    """What the module puts at /etc/maubot/settings.json: the golden settings, the homeserver on `port`."""
+    settings = json.loads(read(os.path.join(GOLDEN, "settings.json")))
+    settings["homeservers"]["default"]["url"] = f"http://127.0.0.1:{port}"
+    settings["instances"].update(extra_instances or {})
+    os.makedirs(f"{c.root}/etc/maubot", exist_ok=True)
+    with open(f"{c.root}/etc/maubot/settings.json", "w") as f:
+        json.dump(settings, f)
+
+
+def status_text(c):
+    return c.show("maubot", "StatusText").get("StatusText", "")
+
+
+def run_tests(c, venv, secret, port):
+    # What the module declares: users.users.maubot (system user and group), sops-nix secrets in /run/secrets,
+    # the settings at their stable path.
     c.sh("useradd --system --user-group --home-dir /var/lib/maubot --no-create-home --shell /usr/sbin/nologin maubot")
     bcrypt_hash = run([os.path.join(venv, "bin", "python"), "-c",
                        "import bcrypt; print(bcrypt.hashpw(b'admin', bcrypt.gensalt(12)).decode())"]).stdout.strip()
@@ -177,6 +193,7 @@ def run_tests(c, venv, secret):
         with open(f"{c.root}/run/secrets/maubot/{name}", "w") as f:
             f.write(value + "\n")
         c.sh(f"chmod 0400 /run/secrets/maubot/{name}")
+    write_settings(c, port)
     c.sh("systemctl daemon-reload")
 
     # 1. Without state: exit 78 and no restart loop; nothing created in the state directory.
@@ -188,16 +205,28 @@ def run_tests(c, venv, secret):
     props = c.show("maubot", "ActiveState", "NRestarts")
     check("... and is not restarted (RestartPreventExitStatus=78)",
           props.get("NRestarts") == "0" and props.get("ActiveState") == "failed", props)
-    check("... and says how to fix it", "maubot setup" in c.journal("maubot"), c.journal("maubot")[-800:])
+    check("... and names the fix as the module's wrapper, maubot-setup", "Run `maubot-setup`" in c.journal("maubot"),
+          c.journal("maubot")[-800:])
     mode = c.sh("stat -c '%a %U' /var/lib/maubot").stdout.strip()
     contents = c.sh("ls -A /var/lib/maubot").stdout.strip()
     check("the state directory systemd made is 0700, owned by maubot, and empty",
           mode == "700 maubot" and contents == "", (mode, contents))
 
-    # 2. maubot-setup: setup under the service's identity, credentials and sandbox.
-    setup = c.sh("bash /usr/local/bin/maubot-setup < /dev/null", timeout=180)
+    # 2. maubot-ctl and maubot-setup: the daemon's modes under the service's identity, credentials and sandbox.
+    checked = c.sh("bash /usr/local/bin/maubot-ctl check-config < /dev/null", timeout=60)
+    check("maubot-ctl check-config validates the service's config with its credentials",
+          checked.returncode == 0 and "{credential: registration-shared-secret}" in checked.stdout,
+          checked.stdout[-500:] + checked.stderr[-500:])
+    setup = c.sh("bash /usr/local/bin/maubot-setup --recovery-key-file /root/maubot-keys.txt < /dev/null", timeout=180)
     check("maubot-setup succeeds under the unit's sandbox", setup.returncode == 0, setup.stdout + setup.stderr)
-    check("... and shows the recovery key on stdout", "Recovery key for instance `ping`" in setup.stdout, setup.stdout)
+    keys = c.sh("stat -c '%a %U' /root/maubot-keys.txt && cat /root/maubot-keys.txt").stdout
+    check("... and its recovery key file is where the operator asked (root's, 0400), though /root is read-only to "
+          "the sandbox", keys.startswith("400 root") and f"ping {BOT} " in keys, keys)
+    check("... which it says, and the key is not on stdout",
+          "Recovery keys written to /root/maubot-keys.txt" in setup.stdout and "Recovery key for" not in setup.stdout,
+          setup.stdout)
+    check("... and nothing is left in the state directory but state",
+          "recovery-keys" not in c.sh("ls -A /var/lib/maubot").stdout, c.sh("ls -A /var/lib/maubot").stdout)
     listing = c.sh("stat -c '%a %U %n' /var/lib/maubot /var/lib/maubot/maubot.db").stdout
     check("state is owned by maubot: directory 0700, database 0600",
           "700 maubot /var/lib/maubot" in listing and "600 maubot /var/lib/maubot/maubot.db" in listing, listing)
@@ -213,8 +242,8 @@ def run_tests(c, venv, secret):
     watchdog_at_start = c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
     pid = props.get("MainPID", "0")
     creds = c.sh("ls /run/credentials/maubot.service/").stdout.split()
-    check("credentials are delivered by LoadCredential=", sorted(creds) == ["admin-admin", "registration-shared-secret",
-                                                                           "secret-key"], creds)
+    check("the service gets only what a running host reads (no registration secret, no bot passwords)",
+          sorted(creds) == ["admin-admin", "secret-key"], creds)
     status = read(f"{c.root}/proc/{pid}/status") if pid != "0" else ""
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     check("hardening is enforced: no new privileges, seccomp filter, no capabilities",
@@ -226,29 +255,55 @@ def run_tests(c, venv, secret):
 
     # 4. A real `!ping` through the real homeserver.
     client = run([os.path.join(venv, "bin", "python"), os.path.join(ROOT, "scripts", "demo_client.py"),
-                  f"http://127.0.0.1:{SYNAPSE_PORT}", secret, BOT], timeout=150)
+                  f"http://127.0.0.1:{port}", secret, BOT], timeout=150)
     check("a person's !ping is answered with pong", client.returncode == 0 and "pong (took" in client.stdout,
           client.stdout + client.stderr)
 
-    # 5. The watchdog is fed while healthy: each WATCHDOG=1 (every 30 s) moves systemd's watchdog timestamp.
+    # 5. A new bot in the config (as `nixos-rebuild switch` with reloadTriggers does): reload, not restart; the
+    # service stays active and shows the bot as not set up; maubot-setup sets it up and reloads again.
+    main_pid = c.show("maubot", "MainPID").get("MainPID")
+    second = {"type": "ping", "user": SECOND_BOT, "enabled": True, "homeserver": "default", "room_subscriptions": [],
+              "config": {"allow_invites_from": ["@*:maubot.test"]}}
+    write_settings(c, port, {"second": second})
+    reloaded = c.sh("systemctl reload maubot.service", timeout=60)
+    props = c.show("maubot", "ActiveState", "MainPID", "StatusText")
+    check("systemctl reload re-reads the config without a restart",
+          reloaded.returncode == 0 and props.get("ActiveState") == "active" and props.get("MainPID") == main_pid,
+          (reloaded.stderr, props))
+    check("... and the new bot waits for setup", "not set up: second" in props.get("StatusText", ""), props)
+    added = c.sh("bash /usr/local/bin/maubot-setup < /dev/null", timeout=180)
+    check("maubot-setup adds exactly the new bot", added.returncode == 0
+          and "Setting up 1 bot: second (new)." in added.stdout and "Already set up, left alone: ping." in added.stdout,
+          added.stdout + added.stderr)
+    synced = wait_until(lambda: "2/2 bots syncing" in status_text(c), 60)
+    check("... and reloads the service, which starts it beside the first", synced
+          and c.show("maubot", "MainPID").get("MainPID") == main_pid, status_text(c))
+    client = run([os.path.join(venv, "bin", "python"), os.path.join(ROOT, "scripts", "demo_client.py"),
+                  f"http://127.0.0.1:{port}", secret, SECOND_BOT], timeout=150)
+    check("the new bot answers !ping", client.returncode == 0 and "pong (took" in client.stdout,
+          client.stdout + client.stderr)
+
+    # 6. The watchdog is fed while healthy: each WATCHDOG=1 (every 30 s) moves systemd's watchdog timestamp.
     fed = wait_until(lambda: c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
                      not in (None, "0", watchdog_at_start), 45)
     check("the daemon feeds the watchdog", fed, (watchdog_at_start, c.show("maubot", "WatchdogTimestampMonotonic")))
 
-    # 6. Stop: STOPPING, clean exit, journald with structured fields, no seccomp kill anywhere.
+    # 7. Stop: STOPPING, clean exit, journald with structured fields, no seccomp denial anywhere.
     stopped = c.sh("systemctl stop maubot.service", timeout=60)
     props = c.show("maubot", "ActiveState", "Result", "ExecMainStatus", "NRestarts")
     check("SIGTERM stops the daemon cleanly", stopped.returncode == 0 and props.get("Result") == "success"
           and props.get("ExecMainStatus") == "0", props)
-    entries = [json.loads(line) for line in c.sh("journalctl -o json --no-pager SYSLOG_IDENTIFIER=maubot").stdout.splitlines()
-               if line.startswith("{")]
+    journal = c.sh("journalctl -o json --no-pager SYSLOG_IDENTIFIER=maubot").stdout
+    entries = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
     check("logs reach journald natively with structured fields",
           any(e.get("INSTANCE") == "ping" and "MESSAGE" in e for e in entries), f"{len(entries)} entries")
     everything = c.sh("journalctl --no-pager -o cat").stdout
-    check("no seccomp kill during setup, run or shutdown", "status=31/SYS" not in everything and "SIGSYS" not in everything,
-          [l for l in everything.splitlines() if "SYS" in l][:5])
+    ours = c.sh("journalctl --no-pager -o cat -u maubot.service -u maubot-setup.service -u 'maubot-ctl-*'").stdout
+    check("no seccomp kill or denial during setup, run, reload or shutdown",
+          "status=31/SYS" not in everything and "SIGSYS" not in everything and "not permitted" not in ours,
+          [line for line in ours.splitlines() if "SYS" in line or "not permitted" in line][:5])
 
-    # 7. State lost after setup: exit 78 again, no restart, and the state is not recreated.
+    # 8. State lost after setup: exit 78 again, no restart, and the state is not recreated.
     c.sh("mv /var/lib/maubot/maubot.db /var/lib/maubot/maubot.db.aside")
     c.sh("systemctl start maubot.service")
     props = wait_until(lambda: (lambda p: p if p.get("ActiveState") == "failed" else None)(
@@ -261,7 +316,7 @@ def run_tests(c, venv, secret):
     c.sh("mv /var/lib/maubot/maubot.db.aside /var/lib/maubot/maubot.db; systemctl reset-failed maubot.service")
     restarted = c.sh("systemctl start maubot.service", timeout=150)
     check("with the state restored it runs again", restarted.returncode == 0
-          and "1/1 bots syncing" in c.show("maubot", "StatusText").get("StatusText", ""), restarted.stderr)
+          and "2/2 bots syncing" in status_text(c), restarted.stderr)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,28 @@ impl Database {
         rx.await.map_err(|_| closed())?.map_err(sqlite(&self.path))
     }
 
+    /// A value of the `meta` table.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        let key = key.to_owned();
+        self.call(move |conn| {
+            use rusqlite::OptionalExtension;
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()
+        })
+        .await
+    }
+
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     /// The schema version stored in the file.
     pub async fn schema_version(&self) -> Result<u32, StateError> {
         self.call(|conn| schema::read_versions(conn).map(|(v, _)| v)).await

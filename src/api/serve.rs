@@ -1,0 +1,90 @@
+//! Serving the management API: a connection cap (more connections are closed at once and logged, at most once
+//! a minute), hyper with a header read timeout that also ends idle kept-alive connections, hyper's own buffer
+//! limit above the application's (so that the application answers oversized requests with JSON), each
+//! request carrying the client's address (for the login throttle), and a graceful stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+use super::limits::{Limits, MAX_HEADER_BYTES};
+
+/// hyper's read buffer: well above the application's header limit, so that requests between the two limits
+/// are answered by the application (as JSON) rather than by hyper.
+const HYPER_BUFFER: usize = 8 * MAX_HEADER_BYTES;
+/// How often a full house is logged.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_cap_log: Option<Instant> = None;
+    let mut refused_since_log = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::stopping(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait a little instead of spinning.
+                tracing::warn!(error = %e, "the management API cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused_since_log += 1;
+            if last_cap_log.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused = refused_since_log,
+                    client = %peer,
+                    "the management API is at its connection limit; closing new connections until some end \
+                     (idle ones are closed after server.header_timeout_secs)"
+                );
+                last_cap_log = Some(Instant::now());
+                refused_since_log = 0;
+            }
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(request)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HYPER_BUFFER);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => log_connection_end(peer, result),
+                _ = crate::stopping(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+                }
+            }
+        });
+    }
+}
+
+fn log_connection_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            tracing::debug!(client = %peer, "closed a management API connection that sent no request in time");
+        } else {
+            tracing::debug!(client = %peer, error = %e, "a management API connection ended with an error");
+        }
+    }
+}
