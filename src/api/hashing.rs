@@ -14,8 +14,9 @@ struct Job {
     reply: oneshot::Sender<bool>,
 }
 
+/// The thread starts with the first check: most hosts see few logins, and an idle thread still costs memory.
 pub struct HashPool {
-    jobs: mpsc::SyncSender<Job>,
+    jobs: std::sync::OnceLock<mpsc::SyncSender<Job>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -26,6 +27,14 @@ pub enum Busy {
 
 impl HashPool {
     pub fn start() -> Self {
+        HashPool { jobs: std::sync::OnceLock::new() }
+    }
+
+    fn jobs(&self) -> &mpsc::SyncSender<Job> {
+        self.jobs.get_or_init(Self::spawn)
+    }
+
+    fn spawn() -> mpsc::SyncSender<Job> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("maubot-bcrypt".into())
@@ -37,14 +46,14 @@ impl HashPool {
                 }
             })
             .expect("starting the hashing thread");
-        HashPool { jobs }
+        jobs
     }
 
     /// Whether `password` matches the bcrypt `hash`, or [`Busy`] when too many checks wait already.
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, Busy> {
         let (reply, answer) = oneshot::channel();
         let job = Job { password: password.to_owned(), hash: hash.to_owned(), reply };
-        self.jobs.try_send(job).map_err(|_| Busy::Full)?;
+        self.jobs().try_send(job).map_err(|_| Busy::Full)?;
         Ok(answer.await.unwrap_or(false))
     }
 }

@@ -274,7 +274,7 @@ fn check_logging(config: &Config, findings: &mut Findings) {
         findings.error("logging.level", why);
         return;
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.logging.level) {
+    if let Err(e) = config.logging.level.parse::<tracing_subscriber::filter::Targets>() {
         findings.error(
             "logging.level",
             format!(

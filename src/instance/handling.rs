@@ -206,6 +206,7 @@ impl Run<'_> {
         let sends =
             actions.into_iter().enumerate().map(|(index, action)| to_send(room, message, index, action)).collect();
         let queued = me.db.mark_handled(&me.id, message.event_id.as_str(), sends).await?;
+        self.outstanding.add(queued.len());
         for send in queued {
             let _ = self.outbox.send(send);
         }

@@ -141,6 +141,7 @@ pub struct Instance {
 struct Run<'a> {
     instance: &'a Instance,
     outbox: mpsc::UnboundedSender<OutboxEntry>,
+    outstanding: Arc<outbox::Outstanding>,
     pending: Mutex<Vec<PendingEvent>>,
     recent_commands: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
 }
@@ -150,6 +151,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const FAILURES_BEFORE_GIVING_UP: u32 = 5;
 /// How long the sender may finish its sends in flight after the loop ended.
 const SENDER_DRAIN: Duration = Duration::from_secs(5);
+/// At most this long the sync loop lets a batch's answers go out before its next long poll (a rate-limited
+/// sender must not hold it up longer).
+const ANSWERS_FIRST: Duration = Duration::from_secs(1);
 
 impl Instance {
     fn own_user(&self) -> OwnedUserId {
@@ -191,15 +195,24 @@ impl Instance {
                 Err(e) => return Outcome::Failed(format!("cannot read the outbox: {e}")),
             };
         let (sender_stop, sender_stopped) = watch::channel(false);
+        let outstanding = Arc::new(outbox::Outstanding::default());
+        outstanding.add(owed.len());
         let sender = outbox::Sender {
             id: self.id.clone(),
             client: self.client.clone(),
             db: self.db.clone(),
             counters: self.counters.clone(),
+            outstanding: outstanding.clone(),
         };
         let sender = sender.run(owed, queue, sender_stopped);
         tokio::pin!(sender);
-        let run = Run { instance: &self, outbox, pending: Mutex::new(pending), recent_commands: Mutex::default() };
+        let run = Run {
+            instance: &self,
+            outbox,
+            outstanding,
+            pending: Mutex::new(pending),
+            recent_commands: Mutex::default(),
+        };
         let outcome = tokio::select! {
             outcome = run.sync_loop(&mut shutdown) => outcome,
             () = &mut sender => Outcome::Failed("the sender stopped".into()),
@@ -276,6 +289,12 @@ impl Run<'_> {
                     // Room keys arrive with syncs: try what waits for one.
                     if let Err(e) = self.retry_pending().await {
                         tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
+                    }
+                    if self.outstanding.count() > 0 {
+                        tokio::select! {
+                            _ = crate::stopping(shutdown) => return Outcome::Stopped,
+                            _ = tokio::time::timeout(ANSWERS_FIRST, self.outstanding.idle()) => {}
+                        }
                     }
                 }
                 Err((message, retry_after)) => {

@@ -27,11 +27,48 @@ use crate::state::db::{OutboxEntry, now_unix};
 /// Rooms served at the same time.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// How many sends the outbox holds that are not done yet, for the sync loop: it lets the sends of a batch go out
+/// before it starts its next long poll (each answer would otherwise wake that poll at once, one sync per answer).
+#[derive(Default)]
+pub struct Outstanding {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    pub fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once nothing is outstanding.
+    pub async fn idle(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 pub struct Sender {
     pub id: String,
     pub client: Client,
     pub db: Arc<Database>,
     pub counters: Arc<Counters>,
+    pub outstanding: Arc<Outstanding>,
 }
 
 enum Sent {
@@ -162,6 +199,7 @@ impl Sender {
                 }
                 queues.attempts.remove(&entry.seq);
                 queues.not_before.remove(&entry.room_id);
+                self.outstanding.done();
                 if let Err(e) = self.db.remove_sent(&self.id, entry.seq).await {
                     // It stays owed: sent again after a restart, and deduplicated by its transaction id.
                     tracing::warn!(instance = %self.id, error = %e, "could not remove a sent answer from the outbox");

@@ -181,10 +181,16 @@ pub struct Opened {
 /// Opens existing state for `run`: the directory and database must exist, and no other `run` may use them.
 /// Creates nothing in a directory that holds no state, and writes nothing to a database it refuses.
 pub fn open(layout: &Layout) -> Result<Opened, StateError> {
-    if !layout.root().is_dir() {
-        return Err(StateError::StateDirMissing { path: layout.root().to_owned() });
-    }
-    let mode = std::fs::metadata(layout.root()).map_err(io(layout.root()))?.permissions().mode() & 0o777;
+    let meta = match std::fs::metadata(layout.root()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StateError::StateDirMissing { path: layout.root().to_owned() });
+        }
+        // Permission denied, a symlink loop...: said as what it is, never as "does not exist".
+        Err(e) => return Err(io(layout.root())(e)),
+        Ok(meta) if !meta.is_dir() => return Err(StateError::NotADirectory { path: layout.root().to_owned() }),
+        Ok(meta) => meta,
+    };
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %layout.root().display(),

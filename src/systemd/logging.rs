@@ -1,13 +1,14 @@
 //! Logging with tracing: to journald (with structured fields such as `INSTANCE=`, `ROOM_ID=`, `EVENT_ID=`) when
 //! stderr is connected to the journal, as text on stderr otherwise. The level comes from `RUST_LOG` when set,
-//! else from `logging.level`. Whatever the destination, every line is scrubbed of known secrets and token
+//! else from `logging.level`. Filters are levels and `target=level` directives (`Targets`: no regular
+//! expressions, span or field filters, which keeps their code out of the binary). Whatever the destination, every line is scrubbed of known secrets and token
 //! shapes, and has its control characters escaped (`journald.rs`, [`StderrLines`]).
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -47,8 +48,10 @@ pub fn init(level: &str, telemetry: Arc<Telemetry>) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|env| crate::config::validate::check_log_filter(env).is_ok())
-        .and_then(|env| EnvFilter::try_new(directives(&env)).ok())
-        .unwrap_or_else(|| EnvFilter::try_new(directives(level)).unwrap_or_else(|_| EnvFilter::new("info")));
+        .and_then(|env| directives(&env).parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            directives(level).parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+        });
     if stderr_is_journal()
         && let Ok(journald) = JournaldLayer::connect()
     {

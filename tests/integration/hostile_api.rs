@@ -178,6 +178,21 @@ async fn every_refusal_is_json_and_tokens_can_all_be_revoked() {
     );
     assert_eq!(raw_request(&api.base, lower.as_bytes()).0, 200, "the Bearer scheme is case-insensitive");
 
+    // A user name cannot forge a log line or colour a terminal.
+    let forged = "mallory\n2026-01-01T00:00:00.000000Z  INFO maubot: forged line\u{1b}[31m";
+    let response = api
+        .http
+        .post(format!("{}/api/v1/login", api.base))
+        .json(&json!({"username": forged, "password": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    daemon.wait_for_log("management API login failed", Duration::from_secs(10));
+    let log = daemon.log();
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01T00:00:00")), "a forged line:\n{log}");
+    assert!(!log.contains('\u{1b}') && log.contains("mallory\\n2026-01-01"), "{log}");
+
     // Tokens survive a restart until they expire...
     assert_eq!(daemon.stop().code(), Some(0));
     let mut daemon = env.spawn_run();

@@ -97,8 +97,13 @@ impl Database {
     /// Checks through a read-only connection that `path` is a maubot database this build can use; returns its
     /// (schema, compat) versions. Writes nothing.
     pub fn check(path: &Path) -> Result<(u32, u32), StateError> {
-        if !path.is_file() {
-            return Err(StateError::DatabaseMissing { path: path.to_owned() });
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::DatabaseMissing { path: path.to_owned() });
+            }
+            Err(e) => return Err(super::io(path)(e)),
+            Ok(meta) if !meta.is_file() => return Err(StateError::NotADatabase { path: path.to_owned() }),
+            Ok(_) => {}
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite(path))?;
