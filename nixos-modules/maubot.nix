@@ -395,8 +395,12 @@ let
     ${ioMode}
     ${sandboxed "maubot-setup" setupCredentials} setup "''${args[@]}" || status=$?
     if [ -n "$staged" ] && [ -e "$staged" ]; then
-      ${pkgs.coreutils}/bin/install -m 0400 "$staged" "$key_file"
-      ${pkgs.coreutils}/bin/rm -f "$staged"
+      if ${pkgs.coreutils}/bin/install -m 0400 "$staged" "$key_file"; then
+        ${pkgs.coreutils}/bin/rm -f "$staged"
+      else
+        echo "maubot-setup: could not write $key_file; the recovery keys are in $staged (move them somewhere safe)" >&2
+        status=1
+      fi
     fi
     if ${pkgs.systemd}/bin/systemctl is-active --quiet maubot.service; then
       ${pkgs.systemd}/bin/systemctl reload maubot.service \

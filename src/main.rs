@@ -46,6 +46,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Secrets known from the config are scrubbed from whatever is printed from here on (run adds the bots'
+    // access tokens when it has read them).
+    maubot::alerts::scrub::install(maubot::alerts::Scrubber::new(loaded.config.secret_values()));
     let telemetry = std::sync::Arc::new(Telemetry::default());
     logging::init(&loaded.config.logging.level, telemetry.clone());
     for warning in &loaded.warnings {
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
                 }
                 Some(Ok(())) => ExitCode::SUCCESS,
                 Some(Err(e)) => {
-                    eprintln!("maubot setup: {}", error_chain(&e));
+                    eprintln!("maubot setup: {}", for_terminal(&error_chain(&e)));
                     if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
             }
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
             match runtime.block_on(host::run(loaded, sources, purpose, &notifier, telemetry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("maubot run: {}", error_chain(&e));
+                    eprintln!("maubot run: {}", for_terminal(&error_chain(&e)));
                     notifier.status(&format!("failed: {e}"));
                     if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
@@ -179,6 +182,12 @@ impl Terminal {
             );
         }
     }
+}
+
+/// An error for the terminal: scrubbed, control characters escaped, line by line (only maubot's own line
+/// breaks remain).
+fn for_terminal(text: &str) -> String {
+    text.split('\n').map(maubot::alerts::scrub::for_log).collect::<Vec<_>>().join("\n")
 }
 
 fn list(ids: &[String]) -> String {

@@ -24,9 +24,19 @@ use super::hashing::HashPool;
 use super::throttle::LoginThrottle;
 use crate::config::Config;
 
-/// Checked against when the user is unknown, so that timing does not tell which user names exist.
-/// (bcrypt of a random string, cost 12.)
-const DUMMY_HASH: &str = "$2b$12$PJxzlegHskjaceBzfWbinuJK.BzTseeWJMPnye8oOIP926Ouaecum";
+/// Checked against when the user is unknown, so that timing does not tell which user names exist: bcrypt
+/// hashes of random strings, one per accepted cost (12 to 14); the one used has the highest cost among the
+/// configured admins.
+const DUMMY_HASHES: [(u32, &str); 3] = [
+    (12, "$2b$12$PJxzlegHskjaceBzfWbinuJK.BzTseeWJMPnye8oOIP926Ouaecum"),
+    (13, "$2b$13$JEaKbJHZUcqb7qNIA9Q.Se.B5pcOATOUFxfHHzGaK1F9iXD7TJw4C"),
+    (14, "$2b$14$IFVMuiORQc98h38mJmjbB.EIhn9cDLAMZAhHb5pnVQWQaGU2jkCkG"),
+];
+
+fn dummy_hash(admins: &HashMap<String, String>) -> &'static str {
+    let cost = admins.values().filter_map(|h| crate::config::validate::bcrypt_cost(h)).max().unwrap_or(12);
+    DUMMY_HASHES.iter().find(|(c, _)| *c == cost).map_or(DUMMY_HASHES[0].1, |(_, h)| h)
+}
 
 /// The current token epoch, shared by every `Auth` the process makes (they are replaced at a reload).
 pub type Epoch = Arc<RwLock<String>>;
@@ -118,7 +128,7 @@ impl Auth {
         let hash = self.admins.get(user).map(String::as_str);
         let known = hash.is_some();
         let matches =
-            guards.hashing.verify(password, hash.unwrap_or(DUMMY_HASH)).await.map_err(|_| {
+            guards.hashing.verify(password, hash.unwrap_or_else(|| dummy_hash(&self.admins))).await.map_err(|_| {
                 ApiError::too_many("too many logins are being checked; try again", Duration::from_secs(1))
             })?;
         if !(known && matches) {
@@ -233,7 +243,11 @@ mod tests {
         assert!(auth.verify(&expired).is_err(), "expired");
         let other = Auth { key: Some(b"another key another key another key".to_vec()), ..auth };
         assert!(other.verify(&token).is_err(), "signed with another key");
-        assert!(DUMMY_HASH.starts_with("$2b$12$") && DUMMY_HASH.len() == 60);
+        for (cost, hash) in DUMMY_HASHES {
+            assert_eq!(crate::config::validate::bcrypt_cost(hash), Some(cost));
+        }
+        let admins = HashMap::from([("a".to_owned(), DUMMY_HASHES[2].1.to_owned())]);
+        assert_eq!(dummy_hash(&admins), DUMMY_HASHES[2].1, "unknown users cost as much as the costliest admin");
     }
 
     #[test]

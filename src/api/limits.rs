@@ -16,6 +16,8 @@ use crate::config::model::ServerConfig;
 pub const MAX_URI_BYTES: usize = 2048;
 /// Most bytes of request headers (names and values together).
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Most request headers.
+pub const MAX_HEADERS: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -49,11 +51,15 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
         .into_response();
     }
     let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-    if header_bytes > MAX_HEADER_BYTES {
+    if header_bytes > MAX_HEADER_BYTES || request.headers().len() > MAX_HEADERS {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            format!("the request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+            format!(
+                "the request has {} headers of {header_bytes} bytes; at most {MAX_HEADERS} headers and \
+                 {MAX_HEADER_BYTES} bytes are accepted",
+                request.headers().len()
+            ),
         )
         .into_response();
     }

@@ -19,6 +19,8 @@ use super::limits::{Limits, MAX_HEADER_BYTES};
 /// hyper's read buffer: well above the application's header limit, so that requests between the two limits
 /// are answered by the application (as JSON) rather than by hyper.
 const HYPER_BUFFER: usize = 8 * MAX_HEADER_BYTES;
+/// hyper's header count limit, likewise above the application's.
+const HYPER_MAX_HEADERS: usize = 10 * super::limits::MAX_HEADERS;
 /// How often a full house is logged.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -65,7 +67,11 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limit
                 app.clone().oneshot(request)
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HYPER_BUFFER);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(HYPER_BUFFER)
+                .max_headers(HYPER_MAX_HEADERS);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {

@@ -140,7 +140,7 @@ fn describe_yaml_error(text: &str, error: &serde_saphyr::Error) -> String {
     }
     if message.contains("budget breached") {
         return format!(
-            "{message}: the file expands to more than {MAX_SCALAR_BYTES} bytes of values (aliases count each time              they are used)"
+            "{message}: the file expands to more than {MAX_SCALAR_BYTES} bytes of values (aliases count each time they are used)"
         );
     }
     if message.contains("recursion limit") {
@@ -210,7 +210,7 @@ impl EnvLayer {
                 return Err(ConfigError::Env {
                     name: name.clone(),
                     message: format!(
-                        "the name must be {ENV_PREFIX}SECTION__KEY with non-empty parts of letters, digits, `_` and                          `-` (e.g. MAUBOT__LOGGING__LEVEL); unset it or fix its name"
+                        "the name must be {ENV_PREFIX}SECTION__KEY with non-empty parts of letters, digits, `_` and `-` (e.g. MAUBOT__LOGGING__LEVEL); unset it or fix its name"
                     ),
                 });
             }

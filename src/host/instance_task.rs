@@ -29,18 +29,19 @@ pub async fn run(
         let changed = StateError::UserChanged { id, recorded: record.user_id, configured: config.user };
         return Outcome::FailedPermanently(changed.to_string());
     }
-    // Held as long as this run uses the store: no second process (another host, a setup) can open it.
-    let _lock = match StateLock::acquire(&shared.layout.instance_lock(&id), &format!("run, instance {id}")) {
-        Ok(lock) => lock,
-        Err(e @ StateError::Locked { .. }) => return Outcome::Failed(e.to_string()),
-        Err(e) => return Outcome::FailedPermanently(e.to_string()),
-    };
+    // Checked read-only first: a missing store is said as such, not as a lock file that cannot be made.
     let store_dir = shared.layout.store_dir(&id);
     match client::verify_store(&record, &store_dir).await {
         Ok(()) => {}
         Err(e @ StateError::StoreUnreadable { .. }) => return Outcome::Failed(e.to_string()),
         Err(e) => return Outcome::FailedPermanently(e.to_string()),
     }
+    // Held as long as this run uses the store: no second process (another host, a setup) can open it.
+    let _lock = match StateLock::acquire(&shared.layout.instance_lock(&id), &format!("run, instance {id}")) {
+        Ok(lock) => lock,
+        Err(e @ StateError::Locked { .. }) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::FailedPermanently(e.to_string()),
+    };
     let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.config)) {
         Some(Ok(plugin)) => plugin,
         Some(Err(problem)) => {

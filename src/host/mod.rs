@@ -239,8 +239,7 @@ async fn reload(
             tracing::warn!(key, "this part of the configuration changed; it takes effect at the next restart");
         }
     }
-    let state = async { Ok::<_, StateError>((db.instances().await?, db.overrides().await?)) }.await;
-    let (records, overrides) = match state {
+    let records = match db.instances().await {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(error = %e, "reload failed: cannot read the state; the running configuration stays in effect");
@@ -251,7 +250,7 @@ async fn reload(
         tracing::warn!(error = %e, "could not refresh the list of secrets to scrub");
     }
     let (reply, applied) = oneshot::channel();
-    let reload = Reload { config: new.clone(), records, overrides, reply };
+    let reload = Reload { config: new.clone(), records, reply };
     if commands.send(Command::Reload(reload)).await.is_err() || applied.await.is_err() {
         tracing::error!("reload failed: the supervisor is gone");
         return None;

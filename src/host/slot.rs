@@ -203,6 +203,13 @@ impl Slot {
         self.stopping = Some(Stopping { then, waiting: reply.into_iter().collect() });
     }
 
+    /// Decides anew what follows the stop in progress (a reload re-adding an instance being removed, say).
+    pub fn set_after_stop(&mut self, then: Then) {
+        if let Some(stopping) = self.stopping.as_mut() {
+            stopping.then = then;
+        }
+    }
+
     /// Changes what follows the stop in progress.
     pub fn after_stop(&mut self, then: Then) {
         if let Some(stopping) = self.stopping.as_mut() {

@@ -63,11 +63,11 @@ pub struct Request {
     pub reply: Reply,
 }
 
-/// A new configuration and the state read for it, to apply without restarting what did not change.
+/// A new configuration and the sessions read for it, to apply without restarting what did not change. (The
+/// run-time overrides are read by the supervisor itself, so that a control handled meanwhile is not undone.)
 pub struct Reload {
     pub config: Arc<Config>,
     pub records: Vec<InstanceRecord>,
-    pub overrides: HashMap<String, Override>,
     pub reply: oneshot::Sender<ReloadSummary>,
 }
 
@@ -296,8 +296,16 @@ impl Supervisor {
     /// Applies a new configuration: starts what is newly set up or enabled, stops what was removed or disabled,
     /// restarts what changed, and leaves everything else running.
     async fn reload(&mut self, reload: Reload) {
-        let Reload { config, records, overrides, reply } = reload;
+        let Reload { config, records, reply } = reload;
         let records: HashMap<String, InstanceRecord> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let overrides = match self.shared.db.overrides().await {
+            Ok(overrides) => overrides,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: cannot read the run-time overrides; keeping the running state");
+                let _ = reply.send(ReloadSummary::default());
+                return;
+            }
+        };
         let old_config = self.shared.config.clone();
         self.shared.config = config.clone();
         *self.shared.bot_users.write().unwrap_or_else(|p| p.into_inner()) = bot_users(&config);
@@ -334,23 +342,30 @@ impl Supervisor {
                 continue;
             };
             let homeserver = |c: &Config| c.homeserver_of(instance).map(|(_, hs)| hs.url.clone());
+            // Of the host settings, instances use the sync timeout.
             let changed = slot.config != *instance
                 || slot.record != record
                 || homeserver(&old_config) != homeserver(&config)
-                || old_config.host != config.host;
+                || old_config.host.sync_timeout_secs != config.host.sync_timeout_secs;
             let was_wanted = slot.wanted();
             slot.config = instance.clone();
             slot.record = record;
             slot.enabled = enabled;
             slot.stopped = saved.stopped;
-            let active = slot.is_running() || slot.is_stopping();
-            if !slot.wanted() && active {
+            if slot.is_stopping() {
+                // A stop in progress (maybe the removal by an earlier reload): what follows is decided anew.
+                slot.set_after_stop(if slot.wanted() { Then::Start } else { Then::Rest });
+                if slot.wanted() {
+                    summary.restarted.push(id.clone());
+                }
+            } else if !slot.wanted() && slot.is_running() {
                 slot.begin_stop(&shared, Then::Rest, None, &self.stopped_tx);
                 summary.stopped.push(id.clone());
-            } else if slot.wanted() && active && changed {
+            } else if slot.wanted() && slot.is_running() && changed {
                 slot.begin_stop(&shared, Then::Start, None, &self.stopped_tx);
                 summary.restarted.push(id.clone());
-            } else if slot.wanted() && !active && (changed || !was_wanted || !slot.failed_permanently()) {
+            } else if slot.wanted() && !slot.is_running() && (changed || !was_wanted) {
+                // Unchanged instances waiting out a backoff, or failed for good, are left as they are.
                 slot.start_fresh(&shared);
                 summary.started.push(id.clone());
             }

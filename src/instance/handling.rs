@@ -149,9 +149,17 @@ impl Run<'_> {
             received_at: now_unix(),
         };
         me.db.add_pending(&me.id, &pending).await?;
-        let mut waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if !waiting.iter().any(|p| p.event_id == pending.event_id) {
-            waiting.push(pending);
+        let dropped = {
+            let mut waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if !waiting.iter().any(|p| p.event_id == pending.event_id) {
+                waiting.push(pending);
+            }
+            // Anyone in a room can send undecryptable events: the wait list is bounded, oldest out first.
+            (waiting.len() > super::MAX_PENDING).then(|| waiting.remove(0))
+        };
+        if let Some(dropped) = dropped {
+            tracing::warn!(instance = %me.id, event_id = %dropped.event_id, "too many events wait for their room key; giving up the oldest");
+            me.db.remove_pending(&me.id, &dropped.event_id).await?;
         }
         Ok(())
     }

@@ -151,6 +151,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const FAILURES_BEFORE_GIVING_UP: u32 = 5;
 /// How long the sender may finish its sends in flight after the loop ended.
 const SENDER_DRAIN: Duration = Duration::from_secs(5);
+/// Events waiting for their room key are tried again at least this often.
+const PENDING_RETRY_EVERY: Duration = Duration::from_secs(30);
+/// At most this many events wait for their room key per instance; beyond, the oldest is given up.
+pub(crate) const MAX_PENDING: usize = 100;
 /// At most this long the sync loop lets a batch's answers go out before its next long poll (a rate-limited
 /// sender must not hold it up longer).
 const ANSWERS_FIRST: Duration = Duration::from_secs(1);
@@ -240,6 +244,7 @@ impl Run<'_> {
         };
         self.answer_pending_invites().await;
         let mut failures = 0u32;
+        let mut last_retry = Instant::now();
         loop {
             if *shutdown.borrow() {
                 return Outcome::Stopped;
@@ -253,9 +258,11 @@ impl Run<'_> {
                 _ = crate::stopping(shutdown) => return Outcome::Stopped,
                 result = me.client.sync_once(settings) => result,
             };
+            let mut keys_may_have_arrived = false;
             let outcome: Result<String, (String, Option<Duration>)> = match result {
                 Ok(response) => {
                     let next = response.next_batch.clone();
+                    keys_may_have_arrived = !response.to_device.is_empty();
                     match self.handle(response, since.as_deref()).await {
                         Ok(()) => match me.db.save_sync_token(&me.id, &next).await {
                             Ok(()) => Ok(next),
@@ -270,7 +277,10 @@ impl Run<'_> {
                 Err(e) if is_permanently_refused(&e) => {
                     return Outcome::FailedPermanently(scrubbed(&format!(
                         "the homeserver rejected the access token ({e}); the device was logged out or deleted, or \
-                         the account deactivated. Restore the state from a backup, or set the instance up again"
+                         the account deactivated. A deleted device cannot come back: restore the state directory \
+                         from a backup only if the device still exists; otherwise configure the bot under a new \
+                         instance id (its user's old cross-signing identity must be reset from another client \
+                         first) and run setup"
                     )));
                 }
                 Err(e) => Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e))),
@@ -286,9 +296,13 @@ impl Run<'_> {
                         s.last_progress = Instant::now();
                         s.last_sync = Some(SystemTime::now());
                     });
-                    // Room keys arrive with syncs: try what waits for one.
-                    if let Err(e) = self.retry_pending().await {
-                        tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
+                    // Room keys arrive as to-device messages (or from the key backup, which a failed decryption
+                    // asks for): try what waits for one when some came, and now and then in any case.
+                    if keys_may_have_arrived || last_retry.elapsed() >= PENDING_RETRY_EVERY {
+                        last_retry = Instant::now();
+                        if let Err(e) = self.retry_pending().await {
+                            tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
+                        }
                     }
                     if self.outstanding.count() > 0 {
                         tokio::select! {

@@ -116,10 +116,16 @@ impl Queues {
         Some(room)
     }
 
-    /// When something blocked may go again.
-    fn wake_at(&self) -> Option<Instant> {
-        let pending_rooms = self.rooms.iter().filter(|(_, q)| !q.is_empty()).map(|(r, _)| r);
-        let room_waits = pending_rooms.filter_map(|r| self.not_before.get(r).copied());
+    /// When something blocked may go again: the end of a rate-limit pause, or of a failed room's backoff (for
+    /// rooms with a send waiting and none in flight). `None` when nothing waits on time. Expired waits are
+    /// forgotten, so that a past instant never wakes the loop again and again.
+    fn wake_at(&mut self, now: Instant) -> Option<Instant> {
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
+        self.not_before.retain(|_, at| *at > now);
+        let waiting = |room: &String| self.rooms.get(room).is_some_and(|q| !q.is_empty()) && !self.busy.contains(room);
+        let room_waits = self.not_before.iter().filter(|(room, _)| waiting(room)).map(|(_, at)| *at);
         room_waits.chain(self.paused_until).min()
     }
 
@@ -157,7 +163,7 @@ impl Sender {
             if stopping && in_flight.is_empty() {
                 return;
             }
-            let wake = queues.wake_at().filter(|_| !stopping);
+            let wake = queues.wake_at(now).filter(|_| !stopping);
             tokio::select! {
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
                     Ok((entry, outcome)) => self.finished(&mut queues, entry, outcome).await,
@@ -288,6 +294,13 @@ mod tests {
         assert_eq!(queues.next_room(now).as_deref(), Some("!flood:x"));
         queues.paused_until = Some(now + Duration::from_secs(5));
         assert_eq!(queues.next_room(now), None, "paused by a rate limit");
-        assert_eq!(queues.wake_at(), queues.paused_until);
+        assert_eq!(queues.wake_at(now), queues.paused_until);
+        // Once the pause is over, it wakes nothing any more (a past instant would wake the loop without end).
+        let later = now + Duration::from_secs(6);
+        assert_eq!(queues.wake_at(later), None);
+        assert!(queues.paused_until.is_none());
+        queues.not_before.insert("!flood:x".into(), later + Duration::from_secs(1));
+        queues.busy.insert("!flood:x".into());
+        assert_eq!(queues.wake_at(later), None, "a room with a send in flight waits for it, not for the clock");
     }
 }

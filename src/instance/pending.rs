@@ -35,7 +35,8 @@ impl Run<'_> {
                     }
                 }
                 _ => {
-                    tracing::error!(
+                    // WARN, not ERROR: anyone in a room can send events nobody can decrypt.
+                    tracing::warn!(
                         instance = %me.id,
                         room_id = %pending.room_id,
                         event_id = %pending.event_id,

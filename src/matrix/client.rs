@@ -91,19 +91,32 @@ pub fn session_of(record: &InstanceRecord) -> Result<MatrixSession, ClientError>
 /// The user and device whose E2EE account `store_dir` holds, without network access and without creating
 /// anything: `None` when there is no crypto store or it holds no account.
 async fn store_account(id: &str, store_dir: &Path) -> Result<Option<(String, String)>, StateError> {
-    if !store_dir.join(CRYPTO_STORE_FILE).is_file() {
-        return Ok(None);
-    }
     let unreadable =
         |e: &dyn std::fmt::Display| StateError::StoreUnreadable { id: id.to_owned(), message: e.to_string() };
+    if !crypto_file_exists(id, &store_dir.join(CRYPTO_STORE_FILE))? {
+        return Ok(None);
+    }
     let store = SqliteCryptoStore::open_with_config(&store_config(store_dir)).await.map_err(|e| unreadable(&e))?;
     let account = store.load_account().await.map_err(|e| unreadable(&e))?;
     Ok(account.map(|a| (a.user_id().to_string(), a.device_id().to_string())))
 }
 
-/// The device whose keys `store_dir` holds, if any (for `setup`, which creates the store).
-pub async fn store_device(store_dir: &Path) -> Result<Option<String>, StateError> {
-    Ok(store_account("(being set up)", store_dir).await?.map(|(_, device)| device))
+/// Whether the crypto store file exists: `false` only when it does not; a file that cannot be looked at
+/// (permission denied, say) is an error that says so, never "missing".
+fn crypto_file_exists(id: &str, file: &Path) -> Result<bool, StateError> {
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(_) => {
+            Err(StateError::StoreUnreadable { id: id.to_owned(), message: format!("{} is not a file", file.display()) })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StateError::StoreUnreadable { id: id.to_owned(), message: format!("{}: {e}", file.display()) }),
+    }
+}
+
+/// The device whose keys `store_dir` holds, if any (for `setup` of instance `id`, which creates the store).
+pub async fn store_device(id: &str, store_dir: &Path) -> Result<Option<String>, StateError> {
+    Ok(store_account(id, store_dir).await?.map(|(_, device)| device))
 }
 
 /// Checks, without network access and without creating anything, that `store_dir` holds the E2EE account of
@@ -112,7 +125,7 @@ pub async fn store_device(store_dir: &Path) -> Result<Option<String>, StateError
 pub async fn verify_store(record: &InstanceRecord, store_dir: &Path) -> Result<(), StateError> {
     let id = record.id.clone();
     let crypto_file = store_dir.join(CRYPTO_STORE_FILE);
-    if !crypto_file.is_file() {
+    if !crypto_file_exists(&id, &crypto_file)? {
         return Err(StateError::StoreMissing { id, path: crypto_file });
     }
     let Some((store_user, store_device)) = store_account(&id, store_dir).await? else {

@@ -108,20 +108,53 @@ pub async fn set_up(config: &Config, layout: &Layout, db: &Database, id: &str) -
     let instance = &config.instances[id];
     let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
     let store_dir = layout.store_dir(id);
-    let mut progress = match db.setup_progress(id).await? {
+    let earlier = match db.setup_progress(id).await? {
+        Some(progress) if progress.user_id != instance.user && progress.access_token.is_none() => {
+            // The earlier attempt never logged in (a mistyped user, say): nothing of it is on the homeserver.
+            tracing::info!(instance = %id, earlier = %progress.user_id, "the user changed before any login; starting over");
+            db.discard_setup_progress(id).await?;
+            None
+        }
         Some(progress) if progress.user_id != instance.user => {
             return Err(InstanceSetupError::UserChangedSinceLastAttempt {
                 recorded: progress.user_id,
                 configured: instance.user.clone(),
             });
         }
+        other => other,
+    };
+    let resumed = earlier.is_some();
+    let mut progress = match earlier {
         Some(progress) => {
             tracing::info!(instance = %id, progress = %describe_progress(&progress), "resuming an unfinished setup");
             progress
         }
         None => begin(db, id, instance, homeserver, &store_dir).await?,
     };
-    if let Some(store_device) = client::store_device(&store_dir).await?
+    if resumed
+        && !progress.adopted
+        && let Some(token) = progress.access_token.clone()
+        && !token_is_valid(&progress.homeserver_url, &token).await?
+    {
+        // The device of the earlier attempt was logged out meanwhile (the homeserver deleted it and its keys): a
+        // new device, with a new store. The old store is moved aside, not deleted: it holds whatever private
+        // keys that attempt made.
+        let aside = store_dir.with_file_name(format!("store.logged-out-{}", now_unix()));
+        if store_dir.exists() {
+            std::fs::rename(&store_dir, &aside).map_err(crate::state::io(&aside))?;
+        }
+        tracing::warn!(
+            instance = %id,
+            device = %progress.device_id,
+            old_store = %aside.display(),
+            "the device of the unfinished setup was logged out; logging in again with a new device"
+        );
+        progress.device_id = generate_device_id();
+        progress.access_token = None;
+        progress.refresh_token = None;
+        db.save_setup_progress(&progress).await?;
+    }
+    if let Some(store_device) = client::store_device(id, &store_dir).await?
         && store_device != progress.device_id
     {
         return Err(InstanceSetupError::StoreOfAnotherDevice {
@@ -132,7 +165,7 @@ pub async fn set_up(config: &Config, layout: &Layout, db: &Database, id: &str) -
     }
     let client = client::build(&homeserver.url, &store_dir).await?;
     if progress.access_token.is_none() {
-        log_in(config, db, id, instance, &client, &mut progress).await?;
+        log_in(config, db, id, instance, &client, &mut progress, resumed).await?;
     } else {
         client.restore_session(client::session_of(&record_of(id, &progress))?).await.map_err(ClientError::from)?;
     }
@@ -190,7 +223,7 @@ async fn begin(
     store_dir: &Path,
 ) -> Result<SetupProgress, InstanceSetupError> {
     if store_dir.exists() {
-        if client::store_device(store_dir).await?.is_some() {
+        if client::store_device(id, store_dir).await?.is_some() {
             return Err(StateError::PartialState { path: store_dir.to_owned() }.into());
         }
         // A store without device keys holds nothing: what an older maubot's interrupted setup left.
@@ -227,6 +260,7 @@ async fn log_in(
     instance: &InstanceConfig,
     client: &Client,
     progress: &mut SetupProgress,
+    resumed: bool,
 ) -> Result<(), InstanceSetupError> {
     let configured = instance.password.as_ref().map(|p| p.expose().to_owned());
     let generated = configured.is_none();
@@ -241,7 +275,14 @@ async fn log_in(
         .await;
     let response = match login {
         Ok(response) => response,
-        Err(e) if generated && registered == Some(Registered::AlreadyExists) => {
+        // The account was there before this setup registered anything, and it does not take the password setup
+        // made up: it is someone's, with a password nobody configured.
+        Err(e)
+            if generated
+                && !resumed
+                && registered == Some(Registered::AlreadyExists)
+                && e.as_client_api_error().is_some_and(|e| e.status_code.as_u16() == 403) =>
+        {
             tracing::debug!(error = %e, "login with the generated password failed");
             return Err(InstanceSetupError::UserExistsWithoutPassword { user: instance.user.clone() });
         }
@@ -295,21 +336,36 @@ fn generate_device_id() -> String {
     format!("MAUBOT{suffix}")
 }
 
+/// Whether the homeserver still takes `token` (`false` for an unknown or revoked one).
+async fn token_is_valid(homeserver: &str, token: &str) -> Result<bool, InstanceSetupError> {
+    let response = whoami(homeserver, token).await?;
+    match response.status().as_u16() {
+        200 => Ok(true),
+        401 => Ok(false),
+        status => Err(InstanceSetupError::Whoami(format!("HTTP {status}"))),
+    }
+}
+
 #[derive(Deserialize)]
 struct Whoami {
     user_id: String,
     device_id: Option<String>,
 }
 
-/// Checks whose an existing access token is; returns its device id.
-async fn adopt_token(homeserver: &str, instance: &InstanceConfig, token: &str) -> Result<String, InstanceSetupError> {
+/// `GET /account/whoami` with `token`.
+async fn whoami(homeserver: &str, token: &str) -> Result<reqwest::Response, InstanceSetupError> {
     let url = format!("{}/_matrix/client/v3/account/whoami", homeserver.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    reqwest::Client::new()
         .get(&url)
         .bearer_auth(token)
         .send()
         .await
-        .map_err(|e| InstanceSetupError::Whoami(e.to_string()))?;
+        .map_err(|e| InstanceSetupError::Whoami(e.to_string()))
+}
+
+/// Checks whose an existing access token is; returns its device id.
+async fn adopt_token(homeserver: &str, instance: &InstanceConfig, token: &str) -> Result<String, InstanceSetupError> {
+    let response = whoami(homeserver, token).await?;
     if !response.status().is_success() {
         return Err(InstanceSetupError::Whoami(format!("HTTP {}", response.status())));
     }

@@ -72,7 +72,8 @@ pub enum SetupError {
 fn describe_failures(failed: &[(String, InstanceSetupError)], done: usize) -> String {
     let mut text = format!("{} of {} bots could not be set up", failed.len(), failed.len() + done);
     for (id, error) in failed {
-        text.push_str(&format!("\n  - `{id}`: {}", crate::error_chain(error)));
+        // One line each, whatever the homeserver's error text holds.
+        text.push_str(&format!("\n  - `{id}`: {}", crate::alerts::scrub::for_log(&crate::error_chain(error))));
     }
     text.push_str(&format!(
         "\nWhat was done is kept{}. Fix the cause and run `{}` again: it resumes where each bot stopped.",

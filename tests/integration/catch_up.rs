@@ -108,9 +108,7 @@ async fn a_crash_in_the_middle_of_a_burst_causes_no_duplicate() {
 async fn a_crash_between_sending_and_recording_a_reply_causes_no_duplicate() {
     let synapse = synapse();
     let proxy = Proxy::start(&synapse.url).await;
-    let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.homeserver_url = proxy.url.clone();
-    env.write_config();
+    let env = BotEnv::with_ping_bots_behind(synapse, &proxy, &["ping"]).await;
     let bot = env.user_id("ping");
     env.setup();
     let person = TestUser::new(synapse, "heidi-").await;

@@ -345,7 +345,7 @@ async fn a_revoked_login_fails_one_bot_and_not_the_other() {
 
     let failed = api.wait_state("a", &["failed"], Duration::from_secs(90)).await;
     let why = failed["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("rejected the access token") && why.contains("set the instance up again"), "{failed}");
+    assert!(why.contains("rejected the access token") && why.contains("under a new instance id"), "{failed}");
     // Permanent: no restart is scheduled, and none happens.
     assert_eq!(failed["next_restart_in_secs"], Value::Null, "{failed}");
     tokio::time::sleep(Duration::from_secs(4)).await;

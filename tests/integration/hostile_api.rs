@@ -108,7 +108,7 @@ async fn a_login_flood_does_not_stall_the_bots() {
 async fn slow_and_idle_connections_are_closed_and_capped() {
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.server_extra.push("header_timeout_secs: 2".into());
+    env.server_extra.push("header_timeout_secs: 4".into());
     env.server_extra.push("max_connections: 20".into());
     env.write_config();
     env.setup();
@@ -121,25 +121,26 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
     let mut slow = TcpStream::connect(&address).unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
     let started = Instant::now();
-    assert!(closed_within(&mut slow, Duration::from_secs(6)), "a slow header is not waited for forever");
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(closed_within(&mut slow, Duration::from_secs(10)), "a slow header is not waited for forever");
+    assert!(started.elapsed() >= Duration::from_millis(3500));
 
-    // 20 idle connections fill the house: the 21st is closed at once, and the daemon says so.
+    // 20 idle connections fill the house: the 21st is closed at once (long before the header timeout would
+    // close it), and the daemon says so. The log line comes first: on a loaded machine the daemon may take a
+    // while to get to the accept.
     let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&address).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(300));
     let mut extra = TcpStream::connect(&address).unwrap();
-    assert!(closed_within(&mut extra, Duration::from_secs(1)), "over the cap, a connection is closed at once");
-    daemon.wait_for_log("connection limit", Duration::from_secs(5));
+    daemon.wait_for_log("connection limit", Duration::from_secs(10));
+    assert!(closed_within(&mut extra, Duration::from_secs(2)), "over the cap, a connection is closed at once");
     // Idle connections are closed after the header timeout; then the API answers again.
     for stream in &mut idle {
-        assert!(closed_within(stream, Duration::from_secs(6)), "an idle connection is closed");
+        assert!(closed_within(stream, Duration::from_secs(10)), "an idle connection is closed");
     }
     let (status, _) = api.get("/health").await;
     assert_eq!(status, 200);
     // A kept-alive connection that goes idle after a request is closed too.
     let mut kept = TcpStream::connect(&address).unwrap();
     kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert!(closed_within(&mut kept, Duration::from_secs(6)));
+    assert!(closed_within(&mut kept, Duration::from_secs(10)));
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
@@ -149,10 +150,7 @@ async fn every_refusal_is_json_and_tokens_can_all_be_revoked() {
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
     env.enable_api_login();
     env.setup();
-    let mut daemon = env.spawn_run();
-    let mut api = Api::new(&env);
-    api.wait_up(&mut daemon).await;
-    api.login().await;
+    let (mut daemon, mut api) = Api::start_logged_in(&env).await;
     let token = api.token.clone().unwrap();
 
     let long_uri =
@@ -162,6 +160,10 @@ async fn every_refusal_is_json_and_tokens_can_all_be_revoked() {
     let big_headers =
         format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\nConnection: close\r\n\r\n", "j".repeat(10_000));
     let (status, body) = raw_request(&api.base, big_headers.as_bytes());
+    assert_eq!((status, body["error"]["code"].as_str()), (431, Some("headers_too_large")), "{body}");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
+    let (status, body) = raw_request(&api.base, many_headers.as_bytes());
     assert_eq!((status, body["error"]["code"].as_str()), (431, Some("headers_too_large")), "{body}");
     let bad_path = format!(
         "GET /api/v1/instances/%FF%FE HTTP/1.1\r\nHost: x\r\nAuthorization: bearer {token}\r\nConnection: close\r\n\r\n"

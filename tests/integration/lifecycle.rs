@@ -101,9 +101,7 @@ async fn a_failed_bot_keeps_the_finished_one_and_a_rerun_finishes_it() {
 async fn an_interrupted_e2ee_bootstrap_resumes_with_the_same_identity() {
     let synapse = synapse();
     let proxy = Proxy::start(&synapse.url).await;
-    let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.homeserver_url = proxy.url.clone();
-    env.write_config();
+    let env = BotEnv::with_ping_bots_behind(synapse, &proxy, &["ping"]).await;
     let bot = env.user_id("ping");
 
     // The cross-signing keys are on the server and the key backup is being created: the moment that used to
@@ -267,10 +265,7 @@ async fn a_bot_whose_store_does_not_match_fails_alone_and_for_good() {
     let real: String = db.query_row("SELECT device_id FROM instances WHERE id = 'bad'", [], |r| r.get(0)).unwrap();
     db.execute("UPDATE instances SET device_id = 'OTHERDEVICE' WHERE id = 'bad'", []).unwrap();
     drop(db);
-    let mut daemon = env.spawn_run();
-    let mut api = Api::new(&env);
-    api.wait_up(&mut daemon).await;
-    api.login().await;
+    let (mut daemon, api) = Api::start_logged_in(&env).await;
     let failed = api.wait_state("bad", &["failed"], Duration::from_secs(30)).await;
     assert!(failed["last_error"].as_str().unwrap_or_default().contains("do not match"), "{failed}");
     let person = TestUser::new(synapse, "xena-").await;
@@ -310,5 +305,58 @@ async fn a_bot_whose_store_does_not_match_fails_alone_and_for_good() {
     api.wait_up(&mut daemon).await;
     api.wait_state("bad", &["running"], Duration::from_secs(60)).await;
     all_answer(&person, &[&good, &bad], false).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_removed_and_disabled_bots_and_restarts_only_changed_ones() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["keep", "change", "off", "gone"]).await;
+    env.enable_api_login();
+    env.setup();
+    let (mut daemon, api) = Api::start_logged_in(&env).await;
+    for id in ["keep", "change", "off", "gone"] {
+        api.wait_state(id, &["running"], Duration::from_secs(60)).await;
+    }
+    let restored = |daemon: &crate::harness::daemon::Daemon, id: &str| {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("session restored") && l.contains(&format!("instance={id} ")))
+            .count()
+    };
+
+    env.instances.retain(|i| i.id != "gone");
+    env.instances.iter_mut().find(|i| i.id == "off").unwrap().extra.push("enabled: false".into());
+    env.instances.iter_mut().find(|i| i.id == "change").unwrap().extra.push("max_command_age_secs: 301".into());
+    env.write_config();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(30));
+    api.wait_state("off", &["configured"], Duration::from_secs(30)).await;
+    crate::harness::eventually(Duration::from_secs(30), "the removed bot to be gone", || async {
+        (api.get("/api/v1/instances/gone").await.0 == 404).then_some(())
+    })
+    .await;
+    api.wait_state("change", &["running"], Duration::from_secs(60)).await;
+    crate::harness::eventually(Duration::from_secs(30), "the changed bot to restart", || async {
+        (restored(&daemon, "change") == 2).then_some(())
+    })
+    .await;
+    assert_eq!(restored(&daemon, "keep"), 1, "the unchanged bot was not restarted:\n{}", daemon.log());
+    let reloaded = daemon.log().lines().find(|l| l.contains("configuration reloaded")).unwrap_or_default().to_owned();
+    assert!(
+        reloaded.contains(r#"stopped=["off"]"#)
+            && reloaded.contains(r#"restarted=["change"]"#)
+            && reloaded.contains(r#"removed=["gone"]"#),
+        "{reloaded}"
+    );
+    let person = TestUser::new(synapse, "yves-").await;
+    all_answer(&person, &[&env.user_id("keep"), &env.user_id("change")], false).await;
+
+    // SIGUSR2 and SIGALRM are ignored as well.
+    daemon.signal(libc::SIGUSR2);
+    daemon.signal(libc::SIGALRM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.instance("keep").await["state"], "running");
     assert_eq!(daemon.stop().code(), Some(0));
 }

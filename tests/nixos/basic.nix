@@ -41,15 +41,6 @@ in
       systemd.services.continuwuity.serviceConfig.EnvironmentFile =
         config.sops.templates."continuwuity-registration.env".path;
 
-      # The bot's secrets come from sops-install-secrets (systemd activation here): start after it.
-      systemd.services.maubot = {
-        wants = [ "sops-install-secrets.service" ];
-        after = [ "sops-install-secrets.service" ];
-      };
-      systemd.services.continuwuity = {
-        wants = [ "sops-install-secrets.service" ];
-        after = [ "sops-install-secrets.service" ];
-      };
 
       sops.secrets = {
         "maubot/registration-token".restartUnits = [ "maubot.service" ];

@@ -38,14 +38,6 @@ in
       systemd.services.continuwuity.serviceConfig.EnvironmentFile =
         config.sops.templates."continuwuity-registration.env".path;
       sops.secrets."maubot/registration-token".restartUnits = [ "maubot.service" ];
-      systemd.services.maubot = {
-        wants = [ "sops-install-secrets.service" ];
-        after = [ "sops-install-secrets.service" ];
-      };
-      systemd.services.continuwuity = {
-        wants = [ "sops-install-secrets.service" ];
-        after = [ "sops-install-secrets.service" ];
-      };
 
       services.maubot = {
         enable = true;

@@ -18,6 +18,15 @@ impl Api {
         Api { base: env.api_url(), http: reqwest::Client::new(), token: None }
     }
 
+    /// Starts `maubot run` for `env`, waits until its API answers, and logs in.
+    pub async fn start_logged_in(env: &BotEnv) -> (Daemon, Api) {
+        let mut daemon = env.spawn_run();
+        let mut api = Api::new(env);
+        api.wait_up(&mut daemon).await;
+        api.login().await;
+        (daemon, api)
+    }
+
     pub async fn wait_up(&self, daemon: &mut Daemon) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.http.get(format!("{}/health", self.base)).send().await.is_err() {

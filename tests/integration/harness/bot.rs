@@ -64,6 +64,14 @@ impl BotEnv {
         env
     }
 
+    /// As [`BotEnv::with_ping_bots`], the bots talking to the homeserver through `proxy`.
+    pub async fn with_ping_bots_behind(synapse: &Synapse, proxy: &super::proxy::Proxy, ids: &[&str]) -> BotEnv {
+        let mut env = BotEnv::with_ping_bots(synapse, ids).await;
+        env.homeserver_url = proxy.url.clone();
+        env.write_config();
+        env
+    }
+
     pub fn empty(synapse: &Synapse) -> BotEnv {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("credentials")).unwrap();

@@ -192,6 +192,12 @@ impl Synapse {
         self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
     }
 
+    /// POSTs `body` to `path` (relative to the homeserver URL) as the admin; the JSON answer.
+    async fn admin_post(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/{path}", self.url);
+        self.admin(reqwest::Client::new().post(url)).json(&body).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Exempts a user (a test person, never a bot) from the message rate limit.
     pub async fn exempt_from_rate_limits(&self, user_id: &str) {
         let url = format!("{}/_synapse/admin/v1/users/{user_id}/override_ratelimit", self.url);
@@ -206,31 +212,13 @@ impl Synapse {
 
     /// The user's cross-signing master key as the homeserver has it (none without an identity).
     pub async fn master_key(&self, user_id: &str) -> Option<Value> {
-        let url = format!("{}/_matrix/client/v3/keys/query", self.url);
-        let response: Value = self
-            .admin(reqwest::Client::new().post(url))
-            .json(&json!({"device_keys": {user_id: []}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response = self.admin_post("_matrix/client/v3/keys/query", json!({"device_keys": {user_id: []}})).await;
         response["master_keys"].get(user_id).map(|k| k["keys"].clone())
     }
 
     /// A new single-use registration token.
     pub async fn registration_token(&self) -> String {
-        let url = format!("{}/_synapse/admin/v1/registration_tokens/new", self.url);
-        let response: Value = self
-            .admin(reqwest::Client::new().post(url))
-            .json(&json!({"uses_allowed": 1}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response = self.admin_post("_synapse/admin/v1/registration_tokens/new", json!({"uses_allowed": 1})).await;
         response["token"].as_str().expect("token").to_owned()
     }
 }

@@ -1,5 +1,6 @@
 # sops-nix in the VM tests: the test secrets, and the public TEST age key put where sops-install-secrets looks
-# for it just before it runs (works with the scripted and the systemd initrd alike).
+# for it just before it runs (works with the scripted and the systemd initrd alike). With systemd activation the
+# secrets come from sops-install-secrets.service: the bot host and the homeserver start after it.
 { ... }:
 {
   sops = {
@@ -10,4 +11,12 @@
   systemd.services.sops-install-secrets.preStart = ''
     install -m 0400 ${../../../secrets/test-age-key.txt} /run/age-keys.txt
   '';
+  systemd.services.maubot = {
+    wants = [ "sops-install-secrets.service" ];
+    after = [ "sops-install-secrets.service" ];
+  };
+  systemd.services.continuwuity = {
+    wants = [ "sops-install-secrets.service" ];
+    after = [ "sops-install-secrets.service" ];
+  };
 }
