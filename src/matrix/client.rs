@@ -35,6 +35,9 @@ pub fn store_config(store_dir: &Path) -> SqliteStoreConfig {
     SqliteStoreConfig::new(store_dir).pool_max_size(2).cache_size(16 * 1024).journal_size_limit(2 * 1024 * 1024)
 }
 
+/// Idle connections kept per homeserver, beyond those in use (every bot's long poll holds one).
+const IDLE_CONNECTIONS_PER_HOMESERVER: usize = 8;
+
 /// One HTTP client for every bot in the process: one TLS configuration and root store, one connection pool
 /// (bots on the same homeserver reuse connections), instead of one of each per bot. Settings as matrix-sdk's own.
 fn shared_http_client() -> Result<reqwest::Client, ClientError> {
@@ -46,6 +49,9 @@ fn shared_http_client() -> Result<reqwest::Client, ClientError> {
         .user_agent(concat!("maubot/", env!("CARGO_PKG_VERSION")))
         .min_tls_version(reqwest::tls::Version::TLS_1_2)
         .timeout(Duration::from_secs(30))
+        // Each bot holds one connection in its long poll; what start-up and bursts open beyond that is kept
+        // idle only up to a few per homeserver (about 30 KiB of buffers each), not all of it for 90 s.
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOMESERVER)
         .build()
         .map_err(|e| ClientError::Http(e.to_string()))?;
     Ok(SHARED.get_or_init(|| client).clone())
