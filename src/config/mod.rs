@@ -72,6 +72,7 @@ impl Purpose {
 pub fn load(sources: &Sources, purpose: Purpose) -> Result<Loaded, ConfigError> {
     let figment = layers::figment(sources)?;
     let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+    config.find_plugin_secrets();
 
     let mut problems = Vec::new();
     let mut warnings = Vec::new();

@@ -151,9 +151,58 @@ pub struct InstanceConfig {
     /// Minimum severity that is sent to the admin room.
     #[serde(default)]
     pub error_notification_level: NotificationLevel,
-    /// Plugin-specific settings, checked by the plugin type.
+    /// Plugin-specific settings, checked by the plugin type. A value `{ credential: NAME }` or `{ file: PATH }`
+    /// anywhere in it is a secret: printed as written, read at start-up, and handed to the plugin as a string.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// The secrets `config` refers to, by JSON pointer into it (found by [`Config::find_plugin_secrets`]).
+    #[serde(skip)]
+    pub config_secrets: BTreeMap<String, Secret>,
+}
+
+impl InstanceConfig {
+    /// `config` as the plugin gets it: every secret reference replaced by the secret's value.
+    pub fn resolved_config(&self) -> serde_json::Value {
+        let mut config = self.config.clone();
+        for (pointer, secret) in &self.config_secrets {
+            if let (Some(slot), Some(value)) = (config.pointer_mut(pointer), secret.value()) {
+                *slot = serde_json::Value::String(value.to_owned());
+            }
+        }
+        config
+    }
+}
+
+/// Collects the secret references below `value` (at JSON pointer `pointer`).
+fn collect_secret_references(value: &serde_json::Value, pointer: String, out: &mut BTreeMap<String, Secret>) {
+    if let Some(secret) = Secret::from_reference(value) {
+        out.insert(pointer, secret);
+        return;
+    }
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                collect_secret_references(child, format!("{pointer}/{}", escape(key)), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                collect_secret_references(child, format!("{pointer}/{index}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON pointer as a dotted config key (`/settings/token` → `settings.token`).
+fn pointer_to_key(pointer: &str) -> String {
+    pointer
+        .trim_start_matches('/')
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -248,8 +297,10 @@ fn default_backoff_seconds() -> u64 {
 /// Secrets only `setup` uses (logging in, registering); a running host never reads them.
 pub fn is_setup_only_secret(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or_default();
+    // `instances.<id>.password`, not a plugin's `instances.<id>.config.….password`, which the plugin needs to run.
     matches!(last, "password" | "access_token" | "registration_token" | "registration_shared_secret")
         && (key.starts_with("instances.") || key.starts_with("homeservers."))
+        && key.split('.').count() == 3
 }
 
 impl InstanceConfig {
@@ -302,8 +353,20 @@ impl Config {
             if let Some(s) = instance.access_token.as_mut() {
                 out.push((format!("instances.{id}.access_token"), s));
             }
+            for (pointer, s) in &mut instance.config_secrets {
+                out.push((format!("instances.{id}.config.{}", pointer_to_key(pointer)), s));
+            }
         }
         out
+    }
+
+    /// Finds the secret references in every instance's plugin config (done once, after the layers merged).
+    pub fn find_plugin_secrets(&mut self) {
+        for instance in self.instances.values_mut() {
+            let mut found = BTreeMap::new();
+            collect_secret_references(&instance.config, String::new(), &mut found);
+            instance.config_secrets = found;
+        }
     }
 
     /// The homeserver an instance uses: its `homeserver`, or the only one configured.

@@ -77,6 +77,23 @@ impl Secret {
         Secret { source: SecretSource::Credential(name.into()), value: None }
     }
 
+    /// A reference to a file, not yet read.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Secret { source: SecretSource::File(path.into()), value: None }
+    }
+
+    /// The secret a plugin config value refers to: an object with exactly one key, `credential` or `file`,
+    /// whose value is a string. Anything else is plain data.
+    pub fn from_reference(value: &serde_json::Value) -> Option<Self> {
+        let map = value.as_object().filter(|m| m.len() == 1)?;
+        let (key, target) = map.iter().next()?;
+        match (key.as_str(), target.as_str()?) {
+            ("credential", name) => Some(Secret::credential(name)),
+            ("file", path) => Some(Secret::file(path)),
+            _ => None,
+        }
+    }
+
     pub fn source(&self) -> &SecretSource {
         &self.source
     }

@@ -42,7 +42,7 @@ pub async fn run(
         Err(e @ StateError::Locked { .. }) => return Outcome::Failed(e.to_string()),
         Err(e) => return Outcome::FailedPermanently(e.to_string()),
     };
-    let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.config)) {
+    let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.resolved_config())) {
         Some(Ok(plugin)) => plugin,
         Some(Err(problem)) => {
             return Outcome::FailedPermanently(format!("plugin config: {}: {}", problem.key, problem.message));

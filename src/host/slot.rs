@@ -139,7 +139,12 @@ impl Slot {
         });
         self.failed = None;
         self.next_start = None;
-        let context = PluginContext { instance: self.id.clone(), limiter: self.limiter.clone() };
+        let context = PluginContext {
+            instance: self.id.clone(),
+            user_id: record.user_id.clone(),
+            data_dir: shared.layout.plugin_data_dir(&self.id),
+            limiter: self.limiter.clone(),
+        };
         let task = tokio::spawn(instance_task::run(
             shared.clone(),
             self.config.clone(),

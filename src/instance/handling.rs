@@ -10,16 +10,16 @@ use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::events::room::message::{
-    AddMentions, ForwardThread, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
+    AddMentions, ForwardThread, MessageFormat, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
 };
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
 };
 use matrix_sdk::ruma::{OwnedUserId, RoomId, UInt};
 
-use super::{HandleError, Run, backoff, transaction_id};
+use super::{HandleError, Run, backoff, keyed_transaction_id, transaction_id};
 use crate::alerts::scrub::scrubbed;
-use crate::plugin::{Action, IncomingMessage};
+use crate::plugin::{Action, IncomingMessage, MessageKind};
 use crate::state::db::{OutboxEntry, PendingEvent, now_unix};
 
 /// Most events fetched to fill one gap after downtime.
@@ -174,8 +174,10 @@ impl Run<'_> {
         if me.is_bot(&message.sender) {
             return Ok(());
         }
-        let MessageType::Text(text) = &message.content.msgtype else {
-            return Ok(());
+        let (kind, body, formatted) = match &message.content.msgtype {
+            MessageType::Text(text) => (MessageKind::Text, &text.body, &text.formatted),
+            MessageType::Emote(emote) => (MessageKind::Emote, &emote.body, &emote.formatted),
+            _ => return Ok(()),
         };
         if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
             return Ok(());
@@ -192,11 +194,13 @@ impl Run<'_> {
             room_id: room.room_id().to_owned(),
             event_id: message.event_id.clone(),
             sender: message.sender.clone(),
-            body: text.body.clone(),
+            kind,
+            body: body.clone(),
+            formatted_body: formatted.as_ref().filter(|f| f.format == MessageFormat::Html).map(|f| f.body.clone()),
             age,
             encrypted,
         };
-        let actions = me.plugin.on_message(&me.context, &incoming).await;
+        let actions = me.plugin.on_message(&me.context, &incoming).await?;
         if actions.is_empty() {
             return Ok(());
         }
@@ -281,21 +285,53 @@ impl Run<'_> {
 
 /// The outbox entry for the `index`-th action answering `message`.
 fn to_send(room: &Room, message: &OriginalSyncRoomMessageEvent, index: usize, action: Action) -> OutboxEntry {
-    let Action::Reply(content) = action;
-    let content = content.make_reply_to(
-        ReplyMetadata::new(&message.event_id, &message.sender, thread_of(message)),
-        ForwardThread::Yes,
-        AddMentions::No,
-    );
+    let derived = || transaction_id(message.event_id.as_str(), index).to_string();
+    let (room_id, txn_id, event_type, content) = match action {
+        Action::Reply(content) => {
+            let content = content.make_reply_to(
+                ReplyMetadata::new(&message.event_id, &message.sender, thread_of(message)),
+                ForwardThread::Yes,
+                AddMentions::No,
+            );
+            (room.room_id().to_string(), derived(), "m.room.message", json(&content))
+        }
+        Action::Send { room_id, content, key } => {
+            let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(derived);
+            (room_id.to_string(), txn_id, "m.room.message", json(&content))
+        }
+        Action::React { to, reaction } => {
+            let content = matrix_sdk::ruma::events::reaction::ReactionEventContent::new(
+                matrix_sdk::ruma::events::relation::Annotation::new(to, reaction),
+            );
+            (room.room_id().to_string(), derived(), "m.reaction", json(&content))
+        }
+    };
     OutboxEntry {
         seq: 0,
-        room_id: room.room_id().to_string(),
-        txn_id: transaction_id(message.event_id.as_str(), index).to_string(),
-        event_type: "m.room.message".into(),
-        content: serde_json::to_string(&content).expect("event content serializes"),
+        room_id,
+        txn_id,
+        event_type: event_type.into(),
+        content,
         answers: Some(message.event_id.to_string()),
         queued_at: 0,
     }
+}
+
+/// The outbox entry for a send a plugin made on its own.
+pub(super) fn unprompted_send(unprompted: crate::plugin::Unprompted) -> OutboxEntry {
+    OutboxEntry {
+        seq: 0,
+        room_id: unprompted.room_id.to_string(),
+        txn_id: keyed_transaction_id(&unprompted.key).to_string(),
+        event_type: "m.room.message".into(),
+        content: json(&unprompted.content),
+        answers: None,
+        queued_at: 0,
+    }
+}
+
+fn json(content: &impl serde::Serialize) -> String {
+    serde_json::to_string(content).expect("event content serializes")
 }
 
 fn age_of(sent: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch) -> Duration {

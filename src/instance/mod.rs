@@ -32,7 +32,7 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UIn
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::alerts::scrub::scrubbed;
-use crate::plugin::{Plugin, PluginContext};
+use crate::plugin::{Plugin, PluginContext, PluginError};
 use crate::state::db::{OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
 
@@ -107,13 +107,15 @@ enum HandleError {
     State(#[from] StateError),
     #[error("{0}")]
     Matrix(#[from] matrix_sdk::Error),
+    #[error("the plugin failed: {0}")]
+    Plugin(#[from] PluginError),
 }
 
 impl HandleError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             HandleError::Matrix(e) => retry_after(e),
-            HandleError::State(_) => None,
+            HandleError::State(_) | HandleError::Plugin(_) => None,
         }
     }
 }
@@ -210,6 +212,7 @@ impl Instance {
         };
         let sender = sender.run(owed, queue, sender_stopped);
         tokio::pin!(sender);
+        let (unprompted, mut unprompted_queue) = mpsc::unbounded_channel();
         let run = Run {
             instance: &self,
             outbox,
@@ -217,10 +220,16 @@ impl Instance {
             pending: Mutex::new(pending),
             recent_commands: Mutex::default(),
         };
-        let outcome = tokio::select! {
-            outcome = run.sync_loop(&mut shutdown) => outcome,
-            () = &mut sender => Outcome::Failed("the sender stopped".into()),
+        let outcome = match self.plugin.start(&self.context, unprompted).await {
+            Err(e) => plugin_failed(e),
+            Ok(()) => tokio::select! {
+                outcome = run.sync_loop(&mut shutdown) => outcome,
+                () = &mut sender => Outcome::Failed("the sender stopped".into()),
+                error = self.plugin.failed() => plugin_failed(error),
+                outcome = run.queue_unprompted(&mut unprompted_queue) => outcome,
+            },
         };
+        self.plugin.stop().await;
         let _ = sender_stop.send(true);
         let _ = tokio::time::timeout(SENDER_DRAIN, &mut sender).await;
         match &outcome {
@@ -236,6 +245,24 @@ impl Instance {
 }
 
 impl Run<'_> {
+    /// Queues the sends the plugin makes on its own: persisted first, then handed to the sender.
+    async fn queue_unprompted(&self, queue: &mut mpsc::UnboundedReceiver<crate::plugin::Unprompted>) -> Outcome {
+        let me = self.instance;
+        while let Some(unprompted) = queue.recv().await {
+            let send = handling::unprompted_send(unprompted);
+            match me.db.queue_sends(&me.id, vec![send]).await {
+                Ok(queued) => {
+                    self.outstanding.add(queued.len());
+                    for send in queued {
+                        let _ = self.outbox.send(send);
+                    }
+                }
+                Err(e) => return Outcome::Failed(format!("cannot queue a send the plugin made: {e}")),
+            }
+        }
+        std::future::pending().await
+    }
+
     async fn sync_loop(&self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
         let me = self.instance;
         let mut since = match me.db.sync_token(&me.id).await {
@@ -268,6 +295,8 @@ impl Run<'_> {
                             Ok(()) => Ok(next),
                             Err(e) => Err((e.to_string(), None)),
                         },
+                        // The plugin has to start over: the run ends (the batch is delivered again afterwards).
+                        Err(HandleError::Plugin(e)) => return plugin_failed(e),
                         Err(e) => {
                             me.counters.handling_errors.fetch_add(1, Ordering::Relaxed);
                             Err((scrubbed(&format!("handling events failed: {e}")), e.retry_after()))
@@ -332,6 +361,12 @@ impl Run<'_> {
     }
 }
 
+/// How a run ends when its plugin failed.
+fn plugin_failed(error: PluginError) -> Outcome {
+    let why = scrubbed(&format!("the plugin failed: {}", error.message));
+    if error.permanent { Outcome::FailedPermanently(why) } else { Outcome::Failed(why) }
+}
+
 /// Only what bots use: no presence, typing, receipts or room account data (global account data stays: E2EE
 /// needs it), lazy-loaded members, and enough timeline per room that a short downtime needs no extra requests.
 fn sync_filter() -> Filter {
@@ -354,16 +389,25 @@ fn sync_filter() -> Filter {
 
 /// The transaction id for the `index`-th action answering `event_id`: the same on every retry.
 pub fn transaction_id(event_id: &str, index: usize) -> OwnedTransactionId {
-    // Unreserved URL characters stay, everything else (including `~`) becomes `~xx`: a one-to-one mapping.
-    let mut escaped = String::with_capacity(event_id.len() + 8);
-    for byte in event_id.bytes() {
+    OwnedTransactionId::from(format!("maubot.{index}.{}", escape_for_transaction_id(event_id)))
+}
+
+/// The transaction id for an action with the idempotency key `key` (a plugin's own, outside any event).
+pub fn keyed_transaction_id(key: &str) -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("maubot.k.{}", escape_for_transaction_id(key)))
+}
+
+/// Unreserved URL characters stay, everything else (including `~`) becomes `~xx`: a one-to-one mapping.
+fn escape_for_transaction_id(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
             escaped.push(byte as char);
         } else {
             escaped.push_str(&format!("~{byte:02x}"));
         }
     }
-    OwnedTransactionId::from(format!("maubot.{index}.{escaped}"))
+    escaped
 }
 
 /// How long the homeserver asked us to wait (`M_LIMIT_EXCEEDED`, `retry_after_ms` / `Retry-After`).

@@ -1,10 +1,14 @@
-//! Bot plugins: built-in Rust types behind one trait, registered by type name.
+//! Bot plugins: built-in types behind one trait, registered by type name (`registry.rs`); each type in its own
+//! file or folder (`ping.rs`, `exec/`).
 //!
 //! A plugin sees messages and invites and answers with [`Action`]s; the host carries actions out. Keeping the
 //! sending in the host is what makes replies exactly-once across crashes: each action is sent with a transaction
-//! id derived from the event it answers, so a re-delivered event produces the same request and the homeserver
-//! deduplicates it.
+//! id derived from the event it answers (or from the idempotency key the plugin gives), so a re-delivered event
+//! produces the same request and the homeserver deduplicates it. Side effects outside Matrix are the plugin's:
+//! they happen at least once (an event whose answer was not recorded before a crash is delivered again).
 
+pub mod exec;
+pub mod invites;
 pub mod ping;
 pub mod registry;
 
@@ -33,31 +37,91 @@ pub trait PluginType: Sync {
     fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem>;
 }
 
-/// A text message addressed to the bot's rooms, as the host hands it to a plugin.
+/// The kinds of message a plugin is handed (notices are bots talking: never handed over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Emote,
+}
+
+impl MessageKind {
+    /// The `msgtype` of the event.
+    pub fn msgtype(self) -> &'static str {
+        match self {
+            MessageKind::Text => "m.text",
+            MessageKind::Emote => "m.emote",
+        }
+    }
+}
+
+/// A text or emote message in one of the bot's rooms, as the host hands it to a plugin.
 #[derive(Debug, Clone)]
 pub struct IncomingMessage {
     pub room_id: OwnedRoomId,
     pub event_id: OwnedEventId,
     pub sender: OwnedUserId,
+    pub kind: MessageKind,
     pub body: String,
+    /// The HTML body (`org.matrix.custom.html`), when the message has one.
+    pub formatted_body: Option<String>,
     /// How long ago the homeserver received the message.
     pub age: Duration,
     /// Whether the message arrived encrypted (replies in such rooms are encrypted by the host).
     pub encrypted: bool,
 }
 
-/// What a plugin may use besides the event: its instance id and the instance's outgoing rate limiter, which it
-/// must `acquire()` before every external call (and `back_off()` when the service says "too many requests").
+/// What a plugin may use besides the event: its instance id, its private directory (mode 0700, kept across
+/// restarts), and the instance's outgoing rate limiter, which it must `acquire()` before every external call (and
+/// `back_off()` when the service says "too many requests").
 pub struct PluginContext {
     pub instance: String,
+    pub user_id: String,
+    pub data_dir: std::path::PathBuf,
     pub limiter: std::sync::Arc<crate::instance::RateLimiter>,
 }
 
-/// What a plugin wants done in answer to an event.
+/// What a plugin wants done. In answer to an event, the host derives each action's transaction id from the
+/// event and the action's place among the answers, unless the action names its own idempotency key.
 #[derive(Debug, Clone)]
 pub enum Action {
     /// Send this content as a reply to the event (the host adds the reply relation).
     Reply(RoomMessageEventContent),
+    /// Send this content to a room the bot is joined to. `key`: the idempotency key (required outside an event).
+    Send { room_id: OwnedRoomId, content: RoomMessageEventContent, key: Option<String> },
+    /// React to an event in the room of the event being answered.
+    React { to: OwnedEventId, reaction: String },
+}
+
+/// An action a plugin takes on its own, outside any event (a timer fired, a program wrote it): carried out
+/// once, deduplicated by its key.
+#[derive(Debug, Clone)]
+pub struct Unprompted {
+    pub room_id: OwnedRoomId,
+    pub content: RoomMessageEventContent,
+    pub key: String,
+}
+
+/// Where a plugin hands actions it takes on its own. The host queues them like answers (persisted first).
+pub type UnpromptedSink = tokio::sync::mpsc::UnboundedSender<Unprompted>;
+
+/// A plugin that cannot go on: the host stops the instance, and the supervisor restarts it with its backoff
+/// (or, when `permanent`, leaves it failed until an operator acts).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PluginError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl PluginError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        PluginError { message: message.into(), permanent: false }
+    }
+
+    /// Only an operator can fix it (a program that does not exist, a directory that cannot be made).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        PluginError { message: message.into(), permanent: true }
+    }
 }
 
 /// One bot's behaviour.
@@ -68,8 +132,22 @@ pub trait Plugin: Send + Sync {
         false
     }
 
-    /// Handles a text message; the returned actions are carried out in order.
-    async fn on_message(&self, context: &PluginContext, message: &IncomingMessage) -> Vec<Action>;
+    /// Called once before the first event of each run of the instance. Default: nothing to start.
+    async fn start(&self, _context: &PluginContext, _unprompted: UnpromptedSink) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Handles a message; the returned actions are carried out in order. An error stops the instance (the
+    /// message is delivered again after the restart).
+    async fn on_message(&self, context: &PluginContext, message: &IncomingMessage) -> Result<Vec<Action>, PluginError>;
+
+    /// Resolves when the plugin fails on its own, between events (a program that exited). Default: never.
+    async fn failed(&self) -> PluginError {
+        std::future::pending().await
+    }
+
+    /// Called when the instance stops. Default: nothing to stop.
+    async fn stop(&self) {}
 }
 
 /// Deserializes a plugin config, reporting the path of the first problem.

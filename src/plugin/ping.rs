@@ -4,8 +4,10 @@ use async_trait::async_trait;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde::Deserialize;
 
-use super::{Action, ConfigProblem, IncomingMessage, Plugin, PluginContext, PluginType, parse_config};
-use crate::config::ids::user_glob_matches;
+use super::{
+    Action, ConfigProblem, IncomingMessage, MessageKind, Plugin, PluginContext, PluginError, PluginType, invites,
+    parse_config,
+};
 
 pub struct PingType;
 
@@ -45,14 +47,7 @@ impl PluginType for PingType {
                 message: format!("`{}` must be one word, like `!ping`", parsed.command),
             });
         }
-        for (i, glob) in parsed.allow_invites_from.iter().enumerate() {
-            if !(glob.starts_with('@') || glob.starts_with('*')) || !glob.contains(':') && glob != "*" {
-                problems.push(ConfigProblem {
-                    key: format!("allow_invites_from.{i}"),
-                    message: format!("`{glob}` should match user IDs, like `@*:example.org` or `@alice:example.org`"),
-                });
-            }
-        }
+        problems.extend(invites::check_globs(&parsed.allow_invites_from));
         problems
     }
 
@@ -74,15 +69,19 @@ impl Ping {
 #[async_trait]
 impl Plugin for Ping {
     fn accepts_invite_from(&self, inviter: &str) -> bool {
-        self.config.allow_invites_from.iter().any(|glob| user_glob_matches(glob, inviter))
+        invites::allowed(&self.config.allow_invites_from, inviter)
     }
 
-    async fn on_message(&self, _context: &PluginContext, message: &IncomingMessage) -> Vec<Action> {
-        if !self.is_command(&message.body) {
-            return Vec::new();
+    async fn on_message(
+        &self,
+        _context: &PluginContext,
+        message: &IncomingMessage,
+    ) -> Result<Vec<Action>, PluginError> {
+        if message.kind != MessageKind::Text || !self.is_command(&message.body) {
+            return Ok(Vec::new());
         }
         let millis = message.age.as_millis();
-        vec![Action::Reply(RoomMessageEventContent::notice_plain(format!("pong (took {millis} ms)")))]
+        Ok(vec![Action::Reply(RoomMessageEventContent::notice_plain(format!("pong (took {millis} ms)")))])
     }
 }
 

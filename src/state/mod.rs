@@ -166,6 +166,11 @@ impl Layout {
         self.instance_dir(id).join("store")
     }
 
+    /// The plugin's private directory (files it keeps across restarts).
+    pub fn plugin_data_dir(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("data")
+    }
+
     pub fn instance_lock(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("lock")
     }

@@ -7,6 +7,7 @@ mod harness;
 mod catch_up;
 mod check_config;
 mod config_layers;
+mod exec;
 mod host_api;
 mod hostile_api;
 mod hostile_config;

@@ -55,33 +55,24 @@ impl Database {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let now = now_unix();
-            let mut queued = Vec::with_capacity(sends.len());
-            for mut send in sends {
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO outbox (instance_id, room_id, txn_id, event_type, content, answers,
-                                                       queued_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        id,
-                        send.room_id,
-                        send.txn_id,
-                        send.event_type,
-                        send.content,
-                        send.answers,
-                        now
-                    ])?;
-                if inserted == 1 {
-                    send.seq = tx.last_insert_rowid();
-                    send.queued_at = now;
-                    queued.push(send);
-                }
-            }
+            let queued = insert_sends(&tx, &id, sends, now)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO handled_events (instance_id, event_id, handled_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![id, event_id, now])?;
+            tx.commit()?;
+            Ok(queued)
+        })
+        .await
+    }
+
+    /// Queues sends that answer no event (a plugin's own, with idempotency keys). A send whose transaction id
+    /// is queued already is left out. Returns the queued entries.
+    pub async fn queue_sends(&self, id: &str, sends: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, StateError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let queued = insert_sends(&tx, &id, sends, now_unix())?;
             tx.commit()?;
             Ok(queued)
         })
@@ -177,6 +168,30 @@ impl Database {
         })
         .await
     }
+}
+
+/// Inserts sends into the outbox (those not there yet); returns them with their sequence numbers.
+fn insert_sends(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    sends: Vec<OutboxEntry>,
+    now: i64,
+) -> rusqlite::Result<Vec<OutboxEntry>> {
+    let mut queued = Vec::with_capacity(sends.len());
+    for mut send in sends {
+        let inserted = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO outbox (instance_id, room_id, txn_id, event_type, content, answers, queued_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![id, send.room_id, send.txn_id, send.event_type, send.content, send.answers, now])?;
+        if inserted == 1 {
+            send.seq = tx.last_insert_rowid();
+            send.queued_at = now;
+            queued.push(send);
+        }
+    }
+    Ok(queued)
 }
 
 #[cfg(test)]

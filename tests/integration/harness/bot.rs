@@ -37,6 +37,9 @@ pub struct BotEnv {
     pub host_extra: Vec<String>,
     /// More homeservers (name, url) besides `local`.
     pub extra_homeservers: Vec<(String, String)>,
+    /// Instances of another plugin type than `ping`: id -> (type, YAML lines under `config:` besides
+    /// `allow_invites_from`).
+    pub plugins: BTreeMap<String, (String, Vec<String>)>,
 }
 
 /// The admin password `enable_api_login` configures.
@@ -87,6 +90,7 @@ impl BotEnv {
             server_extra: Vec::new(),
             host_extra: Vec::new(),
             extra_homeservers: Vec::new(),
+            plugins: BTreeMap::new(),
         }
     }
 
@@ -152,17 +156,29 @@ impl BotEnv {
         }
         yaml.push_str("instances:\n");
         for instance in &self.instances {
+            let (kind, config) = self.plugins.get(&instance.id).cloned().unwrap_or_else(|| ("ping".into(), vec![]));
             yaml.push_str(&format!(
-                "  {}:\n    type: ping\n    user: \"@{}:{SERVER_NAME}\"\n",
+                "  {}:\n    type: {kind}\n    user: \"@{}:{SERVER_NAME}\"\n",
                 instance.id, instance.localpart
             ));
             let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
             yaml.push_str(&format!("    config:\n      allow_invites_from: [{}]\n", globs.join(", ")));
+            for line in config {
+                yaml.push_str(&format!("      {line}\n"));
+            }
             for line in &instance.extra {
                 yaml.push_str(&format!("    {line}\n"));
             }
         }
         std::fs::write(self.config_path(), yaml).unwrap();
+    }
+
+    /// Makes instance `id` an `exec` bot running `program` (an executable path) with these `config` lines.
+    pub fn use_exec(&mut self, id: &str, program: &Path, lines: &[&str]) {
+        let mut config = vec![format!("command: {}", program.display())];
+        config.extend(lines.iter().map(|l| l.to_string()));
+        self.plugins.insert(id.to_owned(), ("exec".into(), config));
+        self.write_config();
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

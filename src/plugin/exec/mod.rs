@@ -1,0 +1,339 @@
+//! `exec`: a bot written in any language, run as a separate program that speaks the line protocol of
+//! `protocol.rs` over its stdin and stdout (docs/exec.md). The host keeps doing Matrix, E2EE, exactly-once
+//! sending, restarts and secrets; the program only decides.
+//!
+//! Events go to the program one at a time; what it answers (up to its `done`) is carried out like any plugin's
+//! actions, so a message whose answers were not recorded before a crash (of the host or of the program) is
+//! delivered again, and the repeated answers carry the same transaction ids: the room sees each once. A program
+//! that exits, writes something that is not protocol, or misses a deadline ends the instance's run; the
+//! supervisor restarts it with its backoff.
+
+mod program;
+pub mod protocol;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
+use serde::Deserialize;
+use tokio::sync::{Mutex, watch};
+
+use self::program::{Launch, Line, Program};
+use self::protocol::{FromProgram, ToProgram};
+use super::{
+    Action, ConfigProblem, IncomingMessage, Plugin, PluginContext, PluginError, PluginType, Unprompted, UnpromptedSink,
+    invites, parse_config,
+};
+
+/// Longest `event_timeout_secs`: below the supervisor's hang detection (a sync's long poll plus 90 s).
+pub const MAX_EVENT_TIMEOUT_SECS: u64 = 60;
+/// Longest `ready_timeout_secs`.
+pub const MAX_READY_TIMEOUT_SECS: u64 = 300;
+/// Most actions a program may take for one event.
+pub const MAX_ACTIONS_PER_EVENT: usize = 20;
+
+pub struct ExecType;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// The program: an absolute path to an executable.
+    pub command: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Handed to the program in `hello` (secret references resolved).
+    #[serde(default = "empty_object")]
+    pub settings: serde_json::Value,
+    /// User ID globs (`*`, `?`) whose invites the bot accepts.
+    #[serde(default)]
+    pub allow_invites_from: Vec<String>,
+    /// Time the program has to answer `hello` with `ready`.
+    #[serde(default = "default_ready_timeout_secs")]
+    pub ready_timeout_secs: u64,
+    /// Time the program has to finish one event (`done`).
+    #[serde(default = "default_event_timeout_secs")]
+    pub event_timeout_secs: u64,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+fn default_ready_timeout_secs() -> u64 {
+    10
+}
+
+fn default_event_timeout_secs() -> u64 {
+    30
+}
+
+impl PluginType for ExecType {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
+    fn description(&self) -> &'static str {
+        "runs a bot written in any language as a separate program, one JSON object per line (docs/exec.md)"
+    }
+
+    fn check_config(&self, config: &serde_json::Value) -> Vec<ConfigProblem> {
+        let parsed: ExecConfig = match parse_config(config) {
+            Ok(parsed) => parsed,
+            Err(problem) => return vec![problem],
+        };
+        let mut problems = invites::check_globs(&parsed.allow_invites_from);
+        if !parsed.command.is_absolute() {
+            problems.push(ConfigProblem {
+                key: "command".into(),
+                message: format!(
+                    "`{}` must be an absolute path to the program (on NixOS: set instances.<id>.exec.package)",
+                    parsed.command.display()
+                ),
+            });
+        }
+        for (key, value, max) in [
+            ("ready_timeout_secs", parsed.ready_timeout_secs, MAX_READY_TIMEOUT_SECS),
+            ("event_timeout_secs", parsed.event_timeout_secs, MAX_EVENT_TIMEOUT_SECS),
+        ] {
+            if value == 0 || value > max {
+                problems
+                    .push(ConfigProblem { key: key.into(), message: format!("{value} must be between 1 and {max}") });
+            }
+        }
+        if !parsed.settings.is_object() {
+            problems.push(ConfigProblem { key: "settings".into(), message: "must be a mapping".into() });
+        }
+        problems
+    }
+
+    fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem> {
+        Ok(Box::new(Exec {
+            config: parse_config(config)?,
+            program: Mutex::new(None),
+            fault: Arc::new(watch::Sender::new(None)),
+        }))
+    }
+}
+
+pub struct Exec {
+    config: ExecConfig,
+    program: Mutex<Option<Program>>,
+    /// Set by the program's reader when it fails outside an event.
+    fault: Arc<watch::Sender<Option<String>>>,
+}
+
+#[async_trait]
+impl Plugin for Exec {
+    fn accepts_invite_from(&self, inviter: &str) -> bool {
+        invites::allowed(&self.config.allow_invites_from, inviter)
+    }
+
+    async fn start(&self, context: &PluginContext, unprompted: UnpromptedSink) -> Result<(), PluginError> {
+        crate::state::create_private_dir(&context.data_dir).map_err(|e| PluginError::permanent(e.to_string()))?;
+        self.fault.send_replace(None);
+        let launch = Launch {
+            instance: &context.instance,
+            command: &self.config.command,
+            args: &self.config.args,
+            data_dir: &context.data_dir,
+        };
+        let mut program = Program::start(&launch, unprompted, self.fault.clone())?;
+        program
+            .write(&ToProgram::Hello {
+                protocol: protocol::VERSION,
+                instance: &context.instance,
+                user_id: &context.user_id,
+                config: &self.config.settings,
+            })
+            .await?;
+        let deadline = Duration::from_secs(self.config.ready_timeout_secs);
+        let subscribe = match tokio::time::timeout(deadline, program.lines.recv()).await {
+            Ok(Some(Line::Message(FromProgram::Ready { subscribe }))) => subscribe,
+            Ok(Some(Line::Message(other))) => {
+                return Err(PluginError::transient(format!("the program answered hello with {other:?}, not `ready`")));
+            }
+            Ok(Some(Line::Fault(why))) => return Err(PluginError::transient(why)),
+            Ok(None) => return Err(PluginError::transient("the program ended before it was ready")),
+            Err(_) => {
+                let status = program.exit_status().map(|s| format!(" ({s})")).unwrap_or_default();
+                return Err(PluginError::transient(format!(
+                    "the program did not answer hello with `ready` within {} s (ready_timeout_secs){status}",
+                    deadline.as_secs()
+                )));
+            }
+        };
+        let unknown: Vec<&String> =
+            subscribe.iter().filter(|s| !protocol::SUBSCRIPTIONS.contains(&s.as_str())).collect();
+        if !unknown.is_empty() {
+            tracing::warn!(instance = %context.instance, unsupported = ?unknown, "the program subscribed to event types this host does not deliver (protocol 1 delivers `message`)");
+        }
+        tracing::info!(instance = %context.instance, command = %self.config.command.display(), "the program is ready");
+        *self.program.lock().await = Some(program);
+        Ok(())
+    }
+
+    async fn on_message(
+        &self,
+        _context: &PluginContext,
+        message: &IncomingMessage,
+    ) -> Result<Vec<Action>, PluginError> {
+        let mut guard = self.program.lock().await;
+        let program = guard.as_mut().ok_or_else(|| PluginError::transient("the program is not running"))?;
+        let id = message.event_id.as_str();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.event_timeout_secs);
+        let missed = || {
+            PluginError::transient(format!(
+                "the program did not finish event {id} within {} s (event_timeout_secs)",
+                self.config.event_timeout_secs
+            ))
+        };
+        program.begin(id);
+        let line = ToProgram::Message {
+            id,
+            room_id: message.room_id.as_str(),
+            sender: message.sender.as_str(),
+            body: &message.body,
+            formatted_body: message.formatted_body.as_deref(),
+            msgtype: message.kind.msgtype(),
+            age_ms: message.age.as_millis() as u64,
+            encrypted: message.encrypted,
+        };
+        tokio::time::timeout_at(deadline, program.write(&line)).await.map_err(|_| missed())??;
+        let mut actions = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, program.lines.recv()).await.map_err(|_| missed())?;
+            let answer = match next {
+                Some(Line::Message(answer)) => answer,
+                Some(Line::Fault(why)) => return Err(PluginError::transient(why)),
+                None => return Err(PluginError::transient("the program's output ended")),
+            };
+            if let FromProgram::Done { to } = &answer {
+                if to != id {
+                    return Err(PluginError::transient(format!(
+                        "the program said `done` for {to} while handling {id}"
+                    )));
+                }
+                program.end();
+                return Ok(actions);
+            }
+            actions.push(to_action(answer, id).map_err(PluginError::transient)?);
+            if actions.len() > MAX_ACTIONS_PER_EVENT {
+                return Err(PluginError::transient(format!(
+                    "the program took more than {MAX_ACTIONS_PER_EVENT} actions for one event"
+                )));
+            }
+        }
+    }
+
+    async fn failed(&self) -> PluginError {
+        let mut fault = self.fault.subscribe();
+        let fault = fault.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+        match fault {
+            Ok(why) => PluginError::transient(why),
+            // The sender lives as long as the plugin: never.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    async fn stop(&self) {
+        if let Some(program) = self.program.lock().await.take() {
+            let ended = program.stop().await;
+            tracing::info!(ended = %ended, "the program stopped");
+        }
+    }
+}
+
+/// The content of a message a program asks for.
+fn content(body: String, html: Option<String>, notice: bool) -> RoomMessageEventContent {
+    match (html, notice) {
+        (Some(html), true) => RoomMessageEventContent::notice_html(body, html),
+        (Some(html), false) => RoomMessageEventContent::text_html(body, html),
+        (None, true) => RoomMessageEventContent::notice_plain(body),
+        (None, false) => RoomMessageEventContent::text_plain(body),
+    }
+}
+
+fn room_id(text: &str) -> Result<OwnedRoomId, String> {
+    OwnedRoomId::try_from(text).map_err(|_| format!("`{}` is not a room ID", crate::alerts::scrub::for_log(text)))
+}
+
+fn event_id(text: &str) -> Result<OwnedEventId, String> {
+    OwnedEventId::try_from(text).map_err(|_| format!("`{}` is not an event ID", crate::alerts::scrub::for_log(text)))
+}
+
+/// An action the program took for event `handling`.
+fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
+    match answer {
+        FromProgram::Reply { to, body, html, notice } => {
+            if to != handling {
+                return Err(format!(
+                    "the program replied to {to} while handling {handling}; reply to the event being handled"
+                ));
+            }
+            Ok(Action::Reply(content(body, html, notice)))
+        }
+        FromProgram::Send { room_id: room, body, key, html, notice } => {
+            Ok(Action::Send { room_id: room_id(&room)?, content: content(body, html, notice), key })
+        }
+        FromProgram::React { to, reaction } => Ok(Action::React { to: event_id(&to)?, reaction }),
+        FromProgram::Ready { .. } => Err("the program said `ready` again".into()),
+        FromProgram::Log { .. } | FromProgram::Done { .. } => unreachable!("handled by the reader and the caller"),
+    }
+}
+
+/// A `send` the program wrote outside an event: it must name its idempotency key.
+fn unprompted_send(message: FromProgram) -> Result<Unprompted, String> {
+    let FromProgram::Send { room_id: room, body, key, html, notice } = message else {
+        unreachable!("only sends are unprompted")
+    };
+    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        "the program wrote a `send` outside an event without a `key` (it makes the send idempotent)".to_owned()
+    })?;
+    if key.len() > 128 {
+        return Err("a send's `key` is longer than 128 bytes".into());
+    }
+    Ok(Unprompted { room_id: room_id(&room)?, content: content(body, html, notice), key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_problems_name_the_key() {
+        let problems = ExecType.check_config(&json!({"command": "bot.py"}));
+        assert_eq!(problems[0].key, "command");
+        let problems = ExecType.check_config(&json!({"command": "/bin/bot", "event_timeout_secs": 600}));
+        assert_eq!(problems[0].key, "event_timeout_secs");
+        assert!(problems[0].message.contains("between 1 and 60"));
+        let problems = ExecType.check_config(&json!({"command": "/bin/bot", "settings": [1]}));
+        assert_eq!(problems[0].key, "settings");
+        assert!(ExecType.check_config(&json!({"args": []}))[0].message.contains("missing field `command`"));
+        assert!(ExecType.check_config(&json!({"command": "/bin/bot", "settings": {"a": 1}})).is_empty());
+    }
+
+    #[test]
+    fn unprompted_sends_need_a_key_and_a_room_id() {
+        let send = |key: Option<&str>, room: &str| FromProgram::Send {
+            room_id: room.into(),
+            body: "hi".into(),
+            key: key.map(str::to_owned),
+            html: None,
+            notice: false,
+        };
+        assert!(unprompted_send(send(None, "!r:x")).unwrap_err().contains("without a `key`"));
+        assert!(unprompted_send(send(Some("k"), "r")).unwrap_err().contains("not a room ID"));
+        assert_eq!(unprompted_send(send(Some("daily-1"), "!r:x")).unwrap().key, "daily-1");
+    }
+
+    #[test]
+    fn a_reply_answers_the_event_being_handled() {
+        let reply = |to: &str| FromProgram::Reply { to: to.into(), body: "b".into(), html: None, notice: false };
+        assert!(matches!(to_action(reply("$a"), "$a"), Ok(Action::Reply(_))));
+        assert!(to_action(reply("$b"), "$a").unwrap_err().contains("while handling $a"));
+    }
+}

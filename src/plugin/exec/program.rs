@@ -1,0 +1,278 @@
+//! One run of an `exec` program: started with a cleared environment in a process group of its own, fed one
+//! line per message on stdin, its stdout read as protocol lines (`reader`), its stderr logged line by line.
+//! Dropping a `Program` kills its whole process group.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, watch};
+
+use super::protocol::{self, FromProgram, LogLevel, MAX_LINE_BYTES};
+use crate::alerts::scrub::for_log;
+use crate::plugin::{PluginError, UnpromptedSink};
+
+/// How long a program has to exit after `shutdown` (and its stdin closed) before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+/// Longest stderr line logged; the rest of it is dropped.
+const MAX_STDERR_LINE: usize = 8 * 1024;
+/// Environment variables passed through from the host; everything else is cleared.
+const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "LANG"];
+
+/// What the stdout reader hands on: protocol messages that belong to the event being handled (or to start-up),
+/// or the reason the program cannot go on.
+#[derive(Debug)]
+pub enum Line {
+    Message(FromProgram),
+    Fault(String),
+}
+
+pub struct Program {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub lines: mpsc::UnboundedReceiver<Line>,
+    /// The event being handled, shared with the reader (which clears it when it reads the event's `done`).
+    current: Arc<Mutex<Option<String>>>,
+}
+
+/// How the program is started.
+pub struct Launch<'a> {
+    pub instance: &'a str,
+    pub command: &'a Path,
+    pub args: &'a [String],
+    pub data_dir: &'a Path,
+}
+
+impl Program {
+    /// Starts the program and its readers. `fault` is set when the program fails outside an event;
+    /// `unprompted` receives the sends it makes on its own.
+    pub fn start(
+        launch: &Launch<'_>,
+        unprompted: UnpromptedSink,
+        fault: Arc<watch::Sender<Option<String>>>,
+    ) -> Result<Program, PluginError> {
+        let mut command = Command::new(launch.command);
+        command
+            .args(launch.args)
+            .env_clear()
+            .envs(PASSED_THROUGH.iter().filter_map(|name| std::env::var_os(name).map(|v| (name, v))))
+            .env("MAUBOT_PROTOCOL", protocol::VERSION.to_string())
+            .env("MAUBOT_INSTANCE", launch.instance)
+            .env("MAUBOT_DATA_DIR", launch.data_dir)
+            .current_dir(launch.data_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| {
+            let message = format!(
+                "cannot start the program {}: {e}. Set instances.{}.config.command to an executable file",
+                launch.command.display(),
+                launch.instance
+            );
+            match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => PluginError::permanent(message),
+                _ => PluginError::transient(message),
+            }
+        })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let current = Arc::new(Mutex::new(None));
+        tokio::spawn(log_stderr(launch.instance.to_owned(), stderr));
+        let reader =
+            Reader { instance: launch.instance.to_owned(), lines: tx, current: current.clone(), unprompted, fault };
+        tokio::spawn(reader.run(stdout));
+        Ok(Program { stdin: child.stdin.take(), child, lines, current })
+    }
+
+    /// Writes one protocol line to the program.
+    pub async fn write(&mut self, message: &protocol::ToProgram<'_>) -> Result<(), PluginError> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| PluginError::transient("the program's input is closed"))?;
+        let line = protocol::line(message);
+        match stdin.write_all(&line).await {
+            Ok(()) => stdin.flush().await.map_err(|e| self.gone(e)),
+            Err(e) => Err(self.gone(e)),
+        }
+    }
+
+    fn gone(&mut self, error: std::io::Error) -> PluginError {
+        let status = self.child.try_wait().ok().flatten().map(|s| format!(" ({s})")).unwrap_or_default();
+        PluginError::transient(format!("the program stopped reading its input{status}: {error}"))
+    }
+
+    /// Marks `event_id` as the event being handled: lines from now on belong to it until its `done`.
+    pub fn begin(&self, event_id: &str) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(event_id.to_owned());
+    }
+
+    pub fn end(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// How the program ended, if it did.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Asks the program to stop (`shutdown`, then its input closed), waits [`GRACE`], then kills its process
+    /// group. Returns how it ended.
+    pub async fn stop(mut self) -> String {
+        if self.exit_status().is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.write(&protocol::ToProgram::Shutdown)).await;
+        }
+        self.stdin = None;
+        match tokio::time::timeout(GRACE, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.kill_group();
+                status.to_string()
+            }
+            _ => {
+                self.kill_group();
+                let _ = self.child.wait().await;
+                format!("killed after not stopping within {} s", GRACE.as_secs())
+            }
+        }
+    }
+
+    fn kill_group(&self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on the program's own process group (it was started as its leader).
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // Whatever the program started goes with it (kill_on_drop reaches the program alone).
+        self.kill_group();
+    }
+}
+
+/// Reads the program's stdout: log lines are logged, sends outside an event go to the host's queue, the rest
+/// goes to the event being handled. The first line that is not protocol ends the program.
+struct Reader {
+    instance: String,
+    lines: mpsc::UnboundedSender<Line>,
+    current: Arc<Mutex<Option<String>>>,
+    unprompted: UnpromptedSink,
+    fault: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Reader {
+    async fn run(self, stdout: impl AsyncRead + Unpin) {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let why = loop {
+            line.clear();
+            match (&mut stdout).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line).await {
+                Ok(0) => break "the program closed its output (it exited or crashed)".to_owned(),
+                Ok(_) if line.len() > MAX_LINE_BYTES => {
+                    break format!("the program wrote a line longer than {MAX_LINE_BYTES} bytes");
+                }
+                Ok(_) => {}
+                Err(e) => break format!("cannot read the program's output: {e}"),
+            }
+            let message = match protocol::parse(&line) {
+                Ok(message) => message,
+                Err(problem) => {
+                    let copy = String::from_utf8_lossy(&line);
+                    let copy = copy.trim_end_matches(['\n', '\r']);
+                    break format!(
+                        "the program wrote a line that is not protocol ({problem}): {}",
+                        for_log(cut(copy, 200))
+                    );
+                }
+            };
+            if let Err(why) = self.route(message) {
+                break why;
+            }
+        };
+        let _ = self.lines.send(Line::Fault(why.clone()));
+        self.fault.send_replace(Some(why));
+    }
+
+    fn route(&self, message: FromProgram) -> Result<(), String> {
+        if let FromProgram::Log { level, message } = &message {
+            let text = for_log(message);
+            match level {
+                LogLevel::Debug => tracing::debug!(instance = %self.instance, "program: {text}"),
+                LogLevel::Info => tracing::info!(instance = %self.instance, "program: {text}"),
+                LogLevel::Warn => tracing::warn!(instance = %self.instance, "program: {text}"),
+                LogLevel::Error => tracing::error!(instance = %self.instance, "program: {text}"),
+            }
+            return Ok(());
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match (&message, current.as_deref()) {
+            (FromProgram::Ready { .. }, _) | (_, Some(_)) => {
+                if matches!(&message, FromProgram::Done { to } if current.as_deref() == Some(to.as_str())) {
+                    *current = None;
+                }
+                let _ = self.lines.send(Line::Message(message));
+                Ok(())
+            }
+            (FromProgram::Send { .. }, None) => {
+                let unprompted = super::unprompted_send(message)?;
+                let _ = self.unprompted.send(unprompted);
+                Ok(())
+            }
+            (other, None) => Err(format!("the program wrote `{}` while no event was being handled", kind(other))),
+        }
+    }
+}
+
+fn kind(message: &FromProgram) -> &'static str {
+    match message {
+        FromProgram::Ready { .. } => "ready",
+        FromProgram::Reply { .. } => "reply",
+        FromProgram::Send { .. } => "send",
+        FromProgram::React { .. } => "react",
+        FromProgram::Log { .. } => "log",
+        FromProgram::Done { .. } => "done",
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Logs the program's stderr line by line (scrubbed, escaped, cut).
+async fn log_stderr(instance: String, stderr: impl AsyncRead + Unpin) {
+    let mut stderr = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut stderr).take(MAX_STDERR_LINE as u64).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let long = !line.ends_with(b"\n") && line.len() >= MAX_STDERR_LINE;
+        let text = String::from_utf8_lossy(&line);
+        tracing::info!(instance = %instance, "program stderr: {}", for_log(text.trim_end_matches(['\n', '\r'])));
+        if long {
+            // Drop the rest of an overlong line.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                match (&mut stderr).take(64 * 1024).read_until(b'\n', &mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if rest.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}

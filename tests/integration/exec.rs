@@ -1,0 +1,210 @@
+//! `exec` bots: programs in any language behind the line protocol, against the real Synapse.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use matrix_sdk::Room;
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::OwnedEventId;
+
+use crate::harness::bot::{BotEnv, describe};
+use crate::harness::client::TestUser;
+use crate::harness::eventually;
+use crate::harness::synapse::synapse;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/echo-bot.py");
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A program that misbehaves once per command word (remembered in its data directory), then answers:
+/// `crash` exits, `hang` never answers, `garble` writes a line that is not protocol; `token` replies with the
+/// SHA-256 of its `token` setting and prints the token itself to stderr.
+const FAULTY: &str = r#"#!/usr/bin/env python3
+import hashlib, json, os, sys, time
+data = os.environ["MAUBOT_DATA_DIR"]
+def say(m):
+    print(json.dumps(m), flush=True)
+hello = json.loads(sys.stdin.readline())
+token = hello["config"].get("token", "")
+say({"type": "ready"})
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] != "message":
+        continue
+    word = m["body"]
+    marker = os.path.join(data, word)
+    first = not os.path.exists(marker)
+    if first:
+        open(marker, "w").close()
+    if first and word == "crash":
+        sys.exit(3)
+    if first and word == "hang":
+        time.sleep(3600)
+    if first and word == "garble":
+        print("this is not json", flush=True)
+        time.sleep(3600)
+    body = f"{word}: answered"
+    if word == "token":
+        print(f"my token is {token}", file=sys.stderr, flush=True)
+        body = hashlib.sha256(token.encode()).hexdigest()
+    say({"type": "reply", "to": m["id"], "body": body})
+    say({"type": "done", "to": m["id"]})
+"#;
+
+fn write_program(env: &BotEnv, name: &str, text: &str) -> PathBuf {
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The reactions (sender, key) to `event_id` in the room's history.
+async fn reactions_to(room: &Room, event_id: &OwnedEventId) -> Vec<(String, String)> {
+    let page = room.messages(MessagesOptions::backward()).await.unwrap();
+    page.chunk
+        .iter()
+        .filter_map(|event| {
+            let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
+            let relation = json.pointer("/content/m.relates_to")?;
+            if json["type"] != "m.reaction" || relation["event_id"] != event_id.as_str() {
+                return None;
+            }
+            Some((json["sender"].as_str()?.to_owned(), relation["key"].as_str()?.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_program_replies_reacts_and_announces_in_an_encrypted_room() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["echo"]).await;
+    let bot = env.user_id("echo");
+    let person = TestUser::new(synapse, "eve-").await;
+    let room = person.create_room(true, &[&bot]).await;
+    env.use_exec("echo", Path::new(EXAMPLE), &[&format!("settings: {{announce_room: \"{}\"}}", room.room_id())]);
+    env.setup();
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    daemon.wait_for_log(&format!("program stderr: echo bot echo started as {bot}"), REPLY_TIMEOUT);
+
+    let echo = person.send_text(&room, "!echo hello from a program").await;
+    let reply = person.wait_for_reply(&echo, &bot, REPLY_TIMEOUT).await;
+    assert_eq!(reply.body, "hello from a program");
+    assert!(reply.encrypted, "the host encrypts what the program answers in an encrypted room");
+    let react = person.send_text(&room, "!react").await;
+    let reactions = eventually(REPLY_TIMEOUT, "the bot's reaction", || {
+        let (room, react) = (room.clone(), react.clone());
+        async move {
+            let found = reactions_to(&room, &react).await;
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(reactions, vec![(bot.clone(), "👍".to_owned())]);
+    // Only commands the program knows are answered; the others get `done` with no action.
+    let other = person.send_text(&room, "just talking").await;
+    let after = person.send_text(&room, "!echo after").await;
+    person.wait_for_reply(&after, &bot, REPLY_TIMEOUT).await;
+    assert!(person.replies_to(&other, &bot).is_empty());
+    assert_eq!(daemon.stop().code(), Some(0));
+    assert!(daemon.log().contains("the program stopped ended=exit status: 0"), "{}", daemon.log());
+
+    // A send the program makes on its own (outside an event, with a key): the bot is in the room now.
+    let mut daemon = env.spawn_run();
+    eventually(REPLY_TIMEOUT, "the announcement", || {
+        let found = person.messages_from(&bot).into_iter().find(|m| m.body == "echo is up");
+        async move { found }
+    })
+    .await;
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_crashes_hangs_or_garbles_is_restarted_and_each_message_answered_once() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["faulty"]).await;
+    let bot = env.user_id("faulty");
+    let program = write_program(&env, "faulty.py", FAULTY);
+    env.use_exec("faulty", &program, &["event_timeout_secs: 2"]);
+    env.setup();
+    let mut daemon = env.spawn_run();
+    let person = TestUser::new(synapse, "fay-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    person.wait_for_join(&room, &bot).await;
+
+    for (word, logged) in [
+        ("crash", "the program closed its output"),
+        ("hang", "the program did not finish event"),
+        (
+            "garble",
+            "the program wrote a line that is not protocol (expected ident at line 1 column 2): this is not json",
+        ),
+    ] {
+        let sent = person.send_text(&room, word).await;
+        let reply = person.wait_for_reply(&sent, &bot, REPLY_TIMEOUT).await;
+        assert_eq!(reply.body, format!("{word}: answered"));
+        assert!(daemon.log().contains(logged), "the log names the fault {logged:?}:\n{}", daemon.log());
+    }
+    assert!(daemon.log().contains("instance failed; restarting it after a backoff"));
+    // Each message got exactly one answer, across three restarts of the program.
+    let history = person.room_history(&room).await;
+    for word in ["crash", "hang", "garble"] {
+        let answers = history.iter().filter(|m| m.body == format!("{word}: answered")).count();
+        assert_eq!(answers, 1, "{word} answered {answers} times");
+    }
+    // The program that hung was killed, not left behind.
+    let left: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(program.to_str().unwrap()))
+        .collect();
+    assert_eq!(left.len(), 1, "only the running program is left");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_the_settings_reaches_the_program_and_no_output() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["secretive"]).await;
+    let bot = env.user_id("secretive");
+    let token = format!("planted-secret-{:08x}", rand::random::<u32>());
+    env.write_credential("secretive-token", &format!("{token}\n"));
+    let program = write_program(&env, "faulty.py", FAULTY);
+    env.use_exec("secretive", &program, &["settings: {token: {credential: secretive-token}}"]);
+    let check = env.output(&["check-config"]);
+    assert!(check.status.success(), "{}", describe(&check));
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(printed.contains("secretive-token") && !printed.contains(&token), "{printed}");
+    env.setup();
+    let mut daemon = env.spawn_run();
+    let person = TestUser::new(synapse, "sam-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    person.wait_for_join(&room, &bot).await;
+
+    let sent = person.send_text(&room, "token").await;
+    let reply = person.wait_for_reply(&sent, &bot, REPLY_TIMEOUT).await;
+    use sha2::Digest;
+    assert_eq!(reply.body, hex::encode(sha2::Sha256::digest(token.as_bytes())), "the program got the secret");
+    daemon.wait_for_log("program stderr: my token is [redacted]", REPLY_TIMEOUT);
+    assert_eq!(daemon.stop().code(), Some(0));
+    assert!(!daemon.log().contains(&token), "the secret is in the log:\n{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_be_started_fails_alone_naming_the_path() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["ping", "missing"]).await;
+    let ping_bot = env.user_id("ping");
+    env.use_exec("missing", Path::new("/nonexistent/bot"), &[]);
+    env.setup();
+    let mut daemon = env.spawn_run();
+    daemon.wait_for_log("cannot start the program /nonexistent/bot", REPLY_TIMEOUT);
+    assert!(daemon.log().contains("will not be restarted automatically"), "{}", daemon.log());
+    // The other bot runs.
+    let person = TestUser::new(synapse, "pat-").await;
+    let room = person.create_room(false, &[&ping_bot]).await;
+    person.wait_for_join(&room, &ping_bot).await;
+    let ping = person.send_text(&room, "!ping").await;
+    person.wait_for_reply(&ping, &ping_bot, REPLY_TIMEOUT).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+}
