@@ -36,7 +36,10 @@ let
   json = pkgs.formats.json { };
 
   # Plugin types built into the daemon (src/plugin/registry.rs).
-  knownTypes = [ "ping" ];
+  knownTypes = [
+    "ping"
+    "exec"
+  ];
 
   # The homeserver the top-level options describe, by its key in `homeservers`.
   homeserverKey = "default";
@@ -105,6 +108,22 @@ let
           example = literalExpression ''{ allow_invites_from = [ "@*:example.org" ]; }'';
           description = "Plugin settings (docs/plugins.md). Secrets only as `{ credential = NAME; }`.";
         };
+        exec = {
+          package = mkOption {
+            type = types.nullOr types.package;
+            default = null;
+            example = literalExpression ''pkgs.writers.writePython3Bin "echo-bot" { } (builtins.readFile ./echo-bot.py)'';
+            description = ''
+              For `type = "exec"`: the bot program (docs/exec.md). Its main program (`lib.getExe`) becomes
+              `config.command`.
+            '';
+          };
+          args = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            description = "For `type = \"exec\"`: the program's arguments (`config.args`).";
+          };
+        };
       };
     };
 
@@ -152,7 +171,13 @@ let
     instances = mapAttrs (
       id: instance:
       {
-        inherit (instance) type user config;
+        inherit (instance) type user;
+        config =
+          instance.config
+          // optionalAttrs (instance.exec.package != null) {
+            command = lib.getExe instance.exec.package;
+            inherit (instance.exec) args;
+          };
         enabled = instance.enable;
         room_subscriptions = instance.roomSubscriptions;
         homeserver = if instance.homeserver == null then homeserverKey else instance.homeserver;
@@ -315,7 +340,7 @@ let
     RestrictRealtime = true;
     RestrictSUIDSGID = true;
     LockPersonality = true;
-    MemoryDenyWriteExecute = true;
+    MemoryDenyWriteExecute = !cfg.allowWritableExecutableMemory;
     RemoveIPC = true;
     KeyringMode = "private";
     DevicePolicy = "closed";
@@ -495,6 +520,15 @@ in
       description = "systemd watchdog timeout; the daemon pings at half of it while it is healthy.";
     };
 
+    allowWritableExecutableMemory = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Turn off `MemoryDenyWriteExecute=` for the service, for `exec` bots whose runtime compiles code at run time
+        (Node, the JVM, LuaJIT). It weakens the sandbox of every bot of the host: prefer a runtime that does without.
+      '';
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -617,6 +651,14 @@ in
             message = "services.maubot.instances.${id}: no way to log in. Set passwordFile (e.g. a sops-nix secret), accessTokenFile, or registrationTokenFile / registrationSharedSecretFile so that maubot-setup can register the bot.";
           }
           {
+            assertion = instance.type != "exec" || instance.exec.package != null || instance.config ? command;
+            message = "services.maubot.instances.${id}: type \"exec\" runs a program; set instances.${id}.exec.package (or config.command).";
+          }
+          {
+            assertion = instance.exec.package == null || instance.type == "exec";
+            message = "services.maubot.instances.${id}.exec.package is set, but the instance's type is \"${instance.type}\"; set type = \"exec\".";
+          }
+          {
             assertion = !(instance.passwordFile != null && instance.accessTokenFile != null);
             message = "services.maubot.instances.${id}: set passwordFile or accessTokenFile, not both.";
           }
@@ -628,7 +670,9 @@ in
         "services.maubot.homeserverUrl uses `localhost`, which may resolve to ::1 while the homeserver listens on 127.0.0.1 only; write http://127.0.0.1:PORT."
       ++ optional (cfg.openFirewall && builtins.elem cfg.listenAddress [ "127.0.0.1" "::1" ])
         "services.maubot.openFirewall opens port ${toString cfg.port}, but the management API listens on ${cfg.listenAddress} only."
-      ++ optional (cfg.instances == { }) "services.maubot is enabled without instances; it will run no bots.";
+      ++ optional (cfg.instances == { }) "services.maubot is enabled without instances; it will run no bots."
+      ++ optional cfg.allowWritableExecutableMemory
+        "services.maubot.allowWritableExecutableMemory turns off MemoryDenyWriteExecute= for every bot of the host.";
 
     users.users.maubot = {
       isSystemUser = true;

@@ -88,11 +88,15 @@ class Synapse:
         self.proc.wait()
 
 
-class Deployment:
-    """A config with `count` ping bots registered by setup through the shared secret."""
+EXAMPLE_BOT = os.path.join(ROOT, "examples", "echo-bot.py")
 
-    def __init__(self, work, synapse, count):
-        self.dir = os.path.join(work, f"bots-{count}")
+
+class Deployment:
+    """A config with `count` bots registered by setup through the shared secret: built-in `ping` bots, or with
+    `exec=True` the example program (examples/echo-bot.py) behind the `exec` plugin type."""
+
+    def __init__(self, work, synapse, count, exec=False):
+        self.dir = os.path.join(work, f"bots-{count}" + ("-exec" if exec else ""))
         os.makedirs(os.path.join(self.dir, "credentials"))
         with open(os.path.join(self.dir, "credentials", "registration-shared-secret"), "w") as f:
             f.write(synapse.secret)
@@ -106,8 +110,11 @@ class Deployment:
             f"  local: {{url: '{synapse.url}', registration_shared_secret: {{credential: registration-shared-secret}}}}",
             "instances:",
         ]
+        kind = "exec" if exec else "ping"
+        command = f"command: '{EXAMPLE_BOT}', " if exec else ""
         for i, user in enumerate(self.users):
-            lines.append(f"  bot{i}: {{type: ping, user: '{user}', config: {{allow_invites_from: ['@*:{SERVER_NAME}']}}}}")
+            lines.append(f"  bot{i}: {{type: {kind}, user: '{user}', "
+                         f"config: {{{command}allow_invites_from: ['@*:{SERVER_NAME}']}}}}")
         self.config = os.path.join(self.dir, "config.yaml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -177,6 +184,18 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def sequential_round_trips(person, room, bot, pings):
+    """Seconds from sending each of `pings` `!ping`s, one after the other, until the person sees the reply."""
+    round_trips = []
+    for _ in range(pings):
+        sent = time.monotonic()
+        ping = person.api.send_text(room, "!ping")
+        arrived = person.wait_replies(room, bot, [ping], 30)
+        if ping in arrived:
+            round_trips.append(arrived[ping] - sent)
+    return round_trips
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=10)
@@ -220,13 +239,7 @@ def main():
         results["ready_s_median"] = statistics.median(readies)
         results["first_pong_s_median"] = statistics.median(first_pongs) if first_pongs else None
 
-        round_trips = []
-        for _ in range(args.pings):
-            sent = time.monotonic()
-            ping = person.api.send_text(room, "!ping")
-            arrived = person.wait_replies(room, bot, [ping], 30)
-            if ping in arrived:
-                round_trips.append(arrived[ping] - sent)
+        round_trips = sequential_round_trips(person, room, bot, args.pings)
         results["round_trip_ms_median"] = 1000 * statistics.median(round_trips)
         results["round_trip_ms_p95"] = 1000 * percentile(round_trips, 95)
         results["round_trip_lost"] = args.pings - len(round_trips)
@@ -254,6 +267,17 @@ def main():
         results["burst_pongs_per_s"] = len(replies) / span_s if span_s else 0
         results["burst_lost"] = args.burst - len(replies)
         one.stop()
+
+        # The same round trip through an `exec` bot: the example program behind the line protocol.
+        program = Deployment(work, synapse, 1, exec=True)
+        program.start()
+        exec_bot = program.users[0]
+        exec_room = person.api.create_room([exec_bot])
+        person.api.wait_for_members(exec_room, [exec_bot])
+        round_trips = sequential_round_trips(person, exec_room, exec_bot, args.pings)
+        results["exec_round_trip_ms_median"] = 1000 * statistics.median(round_trips)
+        results["exec_round_trip_ms_p95"] = 1000 * percentile(round_trips, 95)
+        program.stop()
 
         # N bots in one shared room.
         many = Deployment(work, synapse, args.instances)
@@ -289,6 +313,8 @@ def main():
          if results["first_pong_s_median"] is not None else "none"),
         (f"round trip, {args.pings} sequential pings: median", f"{results['round_trip_ms_median']:.0f} ms"),
         ("round trip: p95", f"{results['round_trip_ms_p95']:.0f} ms"),
+        ("round trip through exec (example program)", f"median {results['exec_round_trip_ms_median']:.0f} ms, "
+                                                      f"p95 {results['exec_round_trip_ms_p95']:.0f} ms"),
         (f"burst of {args.burst}: pongs per second", f"{results['burst_pongs_per_s']:.1f}"),
         ("burst: lost replies", f"{results['burst_lost']}"),
     ]

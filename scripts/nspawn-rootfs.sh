@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds (once) and prints the path of a minimal Debian rootfs with systemd as PID 1, for the real-systemd test.
+# Builds (once) and prints the path of a minimal Debian rootfs with systemd as PID 1, for the real-systemd test
+# (with python3 for the example `exec` bot).
 # Cached under ~/.cache/maubot-dev; the test boots it with systemd-nspawn --volatile=overlay, so it stays pristine.
 set -euo pipefail
 
 CACHE_DIR="${MAUBOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/maubot-dev}"
 # Bump the suffix when the package list changes, so that cached copies are rebuilt.
-ROOTFS="$CACHE_DIR/rootfs-bookworm-v2"
+ROOTFS="$CACHE_DIR/rootfs-bookworm-v4"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 if [ -f "$ROOTFS/.complete" ]; then
@@ -21,7 +22,7 @@ fi
 echo "nspawn-rootfs: debootstrapping Debian bookworm into $ROOTFS (about 80 s)" >&2
 rm -rf "$ROOTFS"
 mkdir -p "$CACHE_DIR"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,ca-certificates bookworm "$ROOTFS" "$MIRROR" >&2
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,ca-certificates,python3 bookworm "$ROOTFS" "$MIRROR" >&2
 rm -f "$ROOTFS/etc/machine-id" && touch "$ROOTFS/etc/machine-id"
 touch "$ROOTFS/.complete"
 echo "$ROOTFS"

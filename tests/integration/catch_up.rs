@@ -79,9 +79,24 @@ async fn pings_sent_while_the_daemon_is_stopped_are_all_answered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_a_burst_causes_no_duplicate() {
+    let env = BotEnv::with_ping_bots(synapse(), &["ping"]).await;
+    crash_in_the_middle_of_a_burst(env, "ping", 60, 0).await;
+}
+
+/// The same through an `exec` program (the example echo bot), with more of the burst sent while the host is
+/// down: the host is killed while the program handles events; the program ends with its input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_bot_killed_in_the_middle_of_a_burst_answers_each_message_once() {
+    let mut env = BotEnv::with_ping_bots(synapse(), &["echo"]).await;
+    env.use_exec("echo", std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/echo-bot.py")), &[]);
+    crash_in_the_middle_of_a_burst(env, "echo", 50, 50).await;
+}
+
+/// Sends `before` pings, kills the host (SIGKILL) once some are answered, sends `while_down` more, restarts it:
+/// every ping is answered exactly once.
+async fn crash_in_the_middle_of_a_burst(env: BotEnv, id: &str, before: usize, while_down: usize) {
     let synapse = synapse();
-    let env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    let bot = env.user_id("ping");
+    let bot = env.user_id(id);
     env.setup();
     let person = TestUser::new(synapse, "grace-").await;
     let room = person.create_room(false, &[&bot]).await;
@@ -89,18 +104,21 @@ async fn a_crash_in_the_middle_of_a_burst_causes_no_duplicate() {
     person.wait_for_join(&room, &bot).await;
 
     let mut pings = Vec::new();
-    for _ in 0..60 {
+    for _ in 0..before {
         pings.push(person.send_text(&room, "!ping").await);
     }
     // Crash once part of the burst is answered.
     daemon.wait_for_log("answered", Duration::from_secs(60));
     daemon.crash();
     let answered_before = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
+    for _ in 0..while_down {
+        pings.push(person.send_text(&room, "!ping").await);
+    }
 
     let mut daemon = env.spawn_run();
     wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
     assert_exactly_once(&person, &room, &bot, &pings).await;
-    assert!(answered_before < pings.len(), "the crash happened before the burst was done ({answered_before})");
+    assert!(answered_before < before, "the crash happened before the burst was done ({answered_before})");
     assert_eq!(daemon.stop().code(), Some(0));
 }
 

@@ -193,6 +193,12 @@ def main():
         ("an option of the Python maubot module",
          '{ services.maubot.plugins = [ ]; }',
          "Plugins are built into the daemon"),
+        ("an exec bot without a program",
+         '{ services.maubot.instances.echo = { type = "exec"; user = "@echo:maubot.test"; passwordFile = "/run/e"; }; }',
+         'type "exec" runs a program; set instances.echo.exec.package'),
+        ("an exec package on a ping bot",
+         '{ services.maubot.instances.ping.exec.package = { type = "derivation"; name = "x"; outPath = "/nix/store/x"; }; }',
+         'set type = "exec"'),
         ("extraConfigFile of the Python maubot module",
          '{ services.maubot.extraConfigFile = "./config.yaml"; }',
          "services.maubot.settings"),
@@ -231,6 +237,22 @@ def main():
     check("a homeserver elsewhere lifts the network restriction",
           result is not None and "IPAddressDeny" not in result["unit"] and "IPAddressDeny" not in result["setupScript"],
           result and result["unit"])
+
+    echo_bot = ('{ type = "derivation"; name = "echo-bot"; meta.mainProgram = "echo-bot"; '
+                'outPath = "/nix/store/1c8p0e2vbq4yqk1z7q5h3m5w9r0x2n6s-echo-bot"; }')
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances.echo = { type = "exec"; user = "@echo:maubot.test"; passwordFile = "/run/e"; '
+        'exec = { package = %s; args = [ "--quiet" ]; }; config.settings.prefix = "?"; }; }' % echo_bot))
+    echo = json.loads(result["settings"])["instances"]["echo"]["config"] if result else None
+    check("exec.package becomes the program's command, with its args, beside the plugin's own settings",
+          result is not None and result["failedAssertions"] == [] and echo == {
+              "command": "/nix/store/1c8p0e2vbq4yqk1z7q5h3m5w9r0x2n6s-echo-bot/bin/echo-bot",
+              "args": ["--quiet"], "settings": {"prefix": "?"}}, error or (result or {}).get("failedAssertions") or echo)
+
+    result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
+    check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
+          result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]
+          and any("MemoryDenyWriteExecute" in w for w in result["warnings"]), result and result["warnings"])
 
     return summary()
 

@@ -6,6 +6,7 @@ real builder for want of a blank line:
   the script as the writer produces it (an interpreter line, then the file) is checked with
   `flake8 --show-source --ignore <flakeIgnore>`, exactly the writer's check (which drops flake8's default ignore
   list whenever flakeIgnore is not empty);
+- every example bot in examples/*.py, as docs/nixos.md builds it (writePython3Bin, flakeIgnore = [ "E265" ]);
 - every `testScript`: pyflakes, with the driver's symbols and the node names as builtins, as the test driver does
   (its mypy check needs the driver's own type stubs and is not repeated here).
 
@@ -92,6 +93,19 @@ def main():
         os.unlink(out.name)
         check(f"{name}: the testScript passes pyflakes as the test driver runs it", result.returncode == 0,
               result.stdout + result.stderr)
+    # The example bots, as docs/nixos.md builds them: writePython3Bin with flakeIgnore = [ "E265" ] (each keeps its
+    # own `#!` line, so that the tests can run it directly).
+    examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.py")))
+    check("there are example bots to lint", bool(examples))
+    for path in examples:
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as out:
+            out.write("#! /nix/store/00000000000000000000000000000000-python3/bin/python3\n")
+            out.write(open(path).read())
+        args = [flake8, "--show-source", "--ignore", "E265", out.name]
+        result = subprocess.run(args, capture_output=True, text=True)
+        os.unlink(out.name)
+        check(f"{os.path.relpath(path, ROOT)} passes writePython3Bin's flake8 check (--ignore E265)",
+              result.returncode == 0, result.stdout + result.stderr)
     return summary()
 
 

@@ -28,6 +28,8 @@ GOLDEN = os.path.join(HERE, "golden")
 BINARY = os.path.join(ROOT, "target", "release", "maubot")
 SERVER_NAME = "maubot.test"
 BOT = "@pingbot:maubot.test"
+# Where the example exec bot is in the container.
+EXEC_PROGRAM = "/usr/local/lib/maubot/echo-bot.py"
 SECOND_BOT = "@secondbot:maubot.test"
 MAX_EXPOSURE = 1.0
 
@@ -49,9 +51,14 @@ class Container:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         self.leader = None
         deadline = time.time() + 30
+        # The container's PID 1 is the child of nspawn that runs systemd (before it execs, the child is nspawn).
         while time.time() < deadline and self.leader is None:
-            children = run(["pgrep", "-P", str(self.proc.pid)]).stdout.split()
-            self.leader = int(children[0]) if children else None
+            for child in run(["pgrep", "-P", str(self.proc.pid)]).stdout.split():
+                try:
+                    if read(f"/proc/{child}/comm").strip() == "systemd":
+                        self.leader = int(child)
+                except OSError:
+                    pass
             time.sleep(0.1)
         if self.leader is None:
             raise SystemExit(f"the container did not start; see {log_path}")
@@ -142,6 +149,7 @@ def main():
             (os.path.join(GOLDEN, "maubot.service"), "/etc/systemd/system/maubot.service"),
             (os.path.join(GOLDEN, "maubot-setup"), "/usr/local/bin/maubot-setup"),
             (os.path.join(GOLDEN, "maubot-ctl"), "/usr/local/bin/maubot-ctl"),
+            (os.path.join(ROOT, "examples", "echo-bot.py"), EXEC_PROGRAM),
         ]
         container = Container(rootfs, binds, os.path.join(work, "console.log"))
         run_tests(container, venv, secret, port)
@@ -262,8 +270,9 @@ def run_tests(c, venv, secret, port):
     # 5. A new bot in the config (as `nixos-rebuild switch` with reloadTriggers does): reload, not restart; the
     # service stays active and shows the bot as not set up; maubot-setup sets it up and reloads again.
     main_pid = c.show("maubot", "MainPID").get("MainPID")
-    second = {"type": "ping", "user": SECOND_BOT, "enabled": True, "homeserver": "default", "room_subscriptions": [],
-              "config": {"allow_invites_from": ["@*:maubot.test"]}}
+    # The new bot is an `exec` bot: the example program, a separate Python process under the unit's sandbox.
+    second = {"type": "exec", "user": SECOND_BOT, "enabled": True, "homeserver": "default", "room_subscriptions": [],
+              "config": {"command": EXEC_PROGRAM, "allow_invites_from": ["@*:maubot.test"]}}
     write_settings(c, port, {"second": second})
     reloaded = c.sh("systemctl reload maubot.service", timeout=60)
     props = c.show("maubot", "ActiveState", "MainPID", "StatusText")
@@ -277,11 +286,12 @@ def run_tests(c, venv, secret, port):
           added.stdout + added.stderr)
     synced = wait_until(lambda: "2/2 bots syncing" in status_text(c), 60)
     check("... and reloads the service, which starts it beside the first", synced
-          and c.show("maubot", "MainPID").get("MainPID") == main_pid, status_text(c))
+          and c.show("maubot", "MainPID").get("MainPID") == main_pid,
+          status_text(c) + "\n" + "\n".join(c.journal("maubot").splitlines()[-15:]))
     client = run([os.path.join(venv, "bin", "python"), os.path.join(ROOT, "scripts", "demo_client.py"),
                   f"http://127.0.0.1:{port}", secret, SECOND_BOT], timeout=150)
-    check("the new bot answers !ping", client.returncode == 0 and "pong (took" in client.stdout,
-          client.stdout + client.stderr)
+    check("the new bot, an exec program under the unit's hardening, answers !ping",
+          client.returncode == 0 and "pong (took" in client.stdout, client.stdout + client.stderr)
 
     # 6. The watchdog is fed while healthy: each WATCHDOG=1 (every 30 s) moves systemd's watchdog timestamp.
     fed = wait_until(lambda: c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")

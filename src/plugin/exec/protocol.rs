@@ -114,6 +114,72 @@ mod tests {
         assert!(parse(br#"{"type":"log","level":"loud","message":"x"}"#).is_err());
     }
 
+    /// A minimal value for a schema property.
+    fn example(property: &serde_json::Value) -> serde_json::Value {
+        if let Some(value) = property.get("const") {
+            return value.clone();
+        }
+        if let Some(values) = property.get("enum") {
+            return values[0].clone();
+        }
+        match property["type"].as_str() {
+            Some("string") => "$x:example.org".into(),
+            Some("integer") => 1.into(),
+            Some("boolean") => true.into(),
+            Some("array") => serde_json::json!([]),
+            _ => serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn the_published_schema_matches_what_the_host_reads_and_writes() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/exec-protocol.schema.json")).unwrap();
+        let from = schema["$defs"]["FromProgram"]["oneOf"].as_array().unwrap();
+        assert_eq!(from.len(), 6, "one schema per message a program may write");
+        for variant in from {
+            let properties = variant["properties"].as_object().unwrap();
+            let required: serde_json::Map<_, _> = variant["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| (k.as_str().unwrap().to_owned(), example(&properties[k.as_str().unwrap()])))
+                .collect();
+            let all: serde_json::Map<_, _> = properties.iter().map(|(k, p)| (k.clone(), example(p))).collect();
+            for object in [required, all] {
+                let line = serde_json::Value::Object(object).to_string();
+                assert!(parse(line.as_bytes()).is_ok(), "{line}: {:?}", parse(line.as_bytes()));
+            }
+        }
+        let to = schema["$defs"]["ToProgram"]["oneOf"].as_array().unwrap();
+        let settings = serde_json::json!({});
+        let written = [
+            ToProgram::Hello { protocol: VERSION, instance: "i", user_id: "@u:x", config: &settings },
+            ToProgram::Message {
+                id: "$e",
+                room_id: "!r:x",
+                sender: "@s:x",
+                body: "b",
+                formatted_body: Some("<b>b</b>"),
+                msgtype: "m.text",
+                age_ms: 1,
+                encrypted: false,
+            },
+            ToProgram::Shutdown,
+        ];
+        for (message, variant) in written.iter().zip(to) {
+            let value: serde_json::Value = serde_json::from_slice(&line(message)).unwrap();
+            let properties = variant["properties"].as_object().unwrap();
+            for key in value.as_object().unwrap().keys() {
+                assert!(properties.contains_key(key), "`{key}` of {value} is in the schema");
+            }
+            for key in variant["required"].as_array().unwrap() {
+                assert!(value.get(key.as_str().unwrap()).is_some(), "{value} has the required `{key}`");
+            }
+            assert_eq!(value["type"], variant["properties"]["type"]["const"]);
+        }
+    }
+
     #[test]
     fn the_hello_line_carries_the_settings() {
         let settings = serde_json::json!({"greeting": "hi"});
