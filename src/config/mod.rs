@@ -95,6 +95,18 @@ pub fn load(sources: &Sources, purpose: Purpose) -> Result<Loaded, ConfigError> 
             problems.push(Problem { key, message: e.to_string() });
         }
     }
+    if purpose == Purpose::Run {
+        // A plugin secret that cannot be read stops its own bot (which shows the problem), not the host.
+        problems.retain(|problem| match model::instance_of_plugin_secret(&problem.key) {
+            Some(id) => {
+                if let Some(instance) = config.instances.get_mut(id) {
+                    instance.unusable_secret.get_or_insert_with(|| format!("{}: {}", problem.key, problem.message));
+                }
+                false
+            }
+            None => true,
+        });
+    }
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }

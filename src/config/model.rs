@@ -158,6 +158,9 @@ pub struct InstanceConfig {
     /// The secrets `config` refers to, by JSON pointer into it (found by [`Config::find_plugin_secrets`]).
     #[serde(skip)]
     pub config_secrets: BTreeMap<String, Secret>,
+    /// Why a plugin secret could not be read (`run` only): the bot fails with this, the others run.
+    #[serde(skip)]
+    pub unusable_secret: Option<String>,
 }
 
 impl InstanceConfig {
@@ -193,6 +196,13 @@ fn collect_secret_references(value: &serde_json::Value, pointer: String, out: &m
         }
         _ => {}
     }
+}
+
+/// The instance whose plugin config holds the secret at `key` (`instances.<id>.config.…`).
+pub fn instance_of_plugin_secret(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("instances.")?;
+    let (id, rest) = rest.split_once('.')?;
+    rest.starts_with("config.").then_some(id)
 }
 
 /// A JSON pointer as a dotted config key (`/settings/token` → `settings.token`).

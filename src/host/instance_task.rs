@@ -42,6 +42,9 @@ pub async fn run(
         Err(e @ StateError::Locked { .. }) => return Outcome::Failed(e.to_string()),
         Err(e) => return Outcome::FailedPermanently(e.to_string()),
     };
+    if let Some(why) = &config.unusable_secret {
+        return Outcome::FailedPermanently(format!("a plugin secret cannot be read: {why}"));
+    }
     let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.resolved_config())) {
         Some(Ok(plugin)) => plugin,
         Some(Err(problem)) => {

@@ -191,14 +191,23 @@ async fn a_secret_in_the_settings_reaches_the_program_and_no_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_program_that_cannot_be_started_fails_alone_naming_the_path() {
+async fn a_program_that_cannot_be_started_or_lacks_its_secret_fails_alone_naming_why() {
     let synapse = synapse();
-    let mut env = BotEnv::with_ping_bots(synapse, &["ping", "missing"]).await;
+    let mut env = BotEnv::with_ping_bots(synapse, &["ping", "missing", "nosecret"]).await;
     let ping_bot = env.user_id("ping");
     env.use_exec("missing", Path::new("/nonexistent/bot"), &[]);
+    let program = write_program(&env, "faulty.py", FAULTY);
+    env.use_exec("nosecret", &program, &["settings: {token: {credential: nosecret-token}}"]);
+    // check-config (and setup) name the missing credential; run keeps the other bots going.
+    let check = env.output(&["check-config"]);
+    assert!(!check.status.success());
+    assert!(describe(&check).contains("instances.nosecret.config.settings.token"), "{}", describe(&check));
+    env.write_credential("nosecret-token", "a-token-for-setup\n");
     env.setup();
+    std::fs::remove_file(env.credentials_dir().join("nosecret-token")).unwrap();
     let mut daemon = env.spawn_run();
     daemon.wait_for_log("cannot start the program /nonexistent/bot", REPLY_TIMEOUT);
+    daemon.wait_for_log("a plugin secret cannot be read: instances.nosecret.config.settings.token", REPLY_TIMEOUT);
     assert!(daemon.log().contains("will not be restarted automatically"), "{}", daemon.log());
     // The other bot runs.
     let person = TestUser::new(synapse, "pat-").await;

@@ -43,6 +43,34 @@ fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
     }
 }
 
+/// Which of `streams` the server closes within `timeout` (indices), watched together.
+fn closed_among(streams: &mut [TcpStream], timeout: Duration) -> Vec<usize> {
+    let deadline = Instant::now() + timeout;
+    let mut closed = Vec::new();
+    for stream in streams.iter() {
+        stream.set_nonblocking(true).unwrap();
+    }
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline && closed.len() < streams.len() {
+        for (i, stream) in streams.iter_mut().enumerate() {
+            if closed.contains(&i) {
+                continue;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for stream in streams.iter() {
+        stream.set_nonblocking(false).unwrap();
+    }
+    closed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_does_not_stall_the_bots() {
     let synapse = synapse();
@@ -108,7 +136,7 @@ async fn a_login_flood_does_not_stall_the_bots() {
 async fn slow_and_idle_connections_are_closed_and_capped() {
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["ping"]).await;
-    env.server_extra.push("header_timeout_secs: 4".into());
+    env.server_extra.push("header_timeout_secs: 10".into());
     env.server_extra.push("max_connections: 20".into());
     env.write_config();
     env.setup();
@@ -121,26 +149,29 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
     let mut slow = TcpStream::connect(&address).unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
     let started = Instant::now();
-    assert!(closed_within(&mut slow, Duration::from_secs(10)), "a slow header is not waited for forever");
-    assert!(started.elapsed() >= Duration::from_millis(3500));
+    assert!(closed_within(&mut slow, Duration::from_secs(20)), "a slow header is not waited for forever");
+    assert!(started.elapsed() >= Duration::from_secs(9));
 
-    // 20 idle connections fill the house: the 21st is closed at once (long before the header timeout would
-    // close it), and the daemon says so. The log line comes first: on a loaded machine the daemon may take a
-    // while to get to the accept.
-    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&address).unwrap()).collect();
-    let mut extra = TcpStream::connect(&address).unwrap();
+    // 25 idle connections against a cap of 20: those over the cap are closed at once (long before the header
+    // timeout would close them), and the daemon says so. One more may be closed when the test client's own
+    // pooled connection from the start still holds a place.
+    let mut idle: Vec<TcpStream> = (0..25).map(|_| TcpStream::connect(&address).unwrap()).collect();
     daemon.wait_for_log("connection limit", Duration::from_secs(10));
-    assert!(closed_within(&mut extra, Duration::from_secs(2)), "over the cap, a connection is closed at once");
-    // Idle connections are closed after the header timeout; then the API answers again.
-    for stream in &mut idle {
-        assert!(closed_within(stream, Duration::from_secs(10)), "an idle connection is closed");
-    }
+    let opened = Instant::now();
+    let closed = closed_among(&mut idle, Duration::from_secs(4));
+    assert!((5..=6).contains(&closed.len()), "over the cap, connections are closed at once: {closed:?}");
+    assert!(opened.elapsed() < Duration::from_secs(9), "... well before the header timeout");
+    // The others are closed after the header timeout; then the API answers again.
+    let mut open: Vec<TcpStream> =
+        idle.into_iter().enumerate().filter(|(i, _)| !closed.contains(i)).map(|(_, s)| s).collect();
+    let count = open.len();
+    assert_eq!(closed_among(&mut open, Duration::from_secs(20)).len(), count, "every idle connection is closed");
     let (status, _) = api.get("/health").await;
     assert_eq!(status, 200);
     // A kept-alive connection that goes idle after a request is closed too.
     let mut kept = TcpStream::connect(&address).unwrap();
     kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert!(closed_within(&mut kept, Duration::from_secs(10)));
+    assert!(closed_within(&mut kept, Duration::from_secs(20)));
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
