@@ -77,21 +77,12 @@ impl Secret {
         Secret { source: SecretSource::Credential(name.into()), value: None }
     }
 
-    /// A reference to a file, not yet read.
-    pub fn file(path: impl Into<PathBuf>) -> Self {
-        Secret { source: SecretSource::File(path.into()), value: None }
-    }
-
     /// The secret a plugin config value refers to: an object with exactly one key, `credential` or `file`,
     /// whose value is a string. Anything else is plain data.
     pub fn from_reference(value: &serde_json::Value) -> Option<Self> {
-        let map = value.as_object().filter(|m| m.len() == 1)?;
-        let (key, target) = map.iter().next()?;
-        match (key.as_str(), target.as_str()?) {
-            ("credential", name) => Some(Secret::credential(name)),
-            ("file", path) => Some(Secret::file(path)),
-            _ => None,
-        }
+        // The syntax of every secret key (the deserializer below); a plain string is data here, not a secret.
+        value.as_object().filter(|m| m.len() == 1)?;
+        serde_json::from_value(value.clone()).ok()
     }
 
     pub fn source(&self) -> &SecretSource {
@@ -267,6 +258,18 @@ impl<'de> Visitor<'de> for SecretVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_in_plugin_config_is_a_one_key_credential_or_file_object() {
+        use serde_json::json;
+        let source = |v: serde_json::Value| Secret::from_reference(&v).map(|s| s.source().clone());
+        assert_eq!(source(json!({"credential": "bot-token"})), Some(SecretSource::Credential("bot-token".into())));
+        assert_eq!(source(json!({"file": "/run/t"})), Some(SecretSource::File("/run/t".into())));
+        assert_eq!(source(json!("bot-token")), None);
+        assert_eq!(source(json!({"credential": 1})), None);
+        assert_eq!(source(json!({"credential": "a", "file": "/b"})), None);
+        assert_eq!(source(json!({"token": "a"})), None);
+    }
 
     fn credentials(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@ use matrix_sdk::ruma::OwnedEventId;
 
 use crate::harness::bot::{BotEnv, describe};
 use crate::harness::client::TestUser;
+use crate::harness::daemon::Daemon;
 use crate::harness::eventually;
 use crate::harness::synapse::synapse;
 
@@ -56,6 +57,16 @@ fn write_program(env: &BotEnv, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// Sets the bots up, runs the host, and has a new person open a room (unencrypted) that `bot` joins.
+async fn running_with_a_room(env: &BotEnv, bot: &str, person: &str) -> (Daemon, TestUser, Room) {
+    env.setup();
+    let daemon = env.spawn_run();
+    let person = TestUser::new(synapse(), person).await;
+    let room = person.create_room(false, &[bot]).await;
+    person.wait_for_join(&room, bot).await;
+    (daemon, person, room)
 }
 
 /// The reactions (sender, key) to `event_id` in the room's history.
@@ -126,11 +137,7 @@ async fn a_program_that_crashes_hangs_or_garbles_is_restarted_and_each_message_a
     let bot = env.user_id("faulty");
     let program = write_program(&env, "faulty.py", FAULTY);
     env.use_exec("faulty", &program, &["event_timeout_secs: 2"]);
-    env.setup();
-    let mut daemon = env.spawn_run();
-    let person = TestUser::new(synapse, "fay-").await;
-    let room = person.create_room(false, &[&bot]).await;
-    person.wait_for_join(&room, &bot).await;
+    let (mut daemon, person, room) = running_with_a_room(&env, &bot, "fay-").await;
 
     for (word, logged) in [
         ("crash", "the program closed its output"),
@@ -175,11 +182,7 @@ async fn a_secret_in_the_settings_reaches_the_program_and_no_output() {
     assert!(check.status.success(), "{}", describe(&check));
     let printed = String::from_utf8_lossy(&check.stdout);
     assert!(printed.contains("secretive-token") && !printed.contains(&token), "{printed}");
-    env.setup();
-    let mut daemon = env.spawn_run();
-    let person = TestUser::new(synapse, "sam-").await;
-    let room = person.create_room(false, &[&bot]).await;
-    person.wait_for_join(&room, &bot).await;
+    let (mut daemon, person, room) = running_with_a_room(&env, &bot, "sam-").await;
 
     let sent = person.send_text(&room, "token").await;
     let reply = person.wait_for_reply(&sent, &bot, REPLY_TIMEOUT).await;

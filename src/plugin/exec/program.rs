@@ -12,7 +12,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{self, FromProgram, LogLevel, MAX_LINE_BYTES};
-use crate::alerts::scrub::for_log;
+use crate::alerts::scrub::{escape_controls, for_log, scrubbed};
 use crate::plugin::{PluginError, UnpromptedSink};
 
 /// How long a program has to exit after `shutdown` (and its stdin closed) before it is killed.
@@ -184,11 +184,9 @@ impl Reader {
                 Ok(message) => message,
                 Err(problem) => {
                     let copy = String::from_utf8_lossy(&line);
-                    let copy = copy.trim_end_matches(['\n', '\r']);
-                    break format!(
-                        "the program wrote a line that is not protocol ({problem}): {}",
-                        for_log(cut(copy, 200))
-                    );
+                    // Scrubbed before it is cut, so that no part of a secret survives at the cut.
+                    let copy = escape_controls(&scrubbed(copy.trim_end_matches(['\n', '\r'])), 200);
+                    break format!("the program wrote a line that is not protocol ({problem}): {copy}");
                 }
             };
             if let Err(why) = self.route(message) {
@@ -238,15 +236,6 @@ fn kind(message: &FromProgram) -> &'static str {
         FromProgram::Log { .. } => "log",
         FromProgram::Done { .. } => "done",
     }
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Logs the program's stderr line by line (scrubbed, escaped, cut).
