@@ -120,11 +120,15 @@ async fn the_example_program_replies_reacts_and_announces_in_an_encrypted_room()
     assert_eq!(daemon.stop().code(), Some(0));
     assert!(daemon.log().contains("the program stopped ended=exit status: 0"), "{}", daemon.log());
 
-    // A send the program makes on its own (outside an event, with a key): the bot is in the room now.
+    // A send the program makes on its own (outside an event, with a key): the bot is in the room now, so the
+    // second start's announcement arrives (the first start's may have raced the bot's join).
+    let announced = || person.messages_from(&bot).into_iter().filter(|m| m.body == "echo is up").count();
+    let before = announced();
     let mut daemon = env.spawn_run();
-    eventually(REPLY_TIMEOUT, "the announcement", || {
-        let found = person.messages_from(&bot).into_iter().find(|m| m.body == "echo is up");
-        async move { found }
+    daemon.wait_for_log("the program is ready", REPLY_TIMEOUT);
+    eventually(REPLY_TIMEOUT, "the announcement of the second start", || {
+        let more = announced() > before;
+        async move { more.then_some(()) }
     })
     .await;
     assert_eq!(daemon.stop().code(), Some(0));
