@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod host;
 pub mod instance;
 pub mod matrix;
@@ -40,4 +41,70 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Each top-level module (a "room": `config`, `state`, `host` ...) and the rooms its files name as
+    /// `crate::<room>`.
+    fn room_imports() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let is_room = |name: &str| src.join(name).is_dir() || src.join(format!("{name}.rs")).is_file();
+        let mut imports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut files = vec![src.clone()];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let relative = path.strip_prefix(&src).unwrap();
+            let room = relative.iter().next().unwrap().to_str().unwrap().trim_end_matches(".rs").to_owned();
+            if room == "lib" || room == "main" || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let used = imports.entry(room.clone()).or_default();
+            for (at, _) in text.match_indices("crate::") {
+                let name: String = text[at + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if name != room && is_room(&name) {
+                    used.insert(name);
+                }
+            }
+        }
+        imports
+    }
+
+    /// The house rule: data flows one way (config → state → host → instance → plugin ...), so no room imports
+    /// one that (through others) imports it.
+    #[test]
+    fn no_import_circles_between_rooms() {
+        let imports = room_imports();
+        assert!(imports.contains_key("plugin") && imports["config"].contains("plugin"), "{imports:?}");
+        fn visit(
+            room: &str,
+            imports: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) {
+            if let Some(at) = path.iter().position(|r| r == room) {
+                panic!("import circle: {} → {room}", path[at..].join(" → "));
+            }
+            if done.contains(room) {
+                return;
+            }
+            path.push(room.to_owned());
+            for next in imports.get(room).into_iter().flatten() {
+                visit(next, imports, path, done);
+            }
+            path.pop();
+            done.insert(room.to_owned());
+        }
+        let mut done = BTreeSet::new();
+        for room in imports.keys() {
+            visit(room, &imports, &mut Vec::new(), &mut done);
+        }
+    }
 }

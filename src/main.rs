@@ -6,7 +6,7 @@ use maubot::config::{self, Sources, provenance};
 use maubot::setup::{KeyFile, Plan, RecoveryKey, Report, SetupError, SetupOptions};
 use maubot::systemd::{Notifier, logging};
 use maubot::telemetry::Telemetry;
-use maubot::{EXIT_CONFIG, error_chain, host, setup, state};
+use maubot::{EXIT_CONFIG, daemon, error_chain, setup, state};
 
 fn main() -> ExitCode {
     // State files hold access tokens and E2EE keys: nothing this process creates is for other users.
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run) {
         // Until the host installs its handlers, signals that would end the process by default do nothing.
-        host::signals::ignore_until_handled();
+        daemon::signals::ignore_until_handled();
     }
     maubot::memory::limit_malloc_arenas();
     maubot::memory::tune_sqlite();
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 
     // Secrets known from the config are scrubbed from whatever is printed from here on (run adds the bots'
     // access tokens when it has read them).
-    maubot::alerts::scrub::install(maubot::alerts::Scrubber::new(loaded.config.secret_values()));
+    maubot::telemetry::scrub::install(maubot::telemetry::scrub::Scrubber::new(loaded.config.secret_values()));
     let telemetry = std::sync::Arc::new(Telemetry::default());
     logging::init(&loaded.config.logging.level, telemetry.clone());
     for warning in &loaded.warnings {
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let notifier = Notifier::from_env();
-            match runtime.block_on(host::run(loaded, sources, purpose, &notifier, telemetry)) {
+            match runtime.block_on(daemon::run(loaded, sources, purpose, &notifier, telemetry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("maubot run: {}", for_terminal(&error_chain(&e)));
@@ -187,7 +187,7 @@ impl Terminal {
 /// An error for the terminal: scrubbed, control characters escaped, line by line (only maubot's own line
 /// breaks remain).
 fn for_terminal(text: &str) -> String {
-    text.split('\n').map(maubot::alerts::scrub::for_log).collect::<Vec<_>>().join("\n")
+    text.split('\n').map(maubot::telemetry::scrub::for_log).collect::<Vec<_>>().join("\n")
 }
 
 fn list(ids: &[String]) -> String {

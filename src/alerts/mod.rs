@@ -2,8 +2,6 @@
 //! configured room by a configured bot. Lower levels stay in the journal.
 
 pub mod digest;
-pub mod scrub;
 pub mod sender;
 
 pub use digest::{Digest, Outgoing};
-pub use scrub::Scrubber;

@@ -10,12 +10,9 @@ use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use tokio::sync::{mpsc, watch};
 
 use super::Digest;
-use super::scrub::scrubbed;
 use crate::config::{NotificationLevel, model::NotificationsConfig};
+use crate::telemetry::scrub::scrubbed;
 use crate::telemetry::{Alert, Severity};
-
-/// The running bots' clients, by instance id (kept up to date by the supervisor).
-pub type Clients = Arc<RwLock<HashMap<String, Client>>>;
 
 /// Queue length between the log layer and this task; alerts beyond it are dropped (they stay in the journal).
 pub const QUEUE: usize = 256;
@@ -24,7 +21,8 @@ pub struct AlertSender {
     pub config: NotificationsConfig,
     /// Each instance's `error_notification_level`.
     pub instance_levels: HashMap<String, NotificationLevel>,
-    pub clients: Clients,
+    /// The supervisor's registry of running clients (`host::supervisor::Clients`), by instance id.
+    pub clients: Arc<RwLock<HashMap<String, Client>>>,
 }
 
 fn passes(level: NotificationLevel, severity: Severity) -> bool {

@@ -13,8 +13,8 @@ use super::instance_task;
 use super::supervisor::{ControlError, Shared};
 use super::view::{CounterView, InstanceView, State};
 use crate::config::InstanceConfig;
-use crate::instance::{Counters, Outcome, Phase, RateLimiter, Status};
-use crate::plugin::PluginContext;
+use crate::instance::{Counters, Outcome, Phase, Status};
+use crate::plugin::{PluginContext, RateLimiter};
 use crate::state::InstanceRecord;
 use crate::telemetry::capture::rfc3339;
 
@@ -88,7 +88,11 @@ impl Slot {
     pub fn new(id: &str, config: InstanceConfig, record: Option<InstanceRecord>, enabled: bool, stopped: bool) -> Self {
         Slot {
             id: id.to_owned(),
-            limiter: Arc::new(RateLimiter::new(&config.rate_limit)),
+            limiter: Arc::new(RateLimiter::new(
+                config.rate_limit.max_requests_per_minute,
+                config.rate_limit.burst_size,
+                Duration::from_secs(config.rate_limit.backoff_seconds),
+            )),
             config,
             record,
             enabled,

@@ -13,7 +13,6 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::slot::{Reply, Slot, Then};
 use super::view::InstanceView;
-use crate::alerts::sender::Clients;
 use crate::config::{Config, InstanceConfig};
 use crate::state::db::Override;
 use crate::state::{Database, InstanceRecord, Layout};
@@ -85,6 +84,10 @@ pub enum Command {
     Control(Request),
     Reload(Reload),
 }
+
+/// The registry of running clients, by instance id: the supervisor owns it (a client is added when its
+/// instance's session is restored and removed when the instance stops); the admin-room sender reads it.
+pub type Clients = Arc<RwLock<HashMap<String, matrix_sdk::Client>>>;
 
 /// What every instance task needs from the host.
 #[derive(Clone)]

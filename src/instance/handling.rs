@@ -18,9 +18,9 @@ use matrix_sdk::ruma::events::{
 use matrix_sdk::ruma::{OwnedUserId, RoomId, UInt};
 
 use super::{HandleError, Run, backoff, keyed_transaction_id, transaction_id};
-use crate::alerts::scrub::scrubbed;
 use crate::plugin::{Action, IncomingMessage, MessageKind};
 use crate::state::db::{OutboxEntry, PendingEvent, now_unix};
+use crate::telemetry::scrub::scrubbed;
 
 /// Most events fetched to fill one gap after downtime.
 const MAX_BACKFILL_EVENTS: usize = 2000;

@@ -16,7 +16,6 @@
 mod handling;
 pub mod outbox;
 mod pending;
-pub mod rate_limit;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,12 +30,10 @@ use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::alerts::scrub::scrubbed;
 use crate::plugin::{Plugin, PluginContext, PluginError};
 use crate::state::db::{OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
-
-pub use rate_limit::RateLimiter;
+use crate::telemetry::scrub::scrubbed;
 
 /// Where a running instance's loop is, as the supervisor and the status line see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

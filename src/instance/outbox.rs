@@ -20,9 +20,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Counters, backoff, is_permanent, retry_after};
-use crate::alerts::scrub::scrubbed;
 use crate::state::Database;
 use crate::state::db::{OutboxEntry, now_unix};
+use crate::telemetry::scrub::scrubbed;
 
 /// Rooms served at the same time.
 const MAX_IN_FLIGHT: usize = 4;

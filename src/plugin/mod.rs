@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod invites;
 pub mod ping;
+pub mod rate_limit;
 pub mod registry;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+pub use rate_limit::RateLimiter;
 
 /// A problem in a plugin's `config`, relative to it (`key` is a dotted path below `instances.<id>.config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +79,7 @@ pub struct PluginContext {
     pub instance: String,
     pub user_id: String,
     pub data_dir: std::path::PathBuf,
-    pub limiter: std::sync::Arc<crate::instance::RateLimiter>,
+    pub limiter: std::sync::Arc<RateLimiter>,
 }
 
 /// What a plugin wants done. In answer to an event, the host derives each action's transaction id from the

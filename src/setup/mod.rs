@@ -73,7 +73,7 @@ fn describe_failures(failed: &[(String, InstanceSetupError)], done: usize) -> St
     let mut text = format!("{} of {} bots could not be set up", failed.len(), failed.len() + done);
     for (id, error) in failed {
         // One line each, whatever the homeserver's error text holds.
-        text.push_str(&format!("\n  - `{id}`: {}", crate::alerts::scrub::for_log(&crate::error_chain(error))));
+        text.push_str(&format!("\n  - `{id}`: {}", crate::telemetry::scrub::for_log(&crate::error_chain(error))));
     }
     text.push_str(&format!(
         "\nWhat was done is kept{}. Fix the cause and run `{}` again: it resumes where each bot stopped.",

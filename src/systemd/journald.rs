@@ -13,8 +13,8 @@ use std::path::Path;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 
-use crate::alerts::scrub::for_log;
 use crate::telemetry::fields::EventFields;
+use crate::telemetry::scrub::for_log;
 
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 

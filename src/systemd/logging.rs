@@ -14,9 +14,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use super::journald::JournaldLayer;
-use crate::alerts::scrub::{MAX_LOG_FIELD_BYTES, escape_controls, scrubbed};
 use crate::telemetry::Telemetry;
 use crate::telemetry::capture::CaptureLayer;
+use crate::telemetry::scrub::{MAX_LOG_FIELD_BYTES, escape_controls, scrubbed};
 
 /// Whether systemd connected our stderr to the journal (`$JOURNAL_STREAM` names stderr's device and inode).
 pub fn stderr_is_journal() -> bool {

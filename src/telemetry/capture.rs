@@ -34,7 +34,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
                 let _ = write!(line, " {name}={value}");
             }
         }
-        self.telemetry.push_line(key, crate::alerts::scrub::for_log(&line));
+        self.telemetry.push_line(key, crate::telemetry::scrub::for_log(&line));
 
         if *metadata.level() == Level::ERROR {
             self.telemetry.record_error(instance.as_deref());

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod fields;
+pub mod scrub;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};

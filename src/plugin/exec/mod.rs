@@ -132,7 +132,6 @@ impl Plugin for Exec {
     }
 
     async fn start(&self, context: &PluginContext, unprompted: UnpromptedSink) -> Result<(), PluginError> {
-        crate::state::create_private_dir(&context.data_dir).map_err(|e| PluginError::permanent(e.to_string()))?;
         self.fault.send_replace(None);
         let launch = Launch {
             instance: &context.instance,
@@ -257,11 +256,11 @@ fn content(body: String, html: Option<String>, notice: bool) -> RoomMessageEvent
 }
 
 fn room_id(text: &str) -> Result<OwnedRoomId, String> {
-    OwnedRoomId::try_from(text).map_err(|_| format!("`{}` is not a room ID", crate::alerts::scrub::for_log(text)))
+    OwnedRoomId::try_from(text).map_err(|_| format!("`{}` is not a room ID", crate::telemetry::scrub::for_log(text)))
 }
 
 fn event_id(text: &str) -> Result<OwnedEventId, String> {
-    OwnedEventId::try_from(text).map_err(|_| format!("`{}` is not an event ID", crate::alerts::scrub::for_log(text)))
+    OwnedEventId::try_from(text).map_err(|_| format!("`{}` is not an event ID", crate::telemetry::scrub::for_log(text)))
 }
 
 /// An action the program took for event `handling`.

@@ -12,8 +12,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{self, FromProgram, LogLevel, MAX_LINE_BYTES};
-use crate::alerts::scrub::{escape_controls, for_log, scrubbed};
 use crate::plugin::{PluginError, UnpromptedSink};
+use crate::telemetry::scrub::{escape_controls, for_log, scrubbed};
 
 /// How long a program has to exit after `shutdown` (and its stdin closed) before it is killed.
 const GRACE: Duration = Duration::from_secs(5);

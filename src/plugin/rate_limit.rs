@@ -7,8 +7,6 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::model::RateLimitConfig;
-
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
@@ -23,12 +21,10 @@ struct Bucket {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig) -> Self {
-        Self::with_rate(
-            f64::from(config.max_requests_per_minute.max(1)) / 60.0,
-            config.burst_size,
-            Duration::from_secs(config.backoff_seconds),
-        )
+    /// `max_requests_per_minute` refill a bucket of `burst_size`; a "too many requests" stops calls for
+    /// `backoff` (the instance's `rate_limit` config).
+    pub fn new(max_requests_per_minute: u32, burst_size: u32, backoff: Duration) -> Self {
+        Self::with_rate(f64::from(max_requests_per_minute.max(1)) / 60.0, burst_size, backoff)
     }
 
     fn with_rate(per_second: f64, burst: u32, backoff: Duration) -> Self {
@@ -111,8 +107,7 @@ mod tests {
 
     #[test]
     fn config_maps_to_a_per_second_rate() {
-        let limiter =
-            RateLimiter::new(&RateLimitConfig { max_requests_per_minute: 30, burst_size: 2, backoff_seconds: 7 });
+        let limiter = RateLimiter::new(30, 2, Duration::from_secs(7));
         assert_eq!(limiter.per_second, 0.5);
         assert_eq!(limiter.burst, 2.0);
         assert_eq!(limiter.backoff, Duration::from_secs(7));
