@@ -147,6 +147,7 @@ impl Slot {
             instance: self.id.clone(),
             user_id: record.user_id.clone(),
             data_dir: shared.layout.plugin_data_dir(&self.id),
+            database_path: shared.layout.plugin_database(&self.id),
             limiter: self.limiter.clone(),
         };
         let task = tokio::spawn(instance_task::run(

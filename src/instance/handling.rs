@@ -1,24 +1,24 @@
-//! Turning a sync response into work: invites answered, limited timelines filled, each new message handed to the
-//! plugin once, and its answers queued in the outbox together with the mark that the message was handled. No
+//! Turning a sync response into work: invites answered, limited timelines filled, each new event (`incoming.rs`)
+//! the plugin subscribed to handed to it once, and its answers queued in the outbox together with the mark that
+//! the event was handled. No
 //! answer is sent here: the sync loop never waits on the homeserver's message limits.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use matrix_sdk::Room;
-use matrix_sdk::deserialized_responses::TimelineEvent;
+use matrix_sdk::deserialized_responses::{RawAnySyncOrStrippedState, TimelineEvent};
 use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::events::StateEventType;
+use matrix_sdk::ruma::events::relation::Thread;
 use matrix_sdk::ruma::events::room::member::MembershipState;
-use matrix_sdk::ruma::events::room::message::{
-    AddMentions, ForwardThread, MessageFormat, MessageType, OriginalSyncRoomMessageEvent, Relation, ReplyMetadata,
-};
-use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
-};
-use matrix_sdk::ruma::{OwnedUserId, RoomId, UInt};
+use matrix_sdk::ruma::events::room::message::{AddMentions, ForwardThread, ReplacementMetadata, ReplyMetadata};
+use matrix_sdk::ruma::events::{AnySyncStateEvent, AnySyncTimelineEvent, SyncStateEvent};
+use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UInt, UserId};
 
-use super::{HandleError, Run, backoff, keyed_transaction_id, transaction_id};
-use crate::plugin::{Action, IncomingMessage, MessageKind};
+use super::incoming::{Incoming, age_of, incoming};
+use super::{HandleError, Run, backoff, keyed_transaction_id, outbox, transaction_id};
+use crate::plugin::{Action, Event, EventKind, EventType, Message, Relation};
 use crate::state::db::{OutboxEntry, PendingEvent, now_unix};
 use crate::telemetry::scrub::scrubbed;
 
@@ -33,7 +33,7 @@ impl Run<'_> {
     ) -> Result<(), HandleError> {
         let me = self.instance;
         for room_id in response.rooms.invited.keys() {
-            self.answer_invite(room_id).await;
+            self.answer_invite(room_id).await?;
         }
         for (room_id, update) in response.rooms.joined {
             if !me.subscribed(&room_id) {
@@ -96,7 +96,16 @@ impl Run<'_> {
         let me = self.instance;
         let own_user = me.own_user();
         // What was said before the bot joined is history, not commands.
-        let start = events.iter().rposition(|e| is_join_of(e, &own_user)).map_or(0, |i| i + 1);
+        let join = events.iter().rposition(|e| is_join_of(e, &own_user));
+        // The invite the bot joined on is told once the join is synced: only then does the host know the room
+        // (its encryption above all), so that what a plugin says about the invite goes out as the room needs.
+        if let Some(join) = join
+            && me.plugin.subscriptions().contains(EventType::Invite)
+            && let Some(invite) = self.invite_joined(room, &events[..=join]).await
+        {
+            self.deliver(room, invite).await?;
+        }
+        let start = join.map_or(0, |i| i + 1);
         for event in &events[start..] {
             me.counters.events_handled.fetch_add(1, Ordering::Relaxed);
             // Each event is progress: a plugin waiting on its rate limiter is slow, not hung.
@@ -106,19 +115,48 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The invite the bot's join (the last of `events`) replaced: found among the events before it, or fetched.
+    async fn invite_joined(&self, room: &Room, events: &[TimelineEvent]) -> Option<Event> {
+        let (join, before) = events.split_last()?;
+        let field = |path: &str| join.raw().get_field::<serde_json::Value>(path).ok().flatten();
+        let replaced = field("unsigned")
+            .and_then(|u| u.get("replaces_state").cloned())
+            .or_else(|| field("replaces_state"))
+            .and_then(|v| OwnedEventId::try_from(v.as_str()?).ok())?;
+        let fetched;
+        let invite = match before.iter().find(|e| e.event_id().as_deref() == Some(&*replaced)) {
+            Some(found) => found,
+            None => {
+                fetched = room.event(&replaced, None).await.ok()?;
+                &fetched
+            }
+        };
+        let me = self.instance;
+        match incoming(room.room_id(), invite, &|user| me.is_bot(user)) {
+            Incoming::Event(Event { kind: EventKind::Membership(m), event_id, sender, timestamp_ms, age, .. })
+                if m.membership == "invite" =>
+            {
+                Some(Event {
+                    room_id: room.room_id().to_owned(),
+                    event_id,
+                    sender,
+                    timestamp_ms,
+                    age,
+                    encrypted: false,
+                    kind: EventKind::Invite { joined: true },
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// One timeline event (decrypted where its key was at hand).
     pub(super) async fn handle_event(&self, room: &Room, event: &TimelineEvent) -> Result<(), HandleError> {
-        let Ok(parsed) = event.raw().deserialize() else {
-            return Ok(());
-        };
-        match parsed {
-            AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
-                SyncMessageLikeEvent::Original(message),
-            )) => self.handle_message(room, &message, event.encryption_info().is_some()).await,
-            AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(encrypted)) => {
-                self.wait_for_key(room, event, encrypted.event_id().as_str(), encrypted.origin_server_ts()).await
-            }
-            _ => Ok(()),
+        let me = self.instance;
+        match incoming(room.room_id(), event, &|user| me.is_bot(user)) {
+            Incoming::Event(event) => self.deliver(room, event).await,
+            Incoming::Undecryptable { event_id, sent } => self.wait_for_key(room, event, event_id.as_str(), sent).await,
+            Incoming::Nothing => Ok(()),
         }
     }
 
@@ -164,60 +202,41 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn handle_message(
-        &self,
-        room: &Room,
-        message: &OriginalSyncRoomMessageEvent,
-        encrypted: bool,
-    ) -> Result<(), HandleError> {
+    /// Hands an event to the plugin, if it subscribed to its kind and has not handled it yet, and queues its
+    /// answers together with the mark that it was handled.
+    async fn deliver(&self, room: &Room, event: Event) -> Result<(), HandleError> {
         let me = self.instance;
-        if me.is_bot(&message.sender) {
+        let kind = event.kind.event_type();
+        if !me.plugin.subscriptions().contains(kind) {
             return Ok(());
         }
-        let (kind, body, formatted) = match &message.content.msgtype {
-            MessageType::Text(text) => (MessageKind::Text, &text.body, &text.formatted),
-            MessageType::Emote(emote) => (MessageKind::Emote, &emote.body, &emote.formatted),
-            _ => return Ok(()),
-        };
-        if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
+        // Messages, edits and reactions are commands: too old, and they are history; membership and state
+        // changes are facts a plugin may need however late they arrive.
+        let is_command = matches!(kind, EventType::Message | EventType::Notice | EventType::Edit | EventType::Reaction);
+        if is_command && event.age > me.max_command_age {
+            tracing::debug!(instance = %me.id, event_id = %event.event_id, age_s = event.age.as_secs(), "too old to answer");
             return Ok(());
         }
-        let age = age_of(message.origin_server_ts);
-        if age > me.max_command_age {
-            tracing::debug!(instance = %me.id, event_id = %message.event_id, age_s = age.as_secs(), "too old to answer");
+        if me.db.is_handled(&me.id, event.event_id.as_str()).await? {
             return Ok(());
         }
-        if me.db.is_handled(&me.id, message.event_id.as_str()).await? {
-            return Ok(());
-        }
-        let incoming = IncomingMessage {
-            room_id: room.room_id().to_owned(),
-            event_id: message.event_id.clone(),
-            sender: message.sender.clone(),
-            kind,
-            body: body.clone(),
-            formatted_body: formatted.as_ref().filter(|f| f.format == MessageFormat::Html).map(|f| f.body.clone()),
-            age,
-            encrypted,
-        };
-        let actions = me.plugin.on_message(&me.context, &incoming).await?;
+        let actions = me.plugin.on_event(&me.context, &event).await?;
         if actions.is_empty() {
             return Ok(());
         }
-        if !self.sender_may_command(&message.sender) {
+        if is_command && !self.sender_may_command(&event.sender) {
             tracing::info!(
                 instance = %me.id,
                 room_id = %room.room_id(),
-                event_id = %message.event_id,
-                sender = %message.sender,
+                event_id = %event.event_id,
+                sender = %event.sender,
                 "not answering: the sender is over the per-sender command limit"
             );
-            me.db.mark_handled(&me.id, message.event_id.as_str(), Vec::new()).await?;
+            me.db.mark_handled(&me.id, event.event_id.as_str(), Vec::new()).await?;
             return Ok(());
         }
-        let sends =
-            actions.into_iter().enumerate().map(|(index, action)| to_send(room, message, index, action)).collect();
-        let queued = me.db.mark_handled(&me.id, message.event_id.as_str(), sends).await?;
+        let sends = actions.into_iter().enumerate().map(|(index, action)| to_send(&event, index, action)).collect();
+        let queued = me.db.mark_handled(&me.id, event.event_id.as_str(), sends).await?;
         self.outstanding.add(queued.len());
         for send in queued {
             let _ = self.outbox.send(send);
@@ -245,28 +264,35 @@ impl Run<'_> {
     }
 
     /// Invites that arrived while the bot was down.
-    pub(super) async fn answer_pending_invites(&self) {
+    pub(super) async fn answer_pending_invites(&self) -> Result<(), HandleError> {
         for room in self.instance.client.invited_rooms() {
-            self.answer_invite(room.room_id()).await;
+            self.answer_invite(room.room_id()).await?;
         }
+        Ok(())
     }
 
-    async fn answer_invite(&self, room_id: &RoomId) {
+    /// Joins on an invite from a user the plugin accepts (in a room the instance may use), declines others,
+    /// and tells a plugin that subscribed to invites of a declined one (of a joined one once the join is
+    /// synced). A join that keeps failing is tried again at the next start (the invite is still there).
+    async fn answer_invite(&self, room_id: &RoomId) -> Result<(), HandleError> {
         let me = self.instance;
         let Some(room) = me.client.get_room(room_id) else {
-            return;
+            return Ok(());
         };
         let inviter =
             room.invite_details().await.ok().and_then(|details| details.inviter).map(|m| m.user_id().to_owned());
         let allowed =
             inviter.as_ref().is_some_and(|u| me.plugin.accepts_invite_from(u.as_str())) && me.subscribed(room_id);
-        let inviter = inviter.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
-        if allowed {
+        let shown = inviter.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
+        let (event_id, sent) = invite_event(&room, &me.own_user()).await;
+        let joined = if allowed {
+            let mut joined = false;
             for attempt in 1..=3u32 {
                 match me.client.join_room_by_id(room_id).await {
                     Ok(_) => {
-                        tracing::info!(instance = %me.id, room_id = %room_id, %inviter, "joined on invite");
-                        return;
+                        tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "joined on invite");
+                        joined = true;
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(instance = %me.id, room_id = %room_id, error = %scrubbed(&e.to_string()), attempt, "joining failed");
@@ -274,26 +300,71 @@ impl Run<'_> {
                     }
                 }
             }
+            if !joined {
+                return Ok(());
+            }
+            true
         } else {
-            tracing::info!(instance = %me.id, room_id = %room_id, %inviter, "declining an invite from a user not in allow_invites_from");
+            tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "declining an invite from a user not in allow_invites_from");
             if let Err(e) = room.leave().await {
                 tracing::warn!(instance = %me.id, room_id = %room_id, error = %scrubbed(&e.to_string()), "declining the invite failed");
+                return Ok(());
             }
-        }
+            false
+        };
+        // A joined room's invite is told when the join is synced (`handle_timeline`).
+        let Some(inviter) = inviter.filter(|_| !joined) else { return Ok(()) };
+        let sent = sent.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+        let event = Event {
+            room_id: room_id.to_owned(),
+            event_id,
+            sender: inviter,
+            timestamp_ms: sent.0.into(),
+            age: age_of(sent),
+            encrypted: false,
+            kind: EventKind::Invite { joined },
+        };
+        self.deliver(&room, event).await
     }
 }
 
-/// The outbox entry for the `index`-th action answering `message`.
-fn to_send(room: &Room, message: &OriginalSyncRoomMessageEvent, index: usize, action: Action) -> OutboxEntry {
-    let derived = || transaction_id(message.event_id.as_str(), index).to_string();
+/// The id and time of the invite of `own` to `room`, where the homeserver sent the invite event whole (Synapse
+/// does); otherwise a host-made id, `$~invite~<room id without its sigil>`, and no time.
+async fn invite_event(room: &Room, own: &UserId) -> (OwnedEventId, Option<MilliSecondsSinceUnixEpoch>) {
+    let raw = match room.get_state_event(StateEventType::RoomMember, own.as_str()).await {
+        Ok(Some(RawAnySyncOrStrippedState::Stripped(raw))) => Some(raw.cast::<serde_json::Value>()),
+        Ok(Some(RawAnySyncOrStrippedState::Sync(raw))) => Some(raw.cast::<serde_json::Value>()),
+        _ => None,
+    };
+    let field = |name: &str| raw.as_ref().and_then(|r| r.get_field::<serde_json::Value>(name).ok().flatten());
+    let event_id = field("event_id").and_then(|v| OwnedEventId::try_from(v.as_str()?).ok());
+    let sent = field("origin_server_ts").and_then(|v| serde_json::from_value(v).ok());
+    let made = || {
+        let room_id = room.room_id().as_str().trim_start_matches('!');
+        OwnedEventId::try_from(format!("$~invite~{room_id}")).expect("a room id makes an event id")
+    };
+    (event_id.unwrap_or_else(made), sent)
+}
+
+/// The outbox entry for the `index`-th action answering `event`.
+fn to_send(event: &Event, index: usize, action: Action) -> OutboxEntry {
+    let derived = || transaction_id(event.event_id.as_str(), index).to_string();
+    let here = event.room_id.to_string();
     let (room_id, txn_id, event_type, content) = match action {
         Action::Reply(content) => {
+            // A reply to a message in a thread stays in the thread.
+            let thread = match &event.kind {
+                EventKind::Message(Message { relation: Some(Relation::Thread { root, .. }), .. }) => {
+                    Some(Thread::plain(root.clone(), event.event_id.clone()))
+                }
+                _ => None,
+            };
             let content = content.make_reply_to(
-                ReplyMetadata::new(&message.event_id, &message.sender, thread_of(message)),
+                ReplyMetadata::new(&event.event_id, &event.sender, thread.as_ref()),
                 ForwardThread::Yes,
                 AddMentions::No,
             );
-            (room.room_id().to_string(), derived(), "m.room.message", json(&content))
+            (here, derived(), "m.room.message", json(&content))
         }
         Action::Send { room_id, content, key } => {
             let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(derived);
@@ -303,7 +374,15 @@ fn to_send(room: &Room, message: &OriginalSyncRoomMessageEvent, index: usize, ac
             let content = matrix_sdk::ruma::events::reaction::ReactionEventContent::new(
                 matrix_sdk::ruma::events::relation::Annotation::new(to, reaction),
             );
-            (room.room_id().to_string(), derived(), "m.reaction", json(&content))
+            (here, derived(), "m.reaction", json(&content))
+        }
+        Action::Edit { to, content } => {
+            let content = content.make_replacement(ReplacementMetadata::new(to, None));
+            (here, derived(), "m.room.message", json(&content))
+        }
+        Action::Redact { event, reason } => {
+            let content = serde_json::json!({"redacts": event, "reason": reason});
+            (here, derived(), outbox::REDACTION, content.to_string())
         }
     };
     OutboxEntry {
@@ -312,7 +391,7 @@ fn to_send(room: &Room, message: &OriginalSyncRoomMessageEvent, index: usize, ac
         txn_id,
         event_type: event_type.into(),
         content,
-        answers: Some(message.event_id.to_string()),
+        answers: Some(event.event_id.to_string()),
         queued_at: 0,
     }
 }
@@ -332,18 +411,6 @@ pub(super) fn unprompted_send(unprompted: crate::plugin::Unprompted) -> OutboxEn
 
 fn json(content: &impl serde::Serialize) -> String {
     serde_json::to_string(content).expect("event content serializes")
-}
-
-fn age_of(sent: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch) -> Duration {
-    let sent = sent.to_system_time().unwrap_or(SystemTime::UNIX_EPOCH);
-    SystemTime::now().duration_since(sent).unwrap_or_default()
-}
-
-fn thread_of(message: &OriginalSyncRoomMessageEvent) -> Option<&matrix_sdk::ruma::events::relation::Thread> {
-    match &message.content.relates_to {
-        Some(Relation::Thread(thread)) => Some(thread),
-        _ => None,
-    }
 }
 
 fn is_join_of(event: &TimelineEvent, user: &OwnedUserId) -> bool {

@@ -14,6 +14,7 @@
 //!   within the command's maximum age (`pending.rs`).
 
 mod handling;
+mod incoming;
 pub mod outbox;
 mod pending;
 
@@ -27,10 +28,10 @@ use matrix_sdk::config::{SyncSettings, SyncToken};
 use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt, UserId};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::plugin::{Plugin, PluginContext, PluginError};
+use crate::plugin::{EventType, Plugin, PluginContext, PluginError, Subscriptions};
 use crate::state::db::{OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
 use crate::telemetry::scrub::scrubbed;
@@ -163,8 +164,8 @@ impl Instance {
         self.client.user_id().expect("session restored").to_owned()
     }
 
-    fn is_bot(&self, user: &OwnedUserId) -> bool {
-        *user == self.own_user() || self.bot_users.read().unwrap_or_else(|p| p.into_inner()).contains(user)
+    fn is_bot(&self, user: &UserId) -> bool {
+        self.client.user_id() == Some(user) || self.bot_users.read().unwrap_or_else(|p| p.into_inner()).contains(user)
     }
 
     fn update(&self, change: impl FnOnce(&mut Status)) {
@@ -266,7 +267,13 @@ impl Run<'_> {
             Ok(token) => token,
             Err(e) => return Outcome::Failed(format!("cannot read the sync position: {e}")),
         };
-        self.answer_pending_invites().await;
+        match self.answer_pending_invites().await {
+            Ok(()) => {}
+            Err(HandleError::Plugin(e)) => return plugin_failed(e),
+            Err(e) => {
+                tracing::warn!(instance = %me.id, error = %scrubbed(&e.to_string()), "could not answer the invites that came while the bot was down; trying at the next start")
+            }
+        }
         let mut failures = 0u32;
         let mut last_retry = Instant::now();
         loop {
@@ -275,7 +282,7 @@ impl Run<'_> {
             }
             let first = !me.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
-                .filter(sync_filter())
+                .filter(sync_filter(&me.plugin.subscriptions()))
                 .timeout(if first { Duration::ZERO } else { me.sync_timeout })
                 .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
             let result = tokio::select! {
@@ -364,11 +371,22 @@ fn plugin_failed(error: PluginError) -> Outcome {
     if error.permanent { Outcome::FailedPermanently(why) } else { Outcome::Failed(why) }
 }
 
+/// Event types no plugin is handed, kept out of every sync.
+const NEVER_HANDED: &[&str] =
+    &["m.call.*", "m.poll.*", "org.matrix.msc3381.poll.*", "m.sticker", "org.matrix.msc3401.call.member"];
+
 /// Only what bots use: no presence, typing, receipts or room account data (global account data stays: E2EE
-/// needs it), lazy-loaded members, and enough timeline per room that a short downtime needs no extra requests.
-fn sync_filter() -> Filter {
+/// needs it), lazy-loaded members, enough timeline per room that a short downtime needs no extra requests, and
+/// in the timeline no event types the plugin did not subscribe to, where that can be said: state events and
+/// encrypted events always come (E2EE and the room's membership need them; what an encrypted event holds is
+/// known only after decryption), and messages too (the default subscription).
+fn sync_filter(subscriptions: &Subscriptions) -> Filter {
     let mut timeline = RoomEventFilter::default();
     timeline.limit = Some(UInt::from(50u32));
+    timeline.not_types = NEVER_HANDED.iter().map(|t| (*t).to_owned()).collect();
+    if !subscriptions.contains(EventType::Reaction) {
+        timeline.not_types.push("m.reaction".into());
+    }
     let mut state = RoomEventFilter::default();
     state.lazy_load_options =
         matrix_sdk::ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: false };
@@ -454,6 +472,19 @@ mod tests {
         assert_ne!(a, transaction_id("$abd:example.org", 0));
         assert_eq!(a.as_str(), "maubot.0.~24abc~3aexample.org");
         assert_ne!(transaction_id("$abc:example.org", 0), transaction_id("$abce:xample.org", 0));
+    }
+
+    #[test]
+    fn the_sync_filter_leaves_out_what_no_subscription_asks_for() {
+        let types = |subscriptions: &Subscriptions| {
+            let Filter::FilterDefinition(filter) = sync_filter(subscriptions) else { unreachable!() };
+            (filter.room.timeline.types.clone(), filter.room.timeline.not_types.clone())
+        };
+        let (only, not) = types(&Subscriptions::messages());
+        assert_eq!(only, None, "state and encrypted events always come");
+        assert!(not.contains(&"m.reaction".to_owned()) && not.contains(&"m.call.*".to_owned()), "{not:?}");
+        let (_, not) = types(&Subscriptions::of([EventType::Message, EventType::Reaction]));
+        assert!(!not.contains(&"m.reaction".to_owned()), "{not:?}");
     }
 
     #[test]

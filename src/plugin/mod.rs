@@ -1,23 +1,26 @@
 //! Bot plugins: built-in types behind one trait, registered by type name (`registry.rs`); each type in its own
 //! file or folder (`ping.rs`, `exec/`).
 //!
-//! A plugin sees messages and invites and answers with [`Action`]s; the host carries actions out. Keeping the
+//! A plugin subscribes to the kinds of event it wants (`event.rs`: messages, notices, edits, reactions,
+//! membership and state changes, invites), sees each once, and answers with [`Action`]s; the host carries actions
+//! out. Keeping the
 //! sending in the host is what makes replies exactly-once across crashes: each action is sent with a transaction
 //! id derived from the event it answers (or from the idempotency key the plugin gives), so a re-delivered event
 //! produces the same request and the homeserver deduplicates it. Side effects outside Matrix are the plugin's:
 //! they happen at least once (an event whose answer was not recorded before a crash is delivered again).
 
+pub mod event;
 pub mod exec;
 pub mod invites;
 pub mod ping;
 pub mod rate_limit;
 pub mod registry;
-
-use std::time::Duration;
+pub mod storage;
 
 use async_trait::async_trait;
+pub use event::{ChangedBy, Event, EventKind, EventType, Membership, Message, MessageKind, Relation, Subscriptions};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
 pub use rate_limit::RateLimiter;
 
 /// A problem in a plugin's `config`, relative to it (`key` is a dotted path below `instances.<id>.config`).
@@ -39,47 +42,30 @@ pub trait PluginType: Sync {
     fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem>;
 }
 
-/// The kinds of message a plugin is handed (notices are bots talking: never handed over).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    Text,
-    Emote,
-}
-
-impl MessageKind {
-    /// The `msgtype` of the event.
-    pub fn msgtype(self) -> &'static str {
-        match self {
-            MessageKind::Text => "m.text",
-            MessageKind::Emote => "m.emote",
-        }
-    }
-}
-
-/// A text or emote message in one of the bot's rooms, as the host hands it to a plugin.
-#[derive(Debug, Clone)]
-pub struct IncomingMessage {
-    pub room_id: OwnedRoomId,
-    pub event_id: OwnedEventId,
-    pub sender: OwnedUserId,
-    pub kind: MessageKind,
-    pub body: String,
-    /// The HTML body (`org.matrix.custom.html`), when the message has one.
-    pub formatted_body: Option<String>,
-    /// How long ago the homeserver received the message.
-    pub age: Duration,
-    /// Whether the message arrived encrypted (replies in such rooms are encrypted by the host).
-    pub encrypted: bool,
-}
-
 /// What a plugin may use besides the event: its instance id, its private directory (mode 0700, kept across
-/// restarts), and the instance's outgoing rate limiter, which it must `acquire()` before every external call (and
-/// `back_off()` when the service says "too many requests").
+/// restarts), its own database (opened when it asks), and the instance's outgoing rate limiter, which it must
+/// `acquire()` before every external call (and `back_off()` when the service says "too many requests").
 pub struct PluginContext {
     pub instance: String,
     pub user_id: String,
     pub data_dir: std::path::PathBuf,
+    /// Where the plugin's database is (`open_database`); nothing is there until a plugin opens it.
+    pub database_path: std::path::PathBuf,
     pub limiter: std::sync::Arc<RateLimiter>,
+}
+
+impl PluginContext {
+    /// Opens the plugin's database (mode 0600), bringing it to the schema `migrations` describe (the n-th
+    /// migration makes version n; each runs in a transaction with its version). Call it from `start`.
+    pub async fn open_database(
+        &self,
+        migrations: &'static [&'static str],
+    ) -> Result<storage::PluginDatabase, storage::StorageError> {
+        let path = self.database_path.clone();
+        tokio::task::spawn_blocking(move || storage::PluginDatabase::open(&path, migrations))
+            .await
+            .map_err(|e| storage::StorageError::Worker(e.to_string()))?
+    }
 }
 
 /// What a plugin wants done. In answer to an event, the host derives each action's transaction id from the
@@ -92,6 +78,12 @@ pub enum Action {
     Send { room_id: OwnedRoomId, content: RoomMessageEventContent, key: Option<String> },
     /// React to an event in the room of the event being answered.
     React { to: OwnedEventId, reaction: String },
+    /// Replace the content of an earlier message of this bot (`to`, in the room of the event being answered):
+    /// clients show the new content in its place.
+    Edit { to: OwnedEventId, content: RoomMessageEventContent },
+    /// Redact (remove the content of) an event in the room of the event being answered; the bot needs the
+    /// power to redact others' events for theirs.
+    Redact { event: OwnedEventId, reason: Option<String> },
 }
 
 /// An action a plugin takes on its own, outside any event (a timer fired, a program wrote it): carried out
@@ -139,9 +131,15 @@ pub trait Plugin: Send + Sync {
         Ok(())
     }
 
-    /// Handles a message; the returned actions are carried out in order. An error stops the instance (the
-    /// message is delivered again after the restart).
-    async fn on_message(&self, context: &PluginContext, message: &IncomingMessage) -> Result<Vec<Action>, PluginError>;
+    /// The kinds of event the plugin wants; asked before each sync (the sync filter asks the homeserver for no
+    /// more) and for each event. Default: text and emote messages.
+    fn subscriptions(&self) -> Subscriptions {
+        Subscriptions::messages()
+    }
+
+    /// Handles an event of a subscribed kind; the returned actions are carried out in order. An error stops the
+    /// instance (the event is delivered again after the restart).
+    async fn on_event(&self, context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError>;
 
     /// Resolves when the plugin fails on its own, between events (a program that exited). Default: never.
     async fn failed(&self) -> PluginError {

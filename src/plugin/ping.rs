@@ -5,8 +5,8 @@ use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde::Deserialize;
 
 use super::{
-    Action, ConfigProblem, IncomingMessage, MessageKind, Plugin, PluginContext, PluginError, PluginType, invites,
-    parse_config,
+    Action, ConfigProblem, Event, EventKind, Message, MessageKind, Plugin, PluginContext, PluginError, PluginType,
+    invites, parse_config,
 };
 
 pub struct PingType;
@@ -72,15 +72,14 @@ impl Plugin for Ping {
         invites::allowed(&self.config.allow_invites_from, inviter)
     }
 
-    async fn on_message(
-        &self,
-        _context: &PluginContext,
-        message: &IncomingMessage,
-    ) -> Result<Vec<Action>, PluginError> {
-        if message.kind != MessageKind::Text || !self.is_command(&message.body) {
+    async fn on_event(&self, _context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError> {
+        let EventKind::Message(Message { kind: MessageKind::Text, body, .. }) = &event.kind else {
+            return Ok(Vec::new());
+        };
+        if !self.is_command(body) {
             return Ok(Vec::new());
         }
-        let millis = message.age.as_millis();
+        let millis = event.age.as_millis();
         Ok(vec![Action::Reply(RoomMessageEventContent::notice_plain(format!("pong (took {millis} ms)")))])
     }
 }

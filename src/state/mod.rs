@@ -171,6 +171,11 @@ impl Layout {
         self.instance_dir(id).join("data")
     }
 
+    /// The plugin's own database (opened only for plugins that use one).
+    pub fn plugin_database(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("plugin.db")
+    }
+
     pub fn instance_lock(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("lock")
     }

@@ -13,5 +13,6 @@ mod hostile_api;
 mod hostile_config;
 mod lifecycle;
 mod notify;
+mod plugin_events;
 mod sending;
 mod setup_run;

@@ -22,10 +22,11 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, watch};
 
 use self::program::{Launch, Line, Program};
+use self::protocol::Common;
 use self::protocol::{FromProgram, ToProgram};
 use super::{
-    Action, ConfigProblem, IncomingMessage, Plugin, PluginContext, PluginError, PluginType, Unprompted, UnpromptedSink,
-    invites, parse_config,
+    Action, ConfigProblem, Event, EventKind, EventType, Plugin, PluginContext, PluginError, PluginType, Relation,
+    Subscriptions, Unprompted, UnpromptedSink, invites, parse_config,
 };
 
 /// Longest `event_timeout_secs`: below the supervisor's hang detection (a sync's long poll plus 90 s).
@@ -113,6 +114,7 @@ impl PluginType for ExecType {
         Ok(Box::new(Exec {
             config: parse_config(config)?,
             program: Mutex::new(None),
+            subscriptions: std::sync::RwLock::new(Subscriptions::messages()),
             fault: Arc::new(watch::Sender::new(None)),
         }))
     }
@@ -121,6 +123,8 @@ impl PluginType for ExecType {
 pub struct Exec {
     config: ExecConfig,
     program: Mutex<Option<Program>>,
+    /// What the running program asked for in `ready` (always including `message`).
+    subscriptions: std::sync::RwLock<Subscriptions>,
     /// Set by the program's reader when it fails outside an event.
     fault: Arc<watch::Sender<Option<String>>>,
 }
@@ -164,24 +168,25 @@ impl Plugin for Exec {
                 )));
             }
         };
-        let unknown: Vec<&String> =
-            subscribe.iter().filter(|s| !protocol::SUBSCRIPTIONS.contains(&s.as_str())).collect();
+        let (subscriptions, unknown) = subscriptions_of(&subscribe);
         if !unknown.is_empty() {
-            tracing::warn!(instance = %context.instance, unsupported = ?unknown, "the program subscribed to event types this host does not deliver (protocol 1 delivers `message`)");
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
+            tracing::warn!(instance = %context.instance, unsupported = ?unknown, ?known, "the program subscribed to event types this host does not deliver");
         }
+        *self.subscriptions.write().unwrap_or_else(|p| p.into_inner()) = subscriptions;
         tracing::info!(instance = %context.instance, command = %self.config.command.display(), "the program is ready");
         *self.program.lock().await = Some(program);
         Ok(())
     }
 
-    async fn on_message(
-        &self,
-        _context: &PluginContext,
-        message: &IncomingMessage,
-    ) -> Result<Vec<Action>, PluginError> {
+    fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn on_event(&self, _context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError> {
         let mut guard = self.program.lock().await;
         let program = guard.as_mut().ok_or_else(|| PluginError::transient("the program is not running"))?;
-        let id = message.event_id.as_str();
+        let id = event.event_id.as_str();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.event_timeout_secs);
         let missed = || {
             PluginError::transient(format!(
@@ -190,16 +195,7 @@ impl Plugin for Exec {
             ))
         };
         program.begin(id);
-        let line = ToProgram::Message {
-            id,
-            room_id: message.room_id.as_str(),
-            sender: message.sender.as_str(),
-            body: &message.body,
-            formatted_body: message.formatted_body.as_deref(),
-            msgtype: message.kind.msgtype(),
-            age_ms: message.age.as_millis() as u64,
-            encrypted: message.encrypted,
-        };
+        let line = to_program(event);
         tokio::time::timeout_at(deadline, program.write(&line)).await.map_err(|_| missed())??;
         let mut actions = Vec::new();
         loop {
@@ -245,6 +241,62 @@ impl Plugin for Exec {
     }
 }
 
+/// The subscriptions a program's `ready` names (`message` always among them), and the names this host does
+/// not know.
+fn subscriptions_of(names: &[String]) -> (Subscriptions, Vec<String>) {
+    let unknown = names.iter().filter(|n| EventType::from_name(n).is_none()).cloned().collect();
+    let known = names.iter().filter_map(|n| EventType::from_name(n));
+    (Subscriptions::of(known.chain([EventType::Message])), unknown)
+}
+
+/// The line that hands `event` to the program.
+fn to_program(event: &Event) -> ToProgram<'_> {
+    let common = Common {
+        id: event.event_id.as_str(),
+        room_id: event.room_id.as_str(),
+        sender: event.sender.as_str(),
+        ts: event.timestamp_ms,
+        age_ms: event.age.as_millis() as u64,
+        encrypted: event.encrypted,
+    };
+    match &event.kind {
+        EventKind::Message(message) => {
+            let (mut reply_to, mut thread, mut replaces) = (None, None, None);
+            match &message.relation {
+                Some(Relation::Reply { to }) => reply_to = Some(to.as_str()),
+                Some(Relation::Thread { root, reply_to: to }) => {
+                    thread = Some(root.as_str());
+                    reply_to = to.as_ref().map(|t| t.as_str());
+                }
+                Some(Relation::Edit { of }) => replaces = Some(of.as_str()),
+                None => {}
+            }
+            ToProgram::Message {
+                common,
+                body: &message.body,
+                formatted_body: message.formatted_body.as_deref(),
+                msgtype: message.kind.msgtype(),
+                reply_to,
+                thread,
+                replaces,
+            }
+        }
+        EventKind::Reaction { to, key } => ToProgram::Reaction { common, to: to.as_str(), reaction: key },
+        EventKind::Membership(m) => ToProgram::Membership {
+            common,
+            user_id: m.user.as_str(),
+            membership: &m.membership,
+            previous: m.previous.as_deref(),
+            by: m.by.name(),
+            reason: m.reason.as_deref(),
+        },
+        EventKind::State { event_type, state_key, content } => {
+            ToProgram::State { common, event_type, state_key, content }
+        }
+        EventKind::Invite { joined } => ToProgram::Invite { common, joined: *joined },
+    }
+}
+
 /// The content of a message a program asks for.
 fn content(body: String, html: Option<String>, notice: bool) -> RoomMessageEventContent {
     match (html, notice) {
@@ -278,6 +330,10 @@ fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
             Ok(Action::Send { room_id: room_id(&room)?, content: content(body, html, notice), key })
         }
         FromProgram::React { to, reaction } => Ok(Action::React { to: event_id(&to)?, reaction }),
+        FromProgram::Edit { to, body, html, notice } => {
+            Ok(Action::Edit { to: event_id(&to)?, content: content(body, html, notice) })
+        }
+        FromProgram::Redact { to, reason } => Ok(Action::Redact { event: event_id(&to)?, reason }),
         FromProgram::Ready { .. } => Err("the program said `ready` again".into()),
         FromProgram::Log { .. } | FromProgram::Done { .. } => unreachable!("handled by the reader and the caller"),
     }
@@ -327,6 +383,22 @@ mod tests {
         assert!(unprompted_send(send(None, "!r:x")).unwrap_err().contains("without a `key`"));
         assert!(unprompted_send(send(Some("k"), "r")).unwrap_err().contains("not a room ID"));
         assert_eq!(unprompted_send(send(Some("daily-1"), "!r:x")).unwrap().key, "daily-1");
+    }
+
+    #[test]
+    fn message_is_always_subscribed_and_unknown_names_are_reported() {
+        let (subscriptions, unknown) = subscriptions_of(&["reaction".into(), "typing".into()]);
+        assert_eq!(subscriptions, Subscriptions::of([EventType::Message, EventType::Reaction]));
+        assert_eq!(unknown, vec!["typing".to_owned()]);
+        assert_eq!(subscriptions_of(&[]).0, Subscriptions::messages());
+    }
+
+    #[test]
+    fn edits_and_redactions_name_an_event() {
+        let edit = FromProgram::Edit { to: "$m:x".into(), body: "new".into(), html: None, notice: true };
+        assert!(matches!(to_action(edit, "$a"), Ok(Action::Edit { to, .. }) if to == "$m:x"));
+        let redact = FromProgram::Redact { to: "nope".into(), reason: None };
+        assert!(to_action(redact, "$a").unwrap_err().contains("not an event ID"));
     }
 
     #[test]

@@ -233,6 +233,8 @@ fn kind(message: &FromProgram) -> &'static str {
         FromProgram::Reply { .. } => "reply",
         FromProgram::Send { .. } => "send",
         FromProgram::React { .. } => "react",
+        FromProgram::Edit { .. } => "edit",
+        FromProgram::Redact { .. } => "redact",
         FromProgram::Log { .. } => "log",
         FromProgram::Done { .. } => "done",
     }

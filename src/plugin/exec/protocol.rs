@@ -19,18 +19,67 @@ pub enum ToProgram<'a> {
         user_id: &'a str,
         config: &'a serde_json::Value,
     },
+    /// `m.text`, `m.emote` (subscription `message`), `m.notice` (`notice`) and edits (`edit`: `replaces` names
+    /// the edited message, `body` is the new text).
     Message {
-        id: &'a str,
-        room_id: &'a str,
-        sender: &'a str,
+        #[serde(flatten)]
+        common: Common<'a>,
         body: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         formatted_body: Option<&'a str>,
         msgtype: &'a str,
-        age_ms: u64,
-        encrypted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        thread: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaces: Option<&'a str>,
+    },
+    Reaction {
+        #[serde(flatten)]
+        common: Common<'a>,
+        to: &'a str,
+        reaction: &'a str,
+    },
+    Membership {
+        #[serde(flatten)]
+        common: Common<'a>,
+        user_id: &'a str,
+        membership: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous: Option<&'a str>,
+        /// `member` (the user's own doing), `bot` (one of this host's bots) or `other`.
+        by: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    State {
+        #[serde(flatten)]
+        common: Common<'a>,
+        event_type: &'a str,
+        state_key: &'a str,
+        content: &'a serde_json::Value,
+    },
+    /// The bot was invited (`sender`: by whom); `joined`: whether the host accepted (`allow_invites_from`).
+    Invite {
+        #[serde(flatten)]
+        common: Common<'a>,
+        joined: bool,
     },
     Shutdown,
+}
+
+/// What every event carries.
+#[derive(Debug, Serialize)]
+pub struct Common<'a> {
+    /// The event id; the program's `done` names it.
+    pub id: &'a str,
+    pub room_id: &'a str,
+    pub sender: &'a str,
+    /// The homeserver's timestamp, milliseconds since the epoch.
+    pub ts: u64,
+    pub age_ms: u64,
+    pub encrypted: bool,
 }
 
 /// What a program writes to the host.
@@ -63,6 +112,21 @@ pub enum FromProgram {
         to: String,
         reaction: String,
     },
+    /// Replaces the content of one of the bot's own messages.
+    Edit {
+        to: String,
+        body: String,
+        #[serde(default)]
+        html: Option<String>,
+        #[serde(default)]
+        notice: bool,
+    },
+    /// Redacts an event in the room of the event being handled.
+    Redact {
+        to: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     Log {
         level: LogLevel,
         message: String,
@@ -80,9 +144,6 @@ pub enum LogLevel {
     Warn,
     Error,
 }
-
-/// The event types a protocol-1 program can subscribe to.
-pub const SUBSCRIPTIONS: &[&str] = &["message"];
 
 /// Parses one line from the program; the error says what is wrong with it (not the line itself).
 pub fn parse(line: &[u8]) -> Result<FromProgram, String> {
@@ -136,7 +197,7 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/exec-protocol.schema.json")).unwrap();
         let from = schema["$defs"]["FromProgram"]["oneOf"].as_array().unwrap();
-        assert_eq!(from.len(), 6, "one schema per message a program may write");
+        assert_eq!(from.len(), 8, "one schema per message a program may write");
         for variant in from {
             let properties = variant["properties"].as_object().unwrap();
             let required: serde_json::Map<_, _> = variant["required"]
@@ -153,20 +214,33 @@ mod tests {
         }
         let to = schema["$defs"]["ToProgram"]["oneOf"].as_array().unwrap();
         let settings = serde_json::json!({});
+        let common = || Common { id: "$e", room_id: "!r:x", sender: "@s:x", ts: 1, age_ms: 1, encrypted: false };
+        let content = serde_json::json!({"topic": "t"});
         let written = [
             ToProgram::Hello { protocol: VERSION, instance: "i", user_id: "@u:x", config: &settings },
             ToProgram::Message {
-                id: "$e",
-                room_id: "!r:x",
-                sender: "@s:x",
+                common: common(),
                 body: "b",
                 formatted_body: Some("<b>b</b>"),
                 msgtype: "m.text",
-                age_ms: 1,
-                encrypted: false,
+                reply_to: Some("$r"),
+                thread: Some("$t"),
+                replaces: Some("$o"),
             },
+            ToProgram::Reaction { common: common(), to: "$e", reaction: "👍" },
+            ToProgram::Membership {
+                common: common(),
+                user_id: "@m:x",
+                membership: "leave",
+                previous: Some("join"),
+                by: "other",
+                reason: Some("r"),
+            },
+            ToProgram::State { common: common(), event_type: "m.room.topic", state_key: "", content: &content },
+            ToProgram::Invite { common: common(), joined: true },
             ToProgram::Shutdown,
         ];
+        assert_eq!(written.len(), to.len(), "one schema per message the host writes");
         for (message, variant) in written.iter().zip(to) {
             let value: serde_json::Value = serde_json::from_slice(&line(message)).unwrap();
             let properties = variant["properties"].as_object().unwrap();

@@ -23,10 +23,22 @@ use super::StateError;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// A handle to the database thread. Cheap to share behind an `Arc`; the thread ends when the handle is dropped.
+/// A handle to the database thread. Cheap to share behind an `Arc`; the thread ends when the handle is dropped,
+/// and the drop waits for it: the connection is closed (its WAL checkpointed and removed) before the process
+/// can exit.
 pub struct Database {
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
@@ -124,7 +136,7 @@ impl Database {
     /// Starts the thread that owns `conn`.
     fn serve(path: &Path, mut conn: Connection) -> Self {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("maubot-db".into())
             .stack_size(256 * 1024)
             .spawn(move || {
@@ -133,7 +145,7 @@ impl Database {
                 }
             })
             .expect("starting the database thread");
-        Database { path: path.to_owned(), jobs }
+        Database { path: path.to_owned(), jobs: Some(jobs), thread: Some(thread) }
     }
 
     pub fn path(&self) -> &Path {
@@ -151,7 +163,7 @@ impl Database {
             let _ = tx.send(f(conn));
         });
         let closed = || StateError::DatabaseClosed { path: self.path.clone() };
-        self.jobs.send(job).map_err(|_| closed())?;
+        self.jobs.as_ref().ok_or_else(closed)?.send(job).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?.map_err(sqlite(&self.path))
     }
 

@@ -22,6 +22,7 @@ use super::synapse::{Synapse, register_with_secret};
 
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub event_id: OwnedEventId,
     pub sender: OwnedUserId,
     pub body: String,
     pub in_reply_to: Option<OwnedEventId>,
@@ -171,6 +172,7 @@ fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
         _ => None,
     };
     Seen {
+        event_id: event.event_id.clone(),
         sender: event.sender.clone(),
         body: event.content.body().to_owned(),
         in_reply_to,
