@@ -69,7 +69,7 @@ mod tests {
             let used = imports.entry(room.clone()).or_default();
             for (at, _) in text.match_indices("crate::") {
                 let name: String = text[at + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                if name != room && is_room(&name) {
+                if !name.is_empty() && name != room && is_room(&name) {
                     used.insert(name);
                 }
             }

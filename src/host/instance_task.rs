@@ -47,7 +47,7 @@ pub async fn run(
     }
     // Every plugin finds its private directory in place (mode 0700, kept across restarts).
     if let Err(e) = crate::state::create_private_dir(&context.data_dir) {
-        return Outcome::FailedPermanently(format!("the plugin's private directory: {e}"));
+        return Outcome::Failed(format!("the plugin's private directory: {e}"));
     }
     let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.resolved_config())) {
         Some(Ok(plugin)) => plugin,

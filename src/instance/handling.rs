@@ -285,14 +285,13 @@ impl Run<'_> {
             inviter.as_ref().is_some_and(|u| me.plugin.accepts_invite_from(u.as_str())) && me.subscribed(room_id);
         let shown = inviter.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
         let (event_id, sent) = invite_event(&room, &me.own_user()).await;
-        let joined = if allowed {
-            let mut joined = false;
+        if allowed {
             for attempt in 1..=3u32 {
                 match me.client.join_room_by_id(room_id).await {
                     Ok(_) => {
+                        // The plugin hears of it when the join is synced (`handle_timeline`).
                         tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "joined on invite");
-                        joined = true;
-                        break;
+                        return Ok(());
                     }
                     Err(e) => {
                         tracing::warn!(instance = %me.id, room_id = %room_id, error = %scrubbed(&e.to_string()), attempt, "joining failed");
@@ -300,37 +299,38 @@ impl Run<'_> {
                     }
                 }
             }
-            if !joined {
-                return Ok(());
-            }
-            true
-        } else {
-            tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "declining an invite from a user not in allow_invites_from");
-            if let Err(e) = room.leave().await {
-                tracing::warn!(instance = %me.id, room_id = %room_id, error = %scrubbed(&e.to_string()), "declining the invite failed");
-                return Ok(());
-            }
-            false
-        };
-        // A joined room's invite is told when the join is synced (`handle_timeline`).
-        let Some(inviter) = inviter.filter(|_| !joined) else { return Ok(()) };
-        let sent = sent.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
-        let event = Event {
-            room_id: room_id.to_owned(),
-            event_id,
-            sender: inviter,
-            timestamp_ms: sent.0.into(),
-            age: age_of(sent),
-            encrypted: false,
-            kind: EventKind::Invite { joined },
-        };
-        self.deliver(&room, event).await
+            return Ok(());
+        }
+        // Told before the invite is declined: should the plugin fail, the invite is still there after the restart.
+        if let Some(inviter) = inviter {
+            let sent = sent.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+            let event = Event {
+                room_id: room_id.to_owned(),
+                event_id: event_id.unwrap_or_else(|| made_invite_id(room_id, sent)),
+                sender: inviter,
+                timestamp_ms: sent.0.into(),
+                age: age_of(sent),
+                encrypted: false,
+                kind: EventKind::Invite { joined: false },
+            };
+            self.deliver(&room, event).await?;
+        }
+        tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "declining an invite from a user not in allow_invites_from");
+        if let Err(e) = room.leave().await {
+            tracing::warn!(instance = %me.id, room_id = %room_id, error = %scrubbed(&e.to_string()), "declining the invite failed");
+        }
+        Ok(())
     }
 }
 
-/// The id and time of the invite of `own` to `room`, where the homeserver sent the invite event whole (Synapse
-/// does); otherwise a host-made id, `$~invite~<room id without its sigil>`, and no time.
-async fn invite_event(room: &Room, own: &UserId) -> (OwnedEventId, Option<MilliSecondsSinceUnixEpoch>) {
+/// An id for an invite the homeserver sent without one: `$~invite~<room id without its sigil>~<milliseconds>`.
+fn made_invite_id(room_id: &RoomId, sent: MilliSecondsSinceUnixEpoch) -> OwnedEventId {
+    let room = room_id.as_str().trim_start_matches('!');
+    OwnedEventId::try_from(format!("$~invite~{room}~{}", sent.0)).expect("a room id makes an event id")
+}
+
+/// The id and time of the invite of `own` to `room`, where the homeserver's invite state has them.
+async fn invite_event(room: &Room, own: &UserId) -> (Option<OwnedEventId>, Option<MilliSecondsSinceUnixEpoch>) {
     let raw = match room.get_state_event(StateEventType::RoomMember, own.as_str()).await {
         Ok(Some(RawAnySyncOrStrippedState::Stripped(raw))) => Some(raw.cast::<serde_json::Value>()),
         Ok(Some(RawAnySyncOrStrippedState::Sync(raw))) => Some(raw.cast::<serde_json::Value>()),
@@ -339,11 +339,7 @@ async fn invite_event(room: &Room, own: &UserId) -> (OwnedEventId, Option<MilliS
     let field = |name: &str| raw.as_ref().and_then(|r| r.get_field::<serde_json::Value>(name).ok().flatten());
     let event_id = field("event_id").and_then(|v| OwnedEventId::try_from(v.as_str()?).ok());
     let sent = field("origin_server_ts").and_then(|v| serde_json::from_value(v).ok());
-    let made = || {
-        let room_id = room.room_id().as_str().trim_start_matches('!');
-        OwnedEventId::try_from(format!("$~invite~{room_id}")).expect("a room id makes an event id")
-    };
-    (event_id.unwrap_or_else(made), sent)
+    (event_id, sent)
 }
 
 /// The outbox entry for the `index`-th action answering `event`.
@@ -418,6 +414,8 @@ fn is_join_of(event: &TimelineEvent, user: &OwnedUserId) -> bool {
         event.raw().deserialize(),
         Ok(AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(SyncStateEvent::Original(member))))
             if member.state_key == *user && member.content.membership == MembershipState::Join
+                // A join after a join is a profile change (name, avatar), not the bot joining.
+                && member.unsigned.prev_content.as_ref().is_none_or(|p| p.membership != MembershipState::Join)
     )
 }
 

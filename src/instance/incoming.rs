@@ -60,10 +60,10 @@ pub(super) fn incoming(room_id: &RoomId, event: &TimelineEvent, is_bot: &dyn Fn(
             made(&reaction.event_id, &reaction.sender, reaction.origin_server_ts, kind)
         }
         AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(SyncStateEvent::Original(member))) => {
-            let by = if member.sender == member.state_key {
-                ChangedBy::Member
-            } else if is_bot(&member.sender) {
+            let by = if is_bot(&member.sender) {
                 ChangedBy::Bot
+            } else if member.sender == member.state_key {
+                ChangedBy::Member
             } else {
                 ChangedBy::Other
             };

@@ -245,6 +245,9 @@ impl Sender {
 async fn send(client: Client, entry: OutboxEntry) -> (OutboxEntry, Sent) {
     let outcome = match OwnedRoomId::try_from(entry.room_id.as_str()).ok().and_then(|id| client.get_room(&id)) {
         None => Sent::Refused("the bot is not in this room any more".into()),
+        Some(room) if room.state() != matrix_sdk::RoomState::Joined => {
+            Sent::Refused("the bot is not in this room (it left, was removed, or was only invited)".into())
+        }
         // Joined moments ago and not synced since: the client does not know yet whether the room is encrypted
         // (it would send in the clear). The room's next sync tells; until then the send waits its turn again.
         Some(room) if !room.is_state_fully_synced() => {

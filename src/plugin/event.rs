@@ -93,8 +93,8 @@ impl Default for Subscriptions {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub room_id: OwnedRoomId,
-    /// The event's id; what answers derive their transaction ids from. For an invite the homeserver gave no
-    /// id for, a host-made one (`~invite:<room id>`).
+    /// The event's id; what answers derive their transaction ids from. For a declined invite the homeserver
+    /// gave no id for, a host-made one (`$~invite~<room id without its sigil>~<milliseconds>`).
     pub event_id: OwnedEventId,
     pub sender: OwnedUserId,
     /// The homeserver's timestamp (milliseconds since the epoch).
