@@ -1,7 +1,6 @@
 //! Turning a sync response into work: invites answered, limited timelines filled, each new event (`incoming.rs`)
 //! the plugin subscribed to handed to it once, and its answers queued in the outbox together with the mark that
-//! the event was handled. No
-//! answer is sent here: the sync loop never waits on the homeserver's message limits.
+//! the event was handled. No answer is sent here: the sync loop never waits on the homeserver's message limits.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -284,7 +283,6 @@ impl Run<'_> {
         let allowed =
             inviter.as_ref().is_some_and(|u| me.plugin.accepts_invite_from(u.as_str())) && me.subscribed(room_id);
         let shown = inviter.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "unknown".into());
-        let (event_id, sent) = invite_event(&room, &me.own_user()).await;
         if allowed {
             for attempt in 1..=3u32 {
                 match me.client.join_room_by_id(room_id).await {
@@ -303,6 +301,7 @@ impl Run<'_> {
         }
         // Told before the invite is declined: should the plugin fail, the invite is still there after the restart.
         if let Some(inviter) = inviter {
+            let (event_id, sent) = invite_event(&room, &me.own_user()).await;
             let sent = sent.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
             let event = Event {
                 room_id: room_id.to_owned(),

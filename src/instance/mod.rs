@@ -282,7 +282,7 @@ impl Run<'_> {
             }
             let first = !me.status.borrow().first_sync_done;
             let settings = SyncSettings::default()
-                .filter(sync_filter(&me.plugin.subscriptions()))
+                .filter(sync_filter(me.plugin.subscriptions()))
                 .timeout(if first { Duration::ZERO } else { me.sync_timeout })
                 .token(since.clone().map(SyncToken::Specific).unwrap_or(SyncToken::NoToken));
             let result = tokio::select! {
@@ -380,7 +380,7 @@ const NEVER_HANDED: &[&str] =
 /// in the timeline no event types the plugin did not subscribe to, where that can be said: state events and
 /// encrypted events always come (E2EE and the room's membership need them; what an encrypted event holds is
 /// known only after decryption), and messages too (the default subscription).
-fn sync_filter(subscriptions: &Subscriptions) -> Filter {
+fn sync_filter(subscriptions: Subscriptions) -> Filter {
     let mut timeline = RoomEventFilter::default();
     timeline.limit = Some(UInt::from(50u32));
     timeline.not_types = NEVER_HANDED.iter().map(|t| (*t).to_owned()).collect();
@@ -476,14 +476,14 @@ mod tests {
 
     #[test]
     fn the_sync_filter_leaves_out_what_no_subscription_asks_for() {
-        let types = |subscriptions: &Subscriptions| {
+        let types = |subscriptions: Subscriptions| {
             let Filter::FilterDefinition(filter) = sync_filter(subscriptions) else { unreachable!() };
             (filter.room.timeline.types.clone(), filter.room.timeline.not_types.clone())
         };
-        let (only, not) = types(&Subscriptions::messages());
+        let (only, not) = types(Subscriptions::messages());
         assert_eq!(only, None, "state and encrypted events always come");
         assert!(not.contains(&"m.reaction".to_owned()) && not.contains(&"m.call.*".to_owned()), "{not:?}");
-        let (_, not) = types(&Subscriptions::of([EventType::Message, EventType::Reaction]));
+        let (_, not) = types(Subscriptions::of([EventType::Message, EventType::Reaction]));
         assert!(!not.contains(&"m.reaction".to_owned()), "{not:?}");
     }
 

@@ -180,7 +180,7 @@ impl Plugin for Exec {
     }
 
     fn subscriptions(&self) -> Subscriptions {
-        self.subscriptions.read().unwrap_or_else(|p| p.into_inner()).clone()
+        *self.subscriptions.read().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn on_event(&self, _context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError> {
