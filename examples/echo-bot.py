@@ -6,18 +6,37 @@ object per line (docs/exec.md): it writes `hello` once, then one `message`
 at a time; the program answers `ready` once, and for each message any number
 of actions followed by `done`. stderr goes to the bot's log.
 
-Commands: `!echo TEXT` replies TEXT, `!ping` replies pong, `!react` reacts.
+Commands: `!echo TEXT` replies TEXT, `!ping` replies pong, `!react` reacts,
+`!later SECONDS TEXT` replies TEXT after SECONDS (a job: the host keeps it
+across restarts and hands it back as `run_job`; the bot answers it with
+`job_done` from a thread while it goes on answering messages).
 Settings: `prefix` (default `!`), `announce_room` (a room ID that gets a
 message when the bot starts).
 """
 import json
 import sys
+import threading
 import time
+
+# Lines from the main loop and from job threads must not interleave.
+OUTPUT = threading.Lock()
+# The longest `!later`: below the host's default job_timeout_secs (3600).
+MAX_LATER_SECS = 3000
 
 
 def say(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    with OUTPUT:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+
+def later(job):
+    """Waits until the job is due, then replies; after a restart it waits
+    only for what is left."""
+    payload = job["payload"]
+    time.sleep(max(0.0, payload["at"] - time.time()))
+    reply = {"type": "reply", "to": job["event_id"], "body": payload["text"]}
+    say({"type": "job_done", "key": job["key"], "actions": [reply]})
 
 
 def handle(message, prefix):
@@ -30,6 +49,17 @@ def handle(message, prefix):
              "body": f"pong (took {took} ms)", "notice": True})
     elif word == prefix + "react":
         say({"type": "react", "to": message["id"], "reaction": "👍"})
+    elif word == prefix + "later":
+        seconds, _, text = rest.partition(" ")
+        if not seconds.isdigit() or int(seconds) > MAX_LATER_SECS or not text:
+            say({"type": "reply", "to": message["id"], "notice": True,
+                 "body": f"usage: {prefix}later SECONDS TEXT "
+                         f"(at most {MAX_LATER_SECS} s)"})
+            return
+        # The event id makes the key: the host keeps one job per key.
+        due = time.time() + int(seconds)
+        say({"type": "job", "key": "later " + message["id"],
+             "payload": {"at": due, "text": text}})
 
 
 def main():
@@ -52,6 +82,12 @@ def main():
         if message["type"] == "message":
             handle(message, prefix)
             say({"type": "done", "to": message["id"]})
+        elif message["type"] == "run_job":
+            key, attempt = message["key"], message["attempt"]
+            print(f"job {key} started, attempt {attempt}",
+                  file=sys.stderr, flush=True)
+            job = threading.Thread(target=later, args=(message,), daemon=True)
+            job.start()
 
 
 if __name__ == "__main__":

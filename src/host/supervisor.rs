@@ -105,6 +105,8 @@ pub struct Shared {
 const HEALTHY_AFTER: Duration = Duration::from_secs(120);
 /// How often handled events that are too old to matter are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long the key of a finished job is remembered (and a job with that key refused).
+const JOB_KEYS_KEPT_SECS: i64 = 7 * 24 * 3600;
 
 /// An instance that made no progress (no completed or failed sync) for this long is hung: its task is aborted
 /// and it is restarted like a failed one. A sync long-polls for `sync_timeout`, so this leaves 90 s to spare.
@@ -412,7 +414,7 @@ impl Supervisor {
         }
     }
 
-    /// Forgets handled events too old to be answered again, off the supervisor's loop.
+    /// Forgets handled events too old to be answered again and old finished job keys, off the supervisor's loop.
     fn prune(&self) {
         let max_age = self.shared.config.instances.values().map(|i| i.max_command_age_secs).max().unwrap_or(300);
         let keep_secs = (max_age as i64).saturating_mul(2).max(3600);
@@ -422,6 +424,10 @@ impl Supervisor {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(pruned = n, "forgot old handled events"),
                 Err(e) => tracing::warn!(error = %e, "could not prune handled events"),
+            }
+            // A finished job's key is refused for a week (GitHub redelivers by hand days later).
+            if let Err(e) = db.prune_jobs_done(JOB_KEYS_KEPT_SECS).await {
+                tracing::warn!(error = %e, "could not prune finished job keys");
             }
         });
     }

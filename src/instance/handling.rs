@@ -17,8 +17,8 @@ use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, Ro
 
 use super::incoming::{Incoming, age_of, incoming};
 use super::{HandleError, Run, backoff, keyed_transaction_id, outbox, transaction_id};
-use crate::plugin::{Action, Event, EventKind, EventType, Message, Relation};
-use crate::state::db::{OutboxEntry, PendingEvent, now_unix};
+use crate::plugin::{Action, Event, EventKind, EventType, JobOrigin, Message, Relation, job};
+use crate::state::db::{NewJob, OutboxEntry, PendingEvent, now_unix};
 use crate::telemetry::scrub::scrubbed;
 
 /// Most events fetched to fill one gap after downtime.
@@ -231,14 +231,25 @@ impl Run<'_> {
                 sender = %event.sender,
                 "not answering: the sender is over the per-sender command limit"
             );
-            me.db.mark_handled(&me.id, event.event_id.as_str(), Vec::new()).await?;
+            me.db.mark_handled(&me.id, event.event_id.as_str(), Vec::new(), Vec::new()).await?;
             return Ok(());
         }
-        let sends = actions.into_iter().enumerate().map(|(index, action)| to_send(&event, index, action)).collect();
-        let queued = me.db.mark_handled(&me.id, event.event_id.as_str(), sends).await?;
+        let origin = origin_of(&event);
+        let derived = |index| transaction_id(event.event_id.as_str(), index).to_string();
+        let (mut sends, mut jobs) = (Vec::new(), Vec::new());
+        for (index, action) in actions.into_iter().enumerate() {
+            match action {
+                Action::Job { key, payload } => jobs.extend(to_new_job(&me.id, Some(&origin), key, &payload)),
+                action => sends.push(to_send(Some(&origin), &derived, index, action).expect("an event is answered")),
+            }
+        }
+        let (queued, accepted) = me.db.mark_handled(&me.id, event.event_id.as_str(), sends, jobs).await?;
         self.outstanding.add(queued.len());
         for send in queued {
             let _ = self.outbox.send(send);
+        }
+        for job in accepted {
+            let _ = self.jobs.send(job);
         }
         Ok(())
     }
@@ -341,64 +352,99 @@ async fn invite_event(room: &Room, own: &UserId) -> (Option<OwnedEventId>, Optio
     (event_id, sent)
 }
 
-/// The outbox entry for the `index`-th action answering `event`.
-fn to_send(event: &Event, index: usize, action: Action) -> OutboxEntry {
-    let derived = || transaction_id(event.event_id.as_str(), index).to_string();
-    let here = event.room_id.to_string();
+/// The event an action answers: an event being handled, or the one a job was accepted for.
+pub(super) fn origin_of(event: &Event) -> JobOrigin {
+    let thread = match &event.kind {
+        EventKind::Message(Message { relation: Some(Relation::Thread { root, .. }), .. }) => Some(root.clone()),
+        _ => None,
+    };
+    JobOrigin { room_id: event.room_id.clone(), event_id: event.event_id.clone(), sender: event.sender.clone(), thread }
+}
+
+/// The outbox entry for the `index`-th action answering `origin` (an event; for a job, the event it was
+/// accepted for, if any); `derived` makes the action's transaction id from its index. Jobs are not sends.
+pub(super) fn to_send(
+    origin: Option<&JobOrigin>,
+    derived: &dyn Fn(usize) -> String,
+    index: usize,
+    action: Action,
+) -> Result<OutboxEntry, String> {
+    let here = || {
+        origin.map(|o| o.room_id.to_string()).ok_or_else(|| {
+            "a reply, reaction, edit or redaction needs an event to answer; this job was accepted outside one:              use a send with a room"
+                .to_owned()
+        })
+    };
     let (room_id, txn_id, event_type, content) = match action {
         Action::Reply(content) => {
+            let room = here()?;
+            let origin = origin.expect("checked by here()");
             // A reply to a message in a thread stays in the thread.
-            let thread = match &event.kind {
-                EventKind::Message(Message { relation: Some(Relation::Thread { root, .. }), .. }) => {
-                    Some(Thread::plain(root.clone(), event.event_id.clone()))
-                }
-                _ => None,
-            };
+            let thread = origin.thread.as_ref().map(|root| Thread::plain(root.clone(), origin.event_id.clone()));
             let content = content.make_reply_to(
-                ReplyMetadata::new(&event.event_id, &event.sender, thread.as_ref()),
+                ReplyMetadata::new(&origin.event_id, &origin.sender, thread.as_ref()),
                 ForwardThread::Yes,
                 AddMentions::No,
             );
-            (here, derived(), "m.room.message", json(&content))
+            (room, derived(index), "m.room.message", json(&content))
         }
         Action::Send { room_id, content, key } => {
-            let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(derived);
+            let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(|| derived(index));
             (room_id.to_string(), txn_id, "m.room.message", json(&content))
         }
         Action::React { to, reaction } => {
             let content = matrix_sdk::ruma::events::reaction::ReactionEventContent::new(
                 matrix_sdk::ruma::events::relation::Annotation::new(to, reaction),
             );
-            (here, derived(), "m.reaction", json(&content))
+            (here()?, derived(index), "m.reaction", json(&content))
         }
         Action::Edit { to, content } => {
             let content = content.make_replacement(ReplacementMetadata::new(to, None));
-            (here, derived(), "m.room.message", json(&content))
+            (here()?, derived(index), "m.room.message", json(&content))
         }
         Action::Redact { event, reason } => {
             let content = serde_json::json!({"redacts": event, "reason": reason});
-            (here, derived(), outbox::REDACTION, content.to_string())
+            (here()?, derived(index), outbox::REDACTION, content.to_string())
         }
+        Action::Job { .. } => unreachable!("jobs are kept, not sent"),
     };
-    OutboxEntry {
+    Ok(OutboxEntry {
         seq: 0,
         room_id,
         txn_id,
         event_type: event_type.into(),
         content,
-        answers: Some(event.event_id.to_string()),
+        answers: origin.map(|o| o.event_id.to_string()),
         queued_at: 0,
+    })
+}
+
+/// The job an action accepts, for the database (None, logged, when its key or payload cannot be kept).
+pub(super) fn to_new_job(
+    instance: &str,
+    origin: Option<&JobOrigin>,
+    key: String,
+    payload: &serde_json::Value,
+) -> Option<NewJob> {
+    if let Err(e) = job::check(&key, payload) {
+        tracing::warn!(instance = %instance, key = %scrubbed(&key), error = %e, "the plugin's job was not accepted");
+        return None;
     }
+    Some(NewJob { key, payload: payload.to_string(), origin: origin.map(json) })
 }
 
 /// The outbox entry for a send a plugin made on its own.
-pub(super) fn unprompted_send(unprompted: crate::plugin::Unprompted) -> OutboxEntry {
+pub(super) fn unprompted_send(
+    room_id: &matrix_sdk::ruma::RoomId,
+    content: &matrix_sdk::ruma::events::room::message::RoomMessageEventContent,
+    key: &str,
+) -> OutboxEntry {
     OutboxEntry {
         seq: 0,
-        room_id: unprompted.room_id.to_string(),
-        txn_id: keyed_transaction_id(&unprompted.key).to_string(),
+        room_id: room_id.to_string(),
+        txn_id: keyed_transaction_id(key).to_string(),
         event_type: "m.room.message".into(),
-        content: json(&unprompted.content),
+        content: json(content),
         answers: None,
         queued_at: 0,
     }

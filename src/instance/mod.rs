@@ -11,10 +11,12 @@
 //!   homeserver's acceptance and its removal from the outbox is repeated with the same id, and the homeserver
 //!   returns the first send instead of posting again;
 //! - an encrypted event whose room key has not arrived yet waits (persisted) and is handled when the key comes,
-//!   within the command's maximum age (`pending.rs`).
+//!   within the command's maximum age (`pending.rs`);
+//! - a job a plugin accepted is kept until it is done and runs beside the sync loop (`jobs.rs`).
 
 mod handling;
 mod incoming;
+mod jobs;
 pub mod outbox;
 mod pending;
 
@@ -32,7 +34,7 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UIn
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::plugin::{EventType, Plugin, PluginContext, PluginError, Subscriptions};
-use crate::state::db::{OutboxEntry, PendingEvent};
+use crate::state::db::{JobRecord, OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
 use crate::telemetry::scrub::scrubbed;
 
@@ -142,6 +144,8 @@ struct Run<'a> {
     instance: &'a Instance,
     outbox: mpsc::UnboundedSender<OutboxEntry>,
     outstanding: Arc<outbox::Outstanding>,
+    /// Jobs accepted during this run, for the job runner.
+    jobs: mpsc::UnboundedSender<JobRecord>,
     pending: Mutex<Vec<PendingEvent>>,
     recent_commands: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
 }
@@ -155,6 +159,8 @@ const SENDER_DRAIN: Duration = Duration::from_secs(5);
 const PENDING_RETRY_EVERY: Duration = Duration::from_secs(30);
 /// At most this many events wait for their room key per instance; beyond, the oldest is given up.
 pub(crate) const MAX_PENDING: usize = 100;
+/// How long the plugin's `run` task has to end after the instance was asked to stop.
+const BACKGROUND_DRAIN: Duration = Duration::from_secs(5);
 /// At most this long the sync loop lets a batch's answers go out before its next long poll (a rate-limited
 /// sender must not hold it up longer).
 const ANSWERS_FIRST: Duration = Duration::from_secs(1);
@@ -191,13 +197,17 @@ impl Instance {
     /// beside the loop and is given a moment to finish its sends when the loop ends.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Outcome {
         let (outbox, queue) = mpsc::unbounded_channel();
-        let (owed, pending) =
-            match async { Ok::<_, StateError>((self.db.outbox(&self.id).await?, self.db.pending(&self.id).await?)) }
-                .await
-            {
-                Ok(state) => state,
-                Err(e) => return Outcome::Failed(format!("cannot read the outbox: {e}")),
-            };
+        let kept = async {
+            Ok::<_, StateError>((
+                self.db.outbox(&self.id).await?,
+                self.db.pending(&self.id).await?,
+                self.db.jobs(&self.id).await?,
+            ))
+        };
+        let (owed, pending, kept_jobs) = match kept.await {
+            Ok(state) => state,
+            Err(e) => return Outcome::Failed(format!("cannot read the outbox and the jobs: {e}")),
+        };
         let (sender_stop, sender_stopped) = watch::channel(false);
         let outstanding = Arc::new(outbox::Outstanding::default());
         outstanding.add(owed.len());
@@ -211,21 +221,46 @@ impl Instance {
         let sender = sender.run(owed, queue, sender_stopped);
         tokio::pin!(sender);
         let (unprompted, mut unprompted_queue) = mpsc::unbounded_channel();
+        let (jobs, accepted_jobs) = mpsc::unbounded_channel();
         let run = Run {
             instance: &self,
             outbox,
             outstanding,
+            jobs,
             pending: Mutex::new(pending),
             recent_commands: Mutex::default(),
         };
-        let outcome = match self.plugin.start(&self.context, unprompted).await {
+        let (background_stop, background_stopped) = watch::channel(false);
+        let outcome = match self.plugin.start(&self.context, unprompted.clone()).await {
             Err(e) => plugin_failed(e),
-            Ok(()) => tokio::select! {
-                outcome = run.sync_loop(&mut shutdown) => outcome,
-                () = &mut sender => Outcome::Failed("the sender stopped".into()),
-                error = self.plugin.failed() => plugin_failed(error),
-                outcome = run.queue_unprompted(&mut unprompted_queue) => outcome,
-            },
+            Ok(()) => {
+                let background = async {
+                    match self.plugin.run(&self.context, unprompted, background_stopped).await {
+                        Ok(()) => std::future::pending().await,
+                        Err(e) => plugin_failed(e),
+                    }
+                };
+                tokio::pin!(background);
+                let outcome = tokio::select! {
+                    outcome = run.sync_loop(&mut shutdown) => outcome,
+                    () = &mut sender => Outcome::Failed("the sender stopped".into()),
+                    error = self.plugin.failed() => plugin_failed(error),
+                    outcome = run.queue_unprompted(&mut unprompted_queue) => outcome,
+                    outcome = run.run_jobs(kept_jobs, accepted_jobs) => outcome,
+                    outcome = &mut background => outcome,
+                };
+                // Cooperative: the background task is asked to end and given a moment (what it hands on
+                // meanwhile is persisted by the queue).
+                let _ = background_stop.send(true);
+                let drained = async {
+                    tokio::select! {
+                        _ = &mut background => {}
+                        _ = run.queue_unprompted(&mut unprompted_queue) => {}
+                    }
+                };
+                let _ = tokio::time::timeout(BACKGROUND_DRAIN, drained).await;
+                outcome
+            }
         };
         self.plugin.stop().await;
         let _ = sender_stop.send(true);
@@ -243,19 +278,43 @@ impl Instance {
 }
 
 impl Run<'_> {
-    /// Queues the sends the plugin makes on its own: persisted first, then handed to the sender.
+    /// Queues what the plugin does on its own: sends (persisted first, then handed to the sender) and jobs
+    /// (persisted, then handed to the job runner).
     async fn queue_unprompted(&self, queue: &mut mpsc::UnboundedReceiver<crate::plugin::Unprompted>) -> Outcome {
         let me = self.instance;
         while let Some(unprompted) = queue.recv().await {
-            let send = handling::unprompted_send(unprompted);
-            match me.db.queue_sends(&me.id, vec![send]).await {
-                Ok(queued) => {
-                    self.outstanding.add(queued.len());
-                    for send in queued {
-                        let _ = self.outbox.send(send);
+            match unprompted {
+                crate::plugin::Unprompted::Send { room_id, content, key } => {
+                    let send = handling::unprompted_send(&room_id, &content, &key);
+                    match me.db.queue_sends(&me.id, vec![send]).await {
+                        Ok(queued) => {
+                            self.outstanding.add(queued.len());
+                            for send in queued {
+                                let _ = self.outbox.send(send);
+                            }
+                        }
+                        Err(e) => return Outcome::Failed(format!("cannot queue a send the plugin made: {e}")),
                     }
                 }
-                Err(e) => return Outcome::Failed(format!("cannot queue a send the plugin made: {e}")),
+                crate::plugin::Unprompted::Job { key, payload, accepted } => {
+                    let Some(job) = handling::to_new_job(&me.id, None, key, &payload) else {
+                        if let Some(accepted) = accepted {
+                            let _ = accepted.send(false);
+                        }
+                        continue;
+                    };
+                    match me.db.accept_jobs(&me.id, vec![job]).await {
+                        Ok(new) => {
+                            if let Some(accepted) = accepted {
+                                let _ = accepted.send(!new.is_empty());
+                            }
+                            for job in new {
+                                let _ = self.jobs.send(job);
+                            }
+                        }
+                        Err(e) => return Outcome::Failed(format!("cannot keep a job the plugin accepted: {e}")),
+                    }
+                }
             }
         }
         std::future::pending().await
@@ -410,6 +469,11 @@ pub fn transaction_id(event_id: &str, index: usize) -> OwnedTransactionId {
 /// The transaction id for an action with the idempotency key `key` (a plugin's own, outside any event).
 pub fn keyed_transaction_id(key: &str) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("maubot.k.{}", escape_for_transaction_id(key)))
+}
+
+/// The transaction id for the `index`-th action of the finished job `key`.
+pub fn job_transaction_id(key: &str, index: usize) -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("maubot.j{index}.{}", escape_for_transaction_id(key)))
 }
 
 /// Unreserved URL characters stay, everything else (including `~`) becomes `~xx`: a one-to-one mapping.

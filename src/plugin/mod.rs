@@ -12,6 +12,7 @@
 pub mod event;
 pub mod exec;
 pub mod invites;
+pub mod job;
 pub mod ping;
 pub mod rate_limit;
 pub mod registry;
@@ -19,6 +20,7 @@ pub mod storage;
 
 use async_trait::async_trait;
 pub use event::{ChangedBy, Event, EventKind, EventType, Membership, Message, MessageKind, Relation, Subscriptions};
+pub use job::{Job, JobOrigin};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
 pub use rate_limit::RateLimiter;
@@ -84,18 +86,24 @@ pub enum Action {
     /// Redact (remove the content of) an event in the room of the event being answered; the bot needs the
     /// power to redact others' events for theirs.
     Redact { event: OwnedEventId, reason: Option<String> },
+    /// Accept a job (`job.rs`): kept with the mark that the event was handled, then run by
+    /// [`Plugin::run_job`] off the sync loop; its replies answer this event. Not accepted twice per key.
+    Job { key: String, payload: serde_json::Value },
 }
 
-/// An action a plugin takes on its own, outside any event (a timer fired, a program wrote it): carried out
-/// once, deduplicated by its key.
-#[derive(Debug, Clone)]
-pub struct Unprompted {
-    pub room_id: OwnedRoomId,
-    pub content: RoomMessageEventContent,
-    pub key: String,
+/// What a plugin does on its own, outside any event (its `run` task, a timer, a program wrote it, an HTTP
+/// request): persisted before it is carried out, deduplicated by its key.
+#[derive(Debug)]
+pub enum Unprompted {
+    /// Send a message to a joined room, once per key.
+    Send { room_id: OwnedRoomId, content: Box<RoomMessageEventContent>, key: String },
+    /// Accept a job, once per key. `accepted` (if given) hears whether the job is kept (`true`: new and
+    /// persisted; `false`: a job with the key was accepted before), once it is on disk: an HTTP handler answers
+    /// its caller after that.
+    Job { key: String, payload: serde_json::Value, accepted: Option<tokio::sync::oneshot::Sender<bool>> },
 }
 
-/// Where a plugin hands actions it takes on its own. The host queues them like answers (persisted first).
+/// Where a plugin hands what it does on its own. The host queues it like answers (persisted first).
 pub type UnpromptedSink = tokio::sync::mpsc::UnboundedSender<Unprompted>;
 
 /// A plugin that cannot go on: the host stops the instance, and the supervisor restarts it with its backoff
@@ -140,6 +148,29 @@ pub trait Plugin: Send + Sync {
     /// Handles an event of a subscribed kind; the returned actions are carried out in order. An error stops the
     /// instance (the event is delivered again after the restart).
     async fn on_event(&self, context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError>;
+
+    /// The plugin's background work beside the sync loop, for the whole run of the instance (timers,
+    /// reconcilers): what it does goes to `unprompted`. It should return soon after `shutdown` turns true (the
+    /// host waits a few seconds, then drops it). Returning `Ok` ends only the background work; an error stops
+    /// the instance. Default: none.
+    async fn run(
+        &self,
+        _context: &PluginContext,
+        _unprompted: UnpromptedSink,
+        _shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Carries out a job the plugin accepted, off the sync loop (events keep coming while it runs; several jobs
+    /// may run at once). The returned actions are queued in the transaction that marks the job done, with
+    /// transaction ids derived from the job key: replies, reactions, edits and redactions go to the room of the
+    /// event the job was accepted for. An error fails this attempt: it is tried again after a backoff, up to
+    /// [`job::MAX_ATTEMPTS`] times (a permanent error gives it up at once); the instance goes on. A job is run
+    /// again after a crash or restart: what it does outside Matrix happens at least once.
+    async fn run_job(&self, _context: &PluginContext, _job: &Job) -> Result<Vec<Action>, PluginError> {
+        Err(PluginError::permanent("this plugin type runs no jobs"))
+    }
 
     /// Resolves when the plugin fails on its own, between events (a program that exited). Default: never.
     async fn failed(&self) -> PluginError {

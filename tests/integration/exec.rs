@@ -224,3 +224,49 @@ async fn a_program_that_cannot_be_started_or_lacks_its_secret_fails_alone_naming
     person.wait_for_reply(&ping, &ping_bot, REPLY_TIMEOUT).await;
     assert_eq!(daemon.stop().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_job_holds_up_no_message_and_survives_a_crash_of_the_host() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["later"]).await;
+    let bot = env.user_id("later");
+    env.use_exec("later", Path::new(EXAMPLE), &[]);
+    let (mut daemon, person, room) = running_with_a_room(&env, &bot, "lia-").await;
+
+    // A job runs beside the messages: a ping sent after it is answered while the job still waits.
+    let asked = std::time::Instant::now();
+    let later = person.send_text(&room, "!later 8 eight seconds later").await;
+    daemon.wait_for_log("attempt 1", REPLY_TIMEOUT);
+    let ping = person.send_text(&room, "!ping").await;
+    let pong = person.wait_for_reply(&ping, &bot, REPLY_TIMEOUT).await;
+    assert!(pong.body.starts_with("pong"), "{pong:?}");
+    assert!(asked.elapsed() < Duration::from_secs(8), "the ping waited for the job: {:?}", asked.elapsed());
+    assert!(person.replies_to(&later, &bot).is_empty(), "the job finished before its time");
+    let reply = person.wait_for_reply(&later, &bot, REPLY_TIMEOUT).await;
+    assert_eq!(reply.body, "eight seconds later");
+    assert!(asked.elapsed() >= Duration::from_secs(8));
+    assert!(daemon.log().contains("the job is done"), "{}", daemon.log());
+
+    // A job the host was running when it was killed is run again after the restart, and answered once.
+    let later = person.send_text(&room, "!later 4 after the crash").await;
+    daemon.wait_for_log(&format!("job later {later} started, attempt 1"), REPLY_TIMEOUT);
+    daemon.crash();
+    let mut daemon = env.spawn_run();
+    daemon.wait_for_log("resuming the jobs accepted before instance=later jobs=1", REPLY_TIMEOUT);
+    daemon.wait_for_log(&format!("job later {later} started, attempt 2"), REPLY_TIMEOUT);
+    let reply = person.wait_for_reply(&later, &bot, REPLY_TIMEOUT).await;
+    assert_eq!(reply.body, "after the crash");
+    // A command after it is answered too; by then any second answer to the job would be in the room.
+    let ping = person.send_text(&room, "!ping").await;
+    person.wait_for_reply(&ping, &bot, REPLY_TIMEOUT).await;
+    let answers = person.room_history(&room).await.into_iter().filter(|m| m.body == "after the crash").count();
+    assert_eq!(answers, 1, "the resumed job answered {answers} times");
+    // A stop in the middle of a job keeps it, too: it is resumed at the next start.
+    let later = person.send_text(&room, "!later 2 after a stop").await;
+    daemon.wait_for_log(&format!("job later {later} started, attempt 1"), REPLY_TIMEOUT);
+    assert_eq!(daemon.stop().code(), Some(0));
+    let mut daemon = env.spawn_run();
+    let reply = person.wait_for_reply(&later, &bot, REPLY_TIMEOUT).await;
+    assert_eq!(reply.body, "after a stop");
+    assert_eq!(daemon.stop().code(), Some(0));
+}

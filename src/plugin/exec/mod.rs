@@ -21,18 +21,20 @@ use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
 use serde::Deserialize;
 use tokio::sync::{Mutex, watch};
 
-use self::program::{Launch, Line, Program};
+use self::program::{Input, JobAnswer, JobWaiters, Launch, Line, Program};
 use self::protocol::Common;
 use self::protocol::{FromProgram, ToProgram};
 use super::{
-    Action, ConfigProblem, Event, EventKind, EventType, Plugin, PluginContext, PluginError, PluginType, Relation,
-    Subscriptions, Unprompted, UnpromptedSink, invites, parse_config,
+    Action, ConfigProblem, Event, EventKind, EventType, Job, Plugin, PluginContext, PluginError, PluginType, Relation,
+    Subscriptions, Unprompted, UnpromptedSink, invites, job, parse_config,
 };
 
 /// Longest `event_timeout_secs`: below the supervisor's hang detection (a sync's long poll plus 90 s).
 pub const MAX_EVENT_TIMEOUT_SECS: u64 = 60;
 /// Longest `ready_timeout_secs`.
 pub const MAX_READY_TIMEOUT_SECS: u64 = 300;
+/// Longest `job_timeout_secs`: a day.
+pub const MAX_JOB_TIMEOUT_SECS: u64 = 86_400;
 /// Most actions a program may take for one event.
 pub const MAX_ACTIONS_PER_EVENT: usize = 20;
 
@@ -57,6 +59,13 @@ pub struct ExecConfig {
     /// Time the program has to finish one event (`done`).
     #[serde(default = "default_event_timeout_secs")]
     pub event_timeout_secs: u64,
+    /// Time the program has to finish one job (`job_done`); past it, the attempt failed.
+    #[serde(default = "default_job_timeout_secs")]
+    pub job_timeout_secs: u64,
+}
+
+fn default_job_timeout_secs() -> u64 {
+    3600
 }
 
 fn empty_object() -> serde_json::Value {
@@ -98,6 +107,7 @@ impl PluginType for ExecType {
         for (key, value, max) in [
             ("ready_timeout_secs", parsed.ready_timeout_secs, MAX_READY_TIMEOUT_SECS),
             ("event_timeout_secs", parsed.event_timeout_secs, MAX_EVENT_TIMEOUT_SECS),
+            ("job_timeout_secs", parsed.job_timeout_secs, MAX_JOB_TIMEOUT_SECS),
         ] {
             if value == 0 || value > max {
                 problems
@@ -116,6 +126,7 @@ impl PluginType for ExecType {
             program: Mutex::new(None),
             subscriptions: std::sync::RwLock::new(Subscriptions::messages()),
             fault: Arc::new(watch::Sender::new(None)),
+            jobs: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -127,6 +138,8 @@ pub struct Exec {
     subscriptions: std::sync::RwLock<Subscriptions>,
     /// Set by the program's reader when it fails outside an event.
     fault: Arc<watch::Sender<Option<String>>>,
+    /// The running program's input and its jobs in flight: jobs are written to it beside event handling.
+    jobs: std::sync::Mutex<Option<(Input, JobWaiters)>>,
 }
 
 #[async_trait]
@@ -175,6 +188,7 @@ impl Plugin for Exec {
         }
         *self.subscriptions.write().unwrap_or_else(|p| p.into_inner()) = subscriptions;
         tracing::info!(instance = %context.instance, command = %self.config.command.display(), "the program is ready");
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some((program.input.clone(), program.jobs.clone()));
         *self.program.lock().await = Some(program);
         Ok(())
     }
@@ -233,7 +247,48 @@ impl Plugin for Exec {
         }
     }
 
+    async fn run_job(&self, _context: &PluginContext, job: &Job) -> Result<Vec<Action>, PluginError> {
+        let link = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (input, waiters) = link.ok_or_else(|| PluginError::transient("the program is not running"))?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(job.key.clone(), answer);
+        let origin = job.origin.as_ref();
+        let line = ToProgram::RunJob {
+            key: &job.key,
+            payload: &job.payload,
+            attempt: job.attempt,
+            room_id: origin.map(|o| o.room_id.as_str()),
+            event_id: origin.map(|o| o.event_id.as_str()),
+            sender: origin.map(|o| o.sender.as_str()),
+        };
+        let deadline = Duration::from_secs(self.config.job_timeout_secs);
+        let result = async {
+            program::write_line(&input, &line)
+                .await
+                .map_err(|e| PluginError::transient(format!("cannot hand the job to the program: {e}")))?;
+            match tokio::time::timeout(deadline, answered).await {
+                Ok(Ok(JobAnswer::Done(actions))) => {
+                    let handling = origin.map(|o| o.event_id.as_str()).unwrap_or_default();
+                    actions.into_iter().map(|a| job_action(a, handling)).collect::<Result<Vec<_>, _>>()
+                }
+                Ok(Ok(JobAnswer::Failed { error, permanent })) => {
+                    let message = format!("the program says: {}", crate::telemetry::scrub::for_log(&error));
+                    Err(if permanent { PluginError::permanent(message) } else { PluginError::transient(message) })
+                }
+                Ok(Err(_)) => Err(PluginError::transient("the program ended before it finished the job")),
+                Err(_) => Err(PluginError::transient(format!(
+                    "the program did not finish the job within {} s (job_timeout_secs)",
+                    deadline.as_secs()
+                ))),
+            }
+        }
+        .await;
+        waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.key);
+        result
+    }
+
     async fn stop(&self) {
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(program) = self.program.lock().await.take() {
             let ended = program.stop().await;
             tracing::info!(ended = %ended, "the program stopped");
@@ -334,23 +389,52 @@ fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
             Ok(Action::Edit { to: event_id(&to)?, content: content(body, html, notice) })
         }
         FromProgram::Redact { to, reason } => Ok(Action::Redact { event: event_id(&to)?, reason }),
+        FromProgram::Job { key, payload } => {
+            job::check(&key, &payload).map_err(|e| e.to_string())?;
+            Ok(Action::Job { key, payload })
+        }
         FromProgram::Ready { .. } => Err("the program said `ready` again".into()),
+        FromProgram::JobDone { .. } | FromProgram::JobFailed { .. } => {
+            Err("a job's `job_done` or `job_failed` cannot be an action".into())
+        }
         FromProgram::Log { .. } | FromProgram::Done { .. } => unreachable!("handled by the reader and the caller"),
     }
 }
 
-/// A `send` the program wrote outside an event: it must name its idempotency key.
-fn unprompted_send(message: FromProgram) -> Result<Unprompted, String> {
-    let FromProgram::Send { room_id: room, body, key, html, notice } = message else {
-        unreachable!("only sends are unprompted")
+/// An action in a program's `job_done` (replies go to the event the job was accepted for, `handling`).
+fn job_action(answer: FromProgram, handling: &str) -> Result<Action, PluginError> {
+    let answer = match answer {
+        FromProgram::Log { .. } | FromProgram::Done { .. } => {
+            return Err(PluginError::permanent("a `job_done` may hold only reply, send, react, edit, redact and job"));
+        }
+        FromProgram::Reply { .. } if handling.is_empty() => {
+            return Err(PluginError::permanent(
+                "the job was accepted outside an event and has nothing to reply to: use `send` with a room",
+            ));
+        }
+        answer => answer,
     };
-    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
-        "the program wrote a `send` outside an event without a `key` (it makes the send idempotent)".to_owned()
-    })?;
-    if key.len() > 128 {
-        return Err("a send's `key` is longer than 128 bytes".into());
+    to_action(answer, handling).map_err(PluginError::permanent)
+}
+
+/// A `send` or `job` the program wrote outside an event: it must name its key (it makes it idempotent).
+fn unprompted(message: FromProgram) -> Result<Unprompted, String> {
+    match message {
+        FromProgram::Send { room_id: room, body, key, html, notice } => {
+            let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+                "the program wrote a `send` outside an event without a `key` (it makes the send idempotent)".to_owned()
+            })?;
+            if key.len() > 128 {
+                return Err("a send's `key` is longer than 128 bytes".into());
+            }
+            Ok(Unprompted::Send { room_id: room_id(&room)?, content: Box::new(content(body, html, notice)), key })
+        }
+        FromProgram::Job { key, payload } => {
+            job::check(&key, &payload).map_err(|e| e.to_string())?;
+            Ok(Unprompted::Job { key, payload, accepted: None })
+        }
+        _ => unreachable!("only sends and jobs are unprompted"),
     }
-    Ok(Unprompted { room_id: room_id(&room)?, content: content(body, html, notice), key })
 }
 
 #[cfg(test)]
@@ -380,9 +464,14 @@ mod tests {
             html: None,
             notice: false,
         };
-        assert!(unprompted_send(send(None, "!r:x")).unwrap_err().contains("without a `key`"));
-        assert!(unprompted_send(send(Some("k"), "r")).unwrap_err().contains("not a room ID"));
-        assert_eq!(unprompted_send(send(Some("daily-1"), "!r:x")).unwrap().key, "daily-1");
+        assert!(unprompted(send(None, "!r:x")).unwrap_err().contains("without a `key`"));
+        assert!(unprompted(send(Some("k"), "r")).unwrap_err().contains("not a room ID"));
+        assert!(
+            matches!(unprompted(send(Some("daily-1"), "!r:x")), Ok(Unprompted::Send { key, .. }) if key == "daily-1")
+        );
+        let job = |key: &str| FromProgram::Job { key: key.into(), payload: serde_json::json!({}) };
+        assert!(unprompted(job("")).unwrap_err().contains("non-empty `key`"));
+        assert!(matches!(unprompted(job("fetch-1")), Ok(Unprompted::Job { key, .. }) if key == "fetch-1"));
     }
 
     #[test]

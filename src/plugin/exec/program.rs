@@ -2,6 +2,7 @@
 //! line per message on stdin, its stdout read as protocol lines (`reader`), its stderr logged line by line.
 //! Dropping a `Program` kills its whole process group.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::{self, FromProgram, LogLevel, MAX_LINE_BYTES};
 use crate::plugin::{PluginError, UnpromptedSink};
@@ -30,12 +31,25 @@ pub enum Line {
     Fault(String),
 }
 
+/// How a program answered a `run_job`.
+#[derive(Debug)]
+pub enum JobAnswer {
+    Done(Vec<FromProgram>),
+    Failed { error: String, permanent: bool },
+}
+
+/// The program's input, shared by event handling and jobs (each writes whole lines).
+pub type Input = Arc<tokio::sync::Mutex<Option<ChildStdin>>>;
+/// The jobs the program is running, by key: its `job_done` or `job_failed` goes to the waiter.
+pub type JobWaiters = Arc<Mutex<HashMap<String, oneshot::Sender<JobAnswer>>>>;
+
 pub struct Program {
     child: Child,
-    stdin: Option<ChildStdin>,
+    pub input: Input,
     pub lines: mpsc::UnboundedReceiver<Line>,
     /// The event being handled, shared with the reader (which clears it when it reads the event's `done`).
     current: Arc<Mutex<Option<String>>>,
+    pub jobs: JobWaiters,
 }
 
 /// How the program is started.
@@ -83,24 +97,33 @@ impl Program {
         let stderr = child.stderr.take().expect("piped");
         let (tx, lines) = mpsc::unbounded_channel();
         let current = Arc::new(Mutex::new(None));
+        let jobs = JobWaiters::default();
         tokio::spawn(log_stderr(launch.instance.to_owned(), stderr));
-        let reader =
-            Reader { instance: launch.instance.to_owned(), lines: tx, current: current.clone(), unprompted, fault };
+        let reader = Reader {
+            instance: launch.instance.to_owned(),
+            lines: tx,
+            current: current.clone(),
+            jobs: jobs.clone(),
+            unprompted,
+            fault,
+        };
         tokio::spawn(reader.run(stdout));
-        Ok(Program { stdin: child.stdin.take(), child, lines, current })
+        let input = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
+        Ok(Program { input, child, lines, current, jobs })
     }
 
     /// Writes one protocol line to the program.
     pub async fn write(&mut self, message: &protocol::ToProgram<'_>) -> Result<(), PluginError> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| PluginError::transient("the program's input is closed"))?;
-        let line = protocol::line(message);
-        match stdin.write_all(&line).await {
-            Ok(()) => stdin.flush().await.map_err(|e| self.gone(e)),
+        match write_line(&self.input, message).await {
+            Ok(()) => Ok(()),
             Err(e) => Err(self.gone(e)),
         }
     }
 
     fn gone(&mut self, error: std::io::Error) -> PluginError {
+        if error.kind() == std::io::ErrorKind::NotConnected {
+            return PluginError::transient("the program's input is closed");
+        }
         let status = self.child.try_wait().ok().flatten().map(|s| format!(" ({s})")).unwrap_or_default();
         PluginError::transient(format!("the program stopped reading its input{status}: {error}"))
     }
@@ -125,7 +148,7 @@ impl Program {
         if self.exit_status().is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.write(&protocol::ToProgram::Shutdown)).await;
         }
-        self.stdin = None;
+        *self.input.lock().await = None;
         match tokio::time::timeout(GRACE, self.child.wait()).await {
             Ok(Ok(status)) => {
                 self.kill_group();
@@ -149,6 +172,14 @@ impl Program {
     }
 }
 
+/// Writes one protocol line to the program's input (a whole line at a time: writers never interleave).
+pub async fn write_line(input: &Input, message: &protocol::ToProgram<'_>) -> std::io::Result<()> {
+    let mut input = input.lock().await;
+    let stdin = input.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
+    stdin.write_all(&protocol::line(message)).await?;
+    stdin.flush().await
+}
+
 impl Drop for Program {
     fn drop(&mut self) {
         // Whatever the program started goes with it (kill_on_drop reaches the program alone).
@@ -156,12 +187,14 @@ impl Drop for Program {
     }
 }
 
-/// Reads the program's stdout: log lines are logged, sends outside an event go to the host's queue, the rest
-/// goes to the event being handled. The first line that is not protocol ends the program.
+/// Reads the program's stdout: log lines are logged, sends and jobs outside an event go to the host's queue, a
+/// job's end to the job's waiter, the rest to the event being handled. The first line that is not protocol ends
+/// the program (and every job it was running).
 struct Reader {
     instance: String,
     lines: mpsc::UnboundedSender<Line>,
     current: Arc<Mutex<Option<String>>>,
+    jobs: JobWaiters,
     unprompted: UnpromptedSink,
     fault: Arc<watch::Sender<Option<String>>>,
 }
@@ -194,6 +227,8 @@ impl Reader {
             }
         };
         let _ = self.lines.send(Line::Fault(why.clone()));
+        // The jobs it was running hear that it ended (their waiters are dropped).
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.fault.send_replace(Some(why));
     }
 
@@ -208,6 +243,21 @@ impl Reader {
             }
             return Ok(());
         }
+        if let FromProgram::JobDone { key, .. } | FromProgram::JobFailed { key, .. } = &message {
+            let waiter = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            let Some(waiter) = waiter else {
+                // Given up by the host already (its deadline passed): the answer comes too late.
+                tracing::warn!(instance = %self.instance, job = %for_log(key), "the program finished a job the host is not waiting for; ignored");
+                return Ok(());
+            };
+            let answer = match message {
+                FromProgram::JobDone { actions, .. } => JobAnswer::Done(actions),
+                FromProgram::JobFailed { error, permanent, .. } => JobAnswer::Failed { error, permanent },
+                _ => unreachable!(),
+            };
+            let _ = waiter.send(answer);
+            return Ok(());
+        }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         match (&message, current.as_deref()) {
             (FromProgram::Ready { .. }, _) | (_, Some(_)) => {
@@ -217,8 +267,8 @@ impl Reader {
                 let _ = self.lines.send(Line::Message(message));
                 Ok(())
             }
-            (FromProgram::Send { .. }, None) => {
-                let unprompted = super::unprompted_send(message)?;
+            (FromProgram::Send { .. } | FromProgram::Job { .. }, None) => {
+                let unprompted = super::unprompted(message)?;
                 let _ = self.unprompted.send(unprompted);
                 Ok(())
             }
@@ -235,6 +285,9 @@ fn kind(message: &FromProgram) -> &'static str {
         FromProgram::React { .. } => "react",
         FromProgram::Edit { .. } => "edit",
         FromProgram::Redact { .. } => "redact",
+        FromProgram::Job { .. } => "job",
+        FromProgram::JobDone { .. } => "job_done",
+        FromProgram::JobFailed { .. } => "job_failed",
         FromProgram::Log { .. } => "log",
         FromProgram::Done { .. } => "done",
     }

@@ -66,6 +66,19 @@ pub enum ToProgram<'a> {
         common: Common<'a>,
         joined: bool,
     },
+    /// Carry out a job the program accepted (`job`); answered with `job_done` or `job_failed` whenever it is
+    /// finished, while events keep coming. `room_id`, `event_id`, `sender`: the event it was accepted for.
+    RunJob {
+        key: &'a str,
+        payload: &'a serde_json::Value,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sender: Option<&'a str>,
+    },
     Shutdown,
 }
 
@@ -126,6 +139,26 @@ pub enum FromProgram {
         to: String,
         #[serde(default)]
         reason: Option<String>,
+    },
+    /// Accepts a job: kept by the host (once per key) and handed back as `run_job`, now and after restarts,
+    /// until the program finishes it.
+    Job {
+        key: String,
+        #[serde(default)]
+        payload: serde_json::Value,
+    },
+    /// A job is finished: the host carries out `actions` (reply, send, react, edit, redact, job) once.
+    JobDone {
+        key: String,
+        #[serde(default)]
+        actions: Vec<FromProgram>,
+    },
+    /// A job failed: tried again later (up to 5 times), unless `permanent`.
+    JobFailed {
+        key: String,
+        error: String,
+        #[serde(default)]
+        permanent: bool,
     },
     Log {
         level: LogLevel,
@@ -197,7 +230,7 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/exec-protocol.schema.json")).unwrap();
         let from = schema["$defs"]["FromProgram"]["oneOf"].as_array().unwrap();
-        assert_eq!(from.len(), 8, "one schema per message a program may write");
+        assert_eq!(from.len(), 11, "one schema per message a program may write");
         for variant in from {
             let properties = variant["properties"].as_object().unwrap();
             let required: serde_json::Map<_, _> = variant["required"]
@@ -238,6 +271,14 @@ mod tests {
             },
             ToProgram::State { common: common(), event_type: "m.room.topic", state_key: "", content: &content },
             ToProgram::Invite { common: common(), joined: true },
+            ToProgram::RunJob {
+                key: "k",
+                payload: &content,
+                attempt: 1,
+                room_id: Some("!r:x"),
+                event_id: Some("$e"),
+                sender: Some("@s:x"),
+            },
             ToProgram::Shutdown,
         ];
         assert_eq!(written.len(), to.len(), "one schema per message the host writes");

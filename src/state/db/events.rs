@@ -4,7 +4,7 @@
 
 use rusqlite::params;
 
-use super::{Database, now_unix};
+use super::{Database, JobRecord, NewJob, now_unix};
 use crate::state::StateError;
 
 /// One send the host owes: a room event with the transaction id it must be sent with (derived from the event it
@@ -43,25 +43,27 @@ impl Database {
         .await
     }
 
-    /// Marks `event_id` handled and queues what answers it, in one transaction. Returns the queued entries
-    /// with their sequence numbers.
+    /// Marks `event_id` handled and queues what answers it (sends, and jobs accepted for it), in one
+    /// transaction. Returns the queued entries with their sequence numbers, and the jobs that were new.
     pub async fn mark_handled(
         &self,
         id: &str,
         event_id: &str,
         sends: Vec<OutboxEntry>,
-    ) -> Result<Vec<OutboxEntry>, StateError> {
+        jobs: Vec<NewJob>,
+    ) -> Result<(Vec<OutboxEntry>, Vec<JobRecord>), StateError> {
         let (id, event_id) = (id.to_owned(), event_id.to_owned());
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let now = now_unix();
             let queued = insert_sends(&tx, &id, sends, now)?;
+            let accepted = super::jobs::insert_jobs(&tx, &id, jobs, now)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO handled_events (instance_id, event_id, handled_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![id, event_id, now])?;
             tx.commit()?;
-            Ok(queued)
+            Ok((queued, accepted))
         })
         .await
     }
@@ -171,7 +173,7 @@ impl Database {
 }
 
 /// Inserts sends into the outbox (those not there yet); returns them with their sequence numbers.
-fn insert_sends(
+pub(super) fn insert_sends(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
     sends: Vec<OutboxEntry>,
@@ -215,13 +217,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(&dir.path().join("maubot.db")).unwrap();
         assert!(!db.is_handled("a", "$e").await.unwrap());
-        let queued = db.mark_handled("a", "$e", vec![send("t0"), send("t1")]).await.unwrap();
+        let (queued, _) = db.mark_handled("a", "$e", vec![send("t0"), send("t1")], Vec::new()).await.unwrap();
         assert_eq!(queued.len(), 2);
         assert!(queued[0].seq < queued[1].seq);
         assert!(db.is_handled("a", "$e").await.unwrap());
         assert!(!db.is_handled("b", "$e").await.unwrap());
         // The same event handled again queues nothing twice.
-        assert!(db.mark_handled("a", "$e", vec![send("t0")]).await.unwrap().is_empty());
+        assert!(db.mark_handled("a", "$e", vec![send("t0")], Vec::new()).await.unwrap().0.is_empty());
         assert_eq!(db.outbox("a").await.unwrap(), queued);
         db.remove_sent("a", queued[0].seq).await.unwrap();
         assert_eq!(db.outbox("a").await.unwrap(), queued[1..].to_vec());

@@ -6,6 +6,7 @@
 
 mod events;
 mod instances;
+mod jobs;
 pub mod schema;
 mod setup_progress;
 
@@ -17,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 pub use self::events::{OutboxEntry, PendingEvent};
 pub use self::instances::{InstanceRecord, Override};
+pub use self::jobs::{JobRecord, NewJob};
 pub use self::schema::{COMPAT_VERSION, SCHEMA_VERSION};
 pub use self::setup_progress::SetupProgress;
 use super::StateError;
@@ -264,7 +266,8 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(
                 "DROP TABLE instance_overrides; DROP TABLE setup_progress; DROP TABLE outbox;
-                 DROP TABLE pending_decryption; ALTER TABLE instances DROP COLUMN generated_password;
+                 DROP TABLE pending_decryption; DROP TABLE jobs; DROP TABLE jobs_done;
+                 ALTER TABLE instances DROP COLUMN generated_password;
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, params};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest schema reader that can use a database at `SCHEMA_VERSION` (bump on incompatible changes only).
 pub const COMPAT_VERSION: u32 = 1;
 
@@ -76,6 +76,24 @@ const MIGRATIONS: &[&str] = &[
          received_at INTEGER NOT NULL,
          PRIMARY KEY (instance_id, event_id)
      );",
+    // 3 -> 4 (additive): the jobs plugins accepted and have not finished, and the keys of those finished
+    // lately (a job key is accepted once). Older readers ignore them (they run no jobs).
+    "CREATE TABLE jobs (
+         instance_id TEXT NOT NULL,
+         key TEXT NOT NULL,
+         payload TEXT NOT NULL,
+         origin TEXT,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         accepted_at INTEGER NOT NULL,
+         PRIMARY KEY (instance_id, key)
+     );
+     CREATE TABLE jobs_done (
+         instance_id TEXT NOT NULL,
+         key TEXT NOT NULL,
+         done_at INTEGER NOT NULL,
+         PRIMARY KEY (instance_id, key)
+     );
+     CREATE INDEX jobs_done_by_age ON jobs_done (done_at);",
 ];
 
 pub fn read_versions(conn: &Connection) -> rusqlite::Result<(u32, u32)> {
