@@ -56,6 +56,51 @@ let
       description = "${description} Read by systemd (LoadCredential=) at start; never copied into the Nix store.";
     };
 
+  listenerModule = {
+    options = {
+      address = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        example = "0.0.0.0";
+        description = "IP address the listener binds (`0.0.0.0` or `::` for every interface).";
+      };
+      port = mkOption {
+        type = types.port;
+        example = 8443;
+        description = "TCP port of the listener.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open `port` in the firewall.";
+      };
+      tls = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              certificateFile = mkOption {
+                type = types.path;
+                example = "/var/lib/acme/bots.example.org/fullchain.pem";
+                description = "PEM certificate chain (public; readable by the maubot user, e.g. an ACME certificate with `group = \"maubot\"`).";
+              };
+              keyFile = secretFileOption "PEM private key of the certificate.";
+              clientCaFile = mkOption {
+                type = types.nullOr types.path;
+                default = null;
+                description = "PEM CA certificate(s): when set, every client must present a certificate that chains to it; the plugin sees the certificate's common name.";
+              };
+            };
+          }
+        );
+        default = null;
+        description = "TLS (rustls); plain HTTP when null (on loopback, or behind a reverse proxy with TLS).";
+      };
+    };
+  };
+
+  # Credential name of a listener's private key.
+  listenerKeyCredential = id: index: "${id}-listener-${toString index}-key";
+
   instanceModule =
     { name, ... }:
     {
@@ -108,6 +153,15 @@ let
           example = literalExpression ''{ allow_invites_from = [ "@*:example.org" ]; }'';
           description = "Plugin settings (docs/plugins.md). Secrets only as `{ credential = NAME; }`.";
         };
+        listeners = mkOption {
+          type = types.listOf (types.submodule listenerModule);
+          default = [ ];
+          example = literalExpression ''[ { address = "0.0.0.0"; port = 8443; openFirewall = true; tls = { certificateFile = "/var/lib/acme/bots.example.org/fullchain.pem"; keyFile = "/run/secrets/bots-key"; clientCaFile = ./deploy-ca.pem; }; } ]'';
+          description = ''
+            Listeners of the bot's own for its plugin's HTTP routes (docs/plugins.md, "HTTP"), started and
+            stopped with the bot; the routes are also reachable under the management API at `/_plugins/<id>/`.
+          '';
+        };
         exec = {
           package = mkOption {
             type = types.nullOr types.package;
@@ -133,6 +187,19 @@ let
     // optionalAttrs (cfg.secretKeyFile != null) { secret-key = cfg.secretKeyFile; }
     // concatMapAttrs (
       id: instance: lib.mapAttrs' (key: file: lib.nameValuePair "${id}-${key}" file) instance.secretFiles
+    ) cfg.instances
+    // concatMapAttrs (
+      id: instance:
+      lib.listToAttrs (
+        lib.concatLists (
+          lib.imap0 (
+            index: listener:
+            optional (listener.tls != null && listener.tls.keyFile != null) (
+              lib.nameValuePair (listenerKeyCredential id index) listener.tls.keyFile
+            )
+          ) instance.listeners
+        )
+      )
     ) cfg.instances
     // cfg.credentialFiles;
   setupCredentials =
@@ -181,6 +248,21 @@ let
         enabled = instance.enable;
         room_subscriptions = instance.roomSubscriptions;
         homeserver = if instance.homeserver == null then homeserverKey else instance.homeserver;
+      }
+      // optionalAttrs (instance.listeners != [ ]) {
+        listeners = lib.imap0 (
+          index: listener:
+          {
+            inherit (listener) address port;
+          }
+          // optionalAttrs (listener.tls != null) {
+            tls = {
+              certificate = toString listener.tls.certificateFile;
+              private_key = credential (listenerKeyCredential id index);
+            }
+            // optionalAttrs (listener.tls.clientCaFile != null) { client_ca = toString listener.tls.clientCaFile; };
+          }
+        ) instance.listeners;
       }
       // optionalAttrs (instance.deviceName != null) { device_name = instance.deviceName; }
       // optionalAttrs (instance.passwordFile != null) { password = credential "${id}-password"; }
@@ -282,6 +364,20 @@ let
     ++ optionals (tuwunel.enable or false) (asList (tuwunel.settings.global.port or 6167))
     ++ optionals (conduit.enable or false) [ (conduit.settings.global.port or 6167) ];
 
+  # Every bot listener, with the option path that names it.
+  botListeners = lib.concatLists (
+    mapAttrsToList (
+      id: instance:
+      lib.imap0 (index: listener: listener // { name = "instances.${id}.listeners.${toString index}"; }) instance.listeners
+    ) cfg.instances
+  );
+  # Ports taken on this host: the management API, the homeservers, and every bot listener.
+  takenPorts =
+    [ { name = "port (the management API)"; port = cfg.port; } ]
+    ++ map (port: { name = "a homeserver"; inherit port; }) homeserverPorts
+    ++ map (l: { inherit (l) name port; }) botListeners;
+  portClashes = lib.filter (l: lib.length (lib.filter (t: t.port == l.port) takenPorts) > 1) botListeners;
+
   # Units of homeservers enabled on this host: maubot starts after them.
   homeserverUnits =
     optional (config.services.matrix-synapse.enable or false) "matrix-synapse.service"
@@ -304,7 +400,8 @@ let
   networkIsLocal =
     lib.all (url: isLoopback (urlHost url)) homeserverUrls
     && isLoopback cfg.listenAddress
-    && lib.all (instance: builtins.elem instance.type homeserverOnlyTypes) (lib.attrValues cfg.instances);
+    && lib.all (instance: builtins.elem instance.type homeserverOnlyTypes) (lib.attrValues cfg.instances)
+    && lib.all (l: isLoopback l.address) botListeners;
 
   # Shared by the service, `maubot-setup` and `maubot-ctl`, so that setup runs as the service will: same user,
   # state, sandbox (setup gets the setup-only credentials on top).
@@ -620,6 +717,19 @@ in
           message = "services.maubot.port = ${toString cfg.port} clashes with a homeserver on this host (ports ${concatStringsSep ", " (map toString homeserverPorts)}); keep the default 29316 or pick a free port.";
         }
         {
+          assertion = portClashes == [ ];
+          message = lib.concatMapStringsSep "\n" (
+            l:
+            "services.maubot.${l.name}.port = ${toString l.port} is also used by "
+            + concatStringsSep " and " (map (t: t.name) (lib.filter (t: t.port == l.port && t.name != l.name) takenPorts))
+            + "; give each listener a port of its own."
+          ) portClashes;
+        }
+        {
+          assertion = lib.all (l: l.tls == null || l.tls.keyFile != null) botListeners;
+          message = "services.maubot: a listener with tls needs tls.keyFile (the certificate's private key, e.g. a sops-nix secret).";
+        }
+        {
           assertion = builtins.match "https?://[^/]+(/.*)?" cfg.homeserverUrl != null;
           message = "services.maubot.homeserverUrl = \"${cfg.homeserverUrl}\" is not an http(s) URL with a host; write it like http://127.0.0.1:8008.";
         }
@@ -671,6 +781,12 @@ in
       ++ optional (cfg.openFirewall && builtins.elem cfg.listenAddress [ "127.0.0.1" "::1" ])
         "services.maubot.openFirewall opens port ${toString cfg.port}, but the management API listens on ${cfg.listenAddress} only."
       ++ optional (cfg.instances == { }) "services.maubot is enabled without instances; it will run no bots."
+      ++ map (l: "services.maubot.${l.name}.openFirewall opens port ${toString l.port}, but the listener binds ${l.address} only.") (
+        lib.filter (l: l.openFirewall && builtins.elem l.address [ "127.0.0.1" "::1" ]) botListeners
+      )
+      ++ map (l: "services.maubot.${l.name} serves plain HTTP on ${l.address}, beyond this machine; set tls or put a reverse proxy with TLS in front.") (
+        lib.filter (l: l.tls == null && !(builtins.elem l.address [ "127.0.0.1" "::1" ])) botListeners
+      )
       ++ optional cfg.allowWritableExecutableMemory
         "services.maubot.allowWritableExecutableMemory turns off MemoryDenyWriteExecute= for every bot of the host.";
 
@@ -688,7 +804,8 @@ in
     ];
     environment.etc."maubot/settings.json".source = effectiveSettingsFile;
 
-    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+    networking.firewall.allowedTCPPorts =
+      optional cfg.openFirewall cfg.port ++ map (l: l.port) (lib.filter (l: l.openFirewall) botListeners);
 
     systemd.services.maubot = {
       description = "maubot Matrix bot host";

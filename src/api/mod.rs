@@ -6,6 +6,7 @@ pub mod error;
 pub mod hashing;
 pub mod limits;
 pub mod metrics;
+pub mod plugins;
 pub mod serve;
 pub mod throttle;
 
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub schema_version: u32,
     /// How long an ERROR keeps the health summary degraded.
     pub error_window: std::time::Duration,
+    /// The running instances whose plugins serve HTTP.
+    pub endpoints: crate::plugin::http::Endpoints,
 }
 
 impl AppState {
@@ -79,6 +82,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/api/v1/instances/{id}", get(instance))
         .route("/api/v1/instances/{id}/logs", get(logs))
         .route("/api/v1/instances/{id}/{action}", post(control))
+        .route("/_plugins/{id}", any(plugins::route))
+        .route("/_plugins/{id}/{*rest}", any(plugins::route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")

@@ -151,6 +151,10 @@ pub struct InstanceConfig {
     /// Minimum severity that is sent to the admin room.
     #[serde(default)]
     pub error_notification_level: NotificationLevel,
+    /// Listeners of the instance's own for its plugin's HTTP routes (besides `/_plugins/<id>/` on the management
+    /// server), started and stopped with the instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
     /// Plugin-specific settings, checked by the plugin type. A value `{ credential: NAME }` or `{ file: PATH }`
     /// anywhere in it is a secret: printed as written, read at start-up, and handed to the plugin as a string.
     #[serde(default = "empty_object")]
@@ -213,6 +217,35 @@ fn pointer_to_key(pointer: &str) -> String {
         .map(|p| p.replace("~1", "/").replace("~0", "~"))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// A listener of an instance's own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// An IP address (`0.0.0.0` or `::` for every interface).
+    #[serde(default = "default_listener_address")]
+    pub address: String,
+    pub port: u16,
+    /// Plain HTTP when absent (behind a reverse proxy, on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate chain, its own certificate first.
+    pub certificate: PathBuf,
+    /// PEM: the certificate's private key (a secret: `{ credential: NAME }` or `{ file: PATH }`).
+    pub private_key: Secret,
+    /// PEM: the CA(s) client certificates must chain to. When set, every client must present one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn default_listener_address() -> String {
+    "127.0.0.1".to_owned()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -362,6 +395,11 @@ impl Config {
             }
             if let Some(s) = instance.access_token.as_mut() {
                 out.push((format!("instances.{id}.access_token"), s));
+            }
+            for (index, listener) in instance.listeners.iter_mut().enumerate() {
+                if let Some(tls) = listener.tls.as_mut() {
+                    out.push((format!("instances.{id}.listeners.{index}.tls.private_key"), &mut tls.private_key));
+                }
             }
             for (pointer, s) in &mut instance.config_secrets {
                 out.push((format!("instances.{id}.config.{}", pointer_to_key(pointer)), s));

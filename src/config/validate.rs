@@ -73,6 +73,7 @@ pub fn validate(config: &Config) -> Findings {
     check_logging(config, &mut findings);
     check_host(config, &mut findings);
     check_notifications(config, &mut findings);
+    check_listeners(config, &mut findings);
     let mut users: BTreeMap<&str, &str> = BTreeMap::new();
     for (id, instance) in &config.instances {
         check_instance(config, id, instance, &mut findings);
@@ -353,6 +354,57 @@ fn check_notifications(config: &Config, findings: &mut Findings) {
     }
     if !(10..=86400).contains(&notifications.dedupe_window_secs) {
         findings.error("notifications.dedupe_window_secs", "must be between 10 seconds and a day (86400)");
+    }
+}
+
+/// Every instance listener: a usable address and port, absolute PEM paths, and no port used twice (by another
+/// listener or the management server) on overlapping addresses.
+fn check_listeners(config: &Config, findings: &mut Findings) {
+    let server_ip = config.server.hostname.parse::<std::net::IpAddr>().ok();
+    let mut taken: Vec<(std::net::IpAddr, u16, String)> = Vec::new();
+    if let Some(ip) = server_ip {
+        taken.push((ip, config.server.port, "the management server (server.port)".to_owned()));
+    }
+    let overlap = |a: &std::net::IpAddr, b: &std::net::IpAddr| a == b || a.is_unspecified() || b.is_unspecified();
+    for (id, instance) in &config.instances {
+        for (index, listener) in instance.listeners.iter().enumerate() {
+            let key = format!("instances.{id}.listeners.{index}");
+            if listener.port == 0 {
+                findings.error(format!("{key}.port"), "0 is not a usable port");
+            }
+            let Ok(ip) = listener.address.parse::<std::net::IpAddr>() else {
+                findings.error(
+                    format!("{key}.address"),
+                    format!(
+                        "`{}` is not an IP address; use e.g. 0.0.0.0 (every interface) or 127.0.0.1",
+                        listener.address
+                    ),
+                );
+                continue;
+            };
+            if let Some((_, _, other)) = taken.iter().find(|(at, port, _)| *port == listener.port && overlap(at, &ip)) {
+                findings.error(
+                    format!("{key}.port"),
+                    format!("port {} is also used by {other}; give each listener its own port", listener.port),
+                );
+            }
+            taken.push((ip, listener.port, key.clone()));
+            if let Some(tls) = &listener.tls {
+                for (name, path) in [("certificate", Some(&tls.certificate)), ("client_ca", tls.client_ca.as_ref())] {
+                    if let Some(path) = path.filter(|p| !p.is_absolute()) {
+                        findings.error(
+                            format!("{key}.tls.{name}"),
+                            format!("`{}` must be an absolute path to a PEM file", path.display()),
+                        );
+                    }
+                }
+            } else if !ip.is_loopback() {
+                findings.warn(
+                    format!("{key}.tls"),
+                    format!("the listener on {ip} serves plain HTTP beyond this machine; add `tls` or put a reverse proxy with TLS in front"),
+                );
+            }
+        }
     }
 }
 

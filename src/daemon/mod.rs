@@ -70,6 +70,7 @@ pub async fn run(
         bot_users: Arc::new(RwLock::new(supervisor::bot_users(&config))),
         clients: Arc::new(RwLock::default()),
         changed: Arc::new(Notify::new()),
+        endpoints: Default::default(),
     };
     let (views_tx, mut views) = watch::channel(Vec::<InstanceView>::new());
     let supervisor = Supervisor::new(shared.clone(), views_tx).await?;
@@ -118,6 +119,7 @@ pub async fn run(
         db: db.clone(),
         schema_version: db.schema_version().await?,
         error_window: Duration::from_secs(config.host.error_window_secs),
+        endpoints: shared.endpoints.clone(),
     };
     let limits = api::limits::Limits::from_config(&config.server);
     let api_task = tokio::spawn(api::serve(listener, api_state, limits, stop_rx.clone()));

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::supervisor::Shared;
 use crate::config::InstanceConfig;
+use crate::instance::listeners::Listener;
 use crate::instance::{Counters, Instance, Outcome, Status};
 use crate::matrix::client;
 use crate::plugin::{self, PluginContext};
@@ -50,12 +51,19 @@ pub async fn run(
         return Outcome::Failed(format!("the plugin's private directory: {e}"));
     }
     let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.resolved_config())) {
-        Some(Ok(plugin)) => plugin,
+        Some(Ok(plugin)) => std::sync::Arc::<dyn plugin::Plugin>::from(plugin),
         Some(Err(problem)) => {
             return Outcome::FailedPermanently(format!("plugin config: {}: {}", problem.key, problem.message));
         }
         None => return Outcome::FailedPermanently(format!("unknown plugin type `{}`", config.kind)),
     };
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for (index, listener) in config.listeners.iter().enumerate() {
+        match Listener::prepare(listener, &format!("instances.{id}.listeners.{index}")) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => return Outcome::FailedPermanently(e.to_string()),
+        }
+    }
     let position = match shared.db.sync_token(&id).await {
         Ok(position) => position,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -73,7 +81,9 @@ pub async fn run(
         id,
         client,
         plugin,
-        context,
+        context: Arc::new(context),
+        endpoints: shared.endpoints.clone(),
+        listeners,
         db: shared.db.clone(),
         bot_users: shared.bot_users.clone(),
         room_subscriptions: config

@@ -99,6 +99,8 @@ pub struct Shared {
     pub bot_users: Arc<RwLock<HashSet<OwnedUserId>>>,
     pub clients: Clients,
     pub changed: Arc<Notify>,
+    /// The running instances whose plugins serve HTTP (the management server's `/_plugins/<id>/`).
+    pub endpoints: crate::plugin::http::Endpoints,
 }
 
 /// Running this long without failing resets the backoff.

@@ -17,6 +17,7 @@
 mod handling;
 mod incoming;
 mod jobs;
+pub mod listeners;
 pub mod outbox;
 mod pending;
 
@@ -123,8 +124,12 @@ impl HandleError {
 pub struct Instance {
     pub id: String,
     pub client: Client,
-    pub plugin: Box<dyn Plugin>,
-    pub context: PluginContext,
+    pub plugin: Arc<dyn Plugin>,
+    pub context: Arc<PluginContext>,
+    /// Where the plugin is made reachable over HTTP while it runs (if it serves HTTP).
+    pub endpoints: crate::plugin::http::Endpoints,
+    /// The instance's own HTTP listeners, bound for each run.
+    pub listeners: Vec<listeners::Listener>,
     pub db: Arc<Database>,
     /// Users of every bot in this host; their messages are never commands.
     pub bot_users: Arc<RwLock<HashSet<OwnedUserId>>>,
@@ -231,8 +236,14 @@ impl Instance {
             recent_commands: Mutex::default(),
         };
         let (background_stop, background_stopped) = watch::channel(false);
-        let outcome = match self.plugin.start(&self.context, unprompted.clone()).await {
-            Err(e) => plugin_failed(e),
+        let (http_stop, http_stopped) = watch::channel(false);
+        let mut _reachable = None;
+        let started = match self.plugin.start(&self.context, unprompted.clone()).await {
+            Err(e) => Err(plugin_failed(e)),
+            Ok(()) => self.serve_http(&unprompted, http_stopped).await.map(|registration| _reachable = registration),
+        };
+        let outcome = match started {
+            Err(outcome) => outcome,
             Ok(()) => {
                 let background = async {
                     match self.plugin.run(&self.context, unprompted, background_stopped).await {
@@ -262,6 +273,9 @@ impl Instance {
                 outcome
             }
         };
+        // No more requests: the listeners close and `/_plugins/<id>/` answers 503.
+        let _ = http_stop.send(true);
+        drop(_reachable);
         self.plugin.stop().await;
         let _ = sender_stop.send(true);
         let _ = tokio::time::timeout(SENDER_DRAIN, &mut sender).await;
@@ -274,6 +288,32 @@ impl Instance {
             }
         }
         outcome
+    }
+}
+
+impl Instance {
+    /// Makes a plugin that serves HTTP reachable: under the management server and on the instance's own
+    /// listeners (all bound, or the run fails naming the one that could not be).
+    async fn serve_http(
+        &self,
+        unprompted: &crate::plugin::UnpromptedSink,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Option<crate::plugin::http::Registration>, Outcome> {
+        let Some(mut spec) = self.plugin.http() else {
+            if !self.listeners.is_empty() {
+                tracing::warn!(instance = %self.id, "listeners are configured, but the plugin serves no HTTP; not binding them");
+            }
+            return Ok(None);
+        };
+        spec.max_body_bytes = spec.max_body_bytes.min(crate::plugin::http::MAX_BODY_LIMIT);
+        let endpoint = Arc::new(crate::plugin::http::Endpoint {
+            plugin: self.plugin.clone(),
+            context: self.context.clone(),
+            unprompted: unprompted.clone(),
+            spec,
+        });
+        listeners::start(&self.id, &self.listeners, endpoint.clone(), stop).await.map_err(Outcome::Failed)?;
+        Ok(Some(self.endpoints.register(&self.id, endpoint)))
     }
 }
 

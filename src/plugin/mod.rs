@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod exec;
+pub mod http;
 pub mod invites;
 pub mod job;
 pub mod ping;
@@ -170,6 +171,24 @@ pub trait Plugin: Send + Sync {
     /// again after a crash or restart: what it does outside Matrix happens at least once.
     async fn run_job(&self, _context: &PluginContext, _job: &Job) -> Result<Vec<Action>, PluginError> {
         Err(PluginError::permanent("this plugin type runs no jobs"))
+    }
+
+    /// Whether the plugin serves HTTP (`http.rs`), asked once after `start`. Default: no.
+    fn http(&self) -> Option<http::HttpSpec> {
+        None
+    }
+
+    /// Answers one HTTP request (its body read whole, within the plugin's limit). The plugin decides who may
+    /// call it (a signature, the client certificate's name). What it accepts as work goes to `unprompted`: a
+    /// job with an `accepted` channel is on disk when the channel answers, so a 2xx sent after that is a
+    /// promise kept across crashes.
+    async fn on_http(
+        &self,
+        _context: &PluginContext,
+        _request: http::HttpRequest,
+        _unprompted: &UnpromptedSink,
+    ) -> http::HttpResponse {
+        http::HttpResponse::error(404, "not_found", "this bot serves no HTTP")
     }
 
     /// Resolves when the plugin fails on its own, between events (a program that exited). Default: never.

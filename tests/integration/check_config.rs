@@ -54,3 +54,51 @@ async fn invalid_config_exits_78_and_names_the_key() {
     let version = env.output(&["--version"]);
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("maubot "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_problems_name_the_key_and_the_tls_key_is_never_printed() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["a", "b"]).await;
+    let api_port = env.api_port;
+    env.instances[0].extra.extend([
+        "listeners:".to_owned(),
+        format!("  - {{port: {api_port}}}"),
+        "  - {address: \"example.org\", port: 8443}".to_owned(),
+        "  - {port: 8444, tls: {certificate: cert.pem, private_key: {credential: a-tls-key}}}".to_owned(),
+    ]);
+    let kept_b = env.instances[1].extra.len();
+    env.instances[1].extra.extend(["listeners:".to_owned(), "  - {address: 0.0.0.0, port: 8444}".to_owned()]);
+    env.write_credential("a-tls-key", "-----BEGIN PRIVATE KEY-----\nplanted-key-material\n-----END PRIVATE KEY-----\n");
+    env.write_config();
+    let output = env.output(&["check-config"]);
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
+    let err = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        &format!("instances.a.listeners.0.port: port {api_port} is also used by the management server"),
+        "instances.a.listeners.1.address: `example.org` is not an IP address",
+        "instances.a.listeners.2.tls.certificate: `cert.pem` must be an absolute path",
+        "instances.b.listeners.0.port: port 8444 is also used by instances.a.listeners.2",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+
+    // Valid listeners: printed with the key's source, never the key; plain HTTP beyond loopback is warned of.
+    let kept = env.instances[0].extra.len() - 4;
+    env.instances[0].extra.truncate(kept);
+    env.instances[1].extra.truncate(kept_b);
+    env.instances[1].extra.extend(["listeners:".to_owned(), "  - {address: 0.0.0.0, port: 8445}".to_owned()]);
+    env.instances[0].extra.extend([
+        "listeners:".to_owned(),
+        "  - {port: 8444, tls: {certificate: /etc/cert.pem, private_key: {credential: a-tls-key}}}".to_owned(),
+    ]);
+    env.write_config();
+    let output = env.output(&["check-config"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("a-tls-key") && !printed.contains("planted-key-material"), "{printed}");
+    let warned = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warned.contains("instances.b.listeners.0.tls: the listener on 0.0.0.0 serves plain HTTP beyond this machine"),
+        "{warned}"
+    );
+}

@@ -181,6 +181,7 @@ async fn the_management_api_authenticates_and_always_answers_json() {
         "/api/v1/instances/{id}:",
         "/api/v1/instances/{id}/logs:",
         "/api/v1/instances/{id}/{action}:",
+        "/_plugins/{id}/{path}:",
     ] {
         assert!(spec.contains(path), "the OpenAPI description lacks {path}");
     }

@@ -14,5 +14,6 @@ mod hostile_config;
 mod lifecycle;
 mod notify;
 mod plugin_events;
+mod plugin_http;
 mod sending;
 mod setup_run;

@@ -199,6 +199,15 @@ def main():
         ("an exec package on a ping bot",
          '{ services.maubot.instances.ping.exec.package = { type = "derivation"; name = "x"; outPath = "/nix/store/x"; }; }',
          'set type = "exec"'),
+        ("a bot listener on the management API's port",
+         '{ services.maubot.instances.ping.listeners = [ { port = 29316; } ]; }',
+         "instances.ping.listeners.0.port = 29316 is also used by port (the management API)"),
+        ("two bot listeners on one port",
+         '{ services.maubot.instances.ping.listeners = [ { port = 8443; } { port = 8443; address = "0.0.0.0"; } ]; }',
+         "instances.ping.listeners.1.port = 8443 is also used by instances.ping.listeners.0"),
+        ("a TLS listener without its key",
+         '{ services.maubot.instances.ping.listeners = [ { port = 8443; tls.certificateFile = "/etc/c.pem"; } ]; }',
+         "needs tls.keyFile"),
         ("extraConfigFile of the Python maubot module",
          '{ services.maubot.extraConfigFile = "./config.yaml"; }',
          "services.maubot.settings"),
@@ -248,6 +257,23 @@ def main():
           result is not None and result["failedAssertions"] == [] and echo == {
               "command": "/nix/store/1c8p0e2vbq4yqk1z7q5h3m5w9r0x2n6s-echo-bot/bin/echo-bot",
               "args": ["--quiet"], "settings": {"prefix": "?"}}, error or (result or {}).get("failedAssertions") or echo)
+
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances.ping.listeners = [ { address = "0.0.0.0"; port = 8443; openFirewall = true; '
+        'tls = { certificateFile = "/var/lib/acme/bots/fullchain.pem"; keyFile = "/run/secrets/bots-key"; '
+        'clientCaFile = "/etc/maubot/deploy-ca.pem"; }; } { port = 8080; } ]; }'))
+    listeners = json.loads(result["settings"])["instances"]["ping"].get("listeners") if result else None
+    check("a bot's listeners render with their key as a credential, and open the firewall where asked",
+          result is not None and result["failedAssertions"] == [] and listeners == [
+              {"address": "0.0.0.0", "port": 8443, "tls": {
+                  "certificate": "/var/lib/acme/bots/fullchain.pem",
+                  "private_key": {"credential": "ping-listener-0-key"},
+                  "client_ca": "/etc/maubot/deploy-ca.pem"}},
+              {"address": "127.0.0.1", "port": 8080}]
+          and result["firewall"] == [8443]
+          and "LoadCredential=ping-listener-0-key:/run/secrets/bots-key" in result["unit"]
+          and "IPAddressDeny" not in result["unit"],
+          error or (result or {}).get("failedAssertions") or listeners)
 
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",

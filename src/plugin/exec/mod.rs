@@ -26,7 +26,7 @@ use self::protocol::Common;
 use self::protocol::{FromProgram, ToProgram};
 use super::{
     Action, ConfigProblem, Event, EventKind, EventType, Job, Plugin, PluginContext, PluginError, PluginType, Relation,
-    Subscriptions, Unprompted, UnpromptedSink, invites, job, parse_config,
+    Subscriptions, Unprompted, UnpromptedSink, http, invites, job, parse_config,
 };
 
 /// Longest `event_timeout_secs`: below the supervisor's hang detection (a sync's long poll plus 90 s).
@@ -59,9 +59,16 @@ pub struct ExecConfig {
     /// Time the program has to finish one event (`done`).
     #[serde(default = "default_event_timeout_secs")]
     pub event_timeout_secs: u64,
+    /// Largest HTTP request body handed to the program (when it serves HTTP); larger ones are answered 413.
+    #[serde(default = "default_http_max_body_bytes")]
+    pub http_max_body_bytes: usize,
     /// Time the program has to finish one job (`job_done`); past it, the attempt failed.
     #[serde(default = "default_job_timeout_secs")]
     pub job_timeout_secs: u64,
+}
+
+fn default_http_max_body_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_job_timeout_secs() -> u64 {
@@ -114,6 +121,12 @@ impl PluginType for ExecType {
                     .push(ConfigProblem { key: key.into(), message: format!("{value} must be between 1 and {max}") });
             }
         }
+        if parsed.http_max_body_bytes == 0 || parsed.http_max_body_bytes > http::MAX_BODY_LIMIT {
+            problems.push(ConfigProblem {
+                key: "http_max_body_bytes".into(),
+                message: format!("{} must be between 1 and {}", parsed.http_max_body_bytes, http::MAX_BODY_LIMIT),
+            });
+        }
         if !parsed.settings.is_object() {
             problems.push(ConfigProblem { key: "settings".into(), message: "must be a mapping".into() });
         }
@@ -127,6 +140,8 @@ impl PluginType for ExecType {
             subscriptions: std::sync::RwLock::new(Subscriptions::messages()),
             fault: Arc::new(watch::Sender::new(None)),
             jobs: std::sync::Mutex::new(None),
+            serves_http: Default::default(),
+            requests: Default::default(),
         }))
     }
 }
@@ -140,6 +155,10 @@ pub struct Exec {
     fault: Arc<watch::Sender<Option<String>>>,
     /// The running program's input and its jobs in flight: jobs are written to it beside event handling.
     jobs: std::sync::Mutex<Option<(Input, JobWaiters)>>,
+    /// Whether the program said in `ready` that it answers HTTP requests.
+    serves_http: std::sync::atomic::AtomicBool,
+    /// Numbers the HTTP requests handed to the program (`http-<n>`).
+    requests: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
@@ -167,7 +186,10 @@ impl Plugin for Exec {
             .await?;
         let deadline = Duration::from_secs(self.config.ready_timeout_secs);
         let subscribe = match tokio::time::timeout(deadline, program.lines.recv()).await {
-            Ok(Some(Line::Message(FromProgram::Ready { subscribe }))) => subscribe,
+            Ok(Some(Line::Message(FromProgram::Ready { subscribe, http }))) => {
+                self.serves_http.store(http, std::sync::atomic::Ordering::Relaxed);
+                subscribe
+            }
             Ok(Some(Line::Message(other))) => {
                 return Err(PluginError::transient(format!("the program answered hello with {other:?}, not `ready`")));
             }
@@ -247,6 +269,28 @@ impl Plugin for Exec {
         }
     }
 
+    fn http(&self) -> Option<http::HttpSpec> {
+        self.serves_http
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(http::HttpSpec { max_body_bytes: self.config.http_max_body_bytes })
+    }
+
+    async fn on_http(
+        &self,
+        _context: &PluginContext,
+        request: http::HttpRequest,
+        unprompted: &UnpromptedSink,
+    ) -> http::HttpResponse {
+        match self.answer_http(request, unprompted).await {
+            Ok(response) => response,
+            Err(why) => {
+                tracing::warn!(error = %why, "the program failed an HTTP request; restarting it");
+                self.fault.send_replace(Some(why));
+                http::HttpResponse::error(502, "bot_failed", "the bot's program failed to answer; it is restarted")
+            }
+        }
+    }
+
     async fn run_job(&self, _context: &PluginContext, job: &Job) -> Result<Vec<Action>, PluginError> {
         let link = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (input, waiters) = link.ok_or_else(|| PluginError::transient("the program is not running"))?;
@@ -292,6 +336,81 @@ impl Plugin for Exec {
         if let Some(program) = self.program.lock().await.take() {
             let ended = program.stop().await;
             tracing::info!(ended = %ended, "the program stopped");
+        }
+    }
+}
+
+impl Exec {
+    /// Hands an HTTP request to the program (between events, like one) and collects its answer: jobs it
+    /// accepts on the way are on disk before the answer goes out, sends are queued. An error is a fault of the
+    /// program.
+    async fn answer_http(
+        &self,
+        request: http::HttpRequest,
+        unprompted: &UnpromptedSink,
+    ) -> Result<http::HttpResponse, String> {
+        let mut guard = self.program.lock().await;
+        let Some(program) = guard.as_mut() else {
+            return Ok(http::HttpResponse::error(503, "bot_not_running", "the bot's program is not running"));
+        };
+        let n = self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = format!("http-{n}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.event_timeout_secs);
+        let missed = || {
+            format!(
+                "the program did not answer HTTP request {id} within {} s (event_timeout_secs)",
+                self.config.event_timeout_secs
+            )
+        };
+        let text = std::str::from_utf8(&request.body).ok();
+        let line = ToProgram::Http {
+            id: &id,
+            method: &request.method,
+            path: &request.path,
+            query: request.query.as_deref(),
+            headers: &request.headers,
+            body: text,
+            body_base64: match text {
+                Some(_) => None,
+                None => Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &request.body)),
+            },
+            peer: request.peer.to_string(),
+            client_common_name: request.client_common_name.as_deref(),
+        };
+        program.begin(&id);
+        tokio::time::timeout_at(deadline, program.write(&line)).await.map_err(|_| missed())?.map_err(|e| e.message)?;
+        loop {
+            let next = tokio::time::timeout_at(deadline, program.lines.recv()).await.map_err(|_| missed())?;
+            let message = match next {
+                Some(Line::Message(message)) => message,
+                Some(Line::Fault(why)) => return Err(why),
+                None => return Err("the program's output ended".into()),
+            };
+            match message {
+                FromProgram::HttpResponse { to, status, headers, body } if to == id => {
+                    program.end();
+                    if !(100..=599).contains(&status) {
+                        return Err(format!("the program answered HTTP request {id} with status {status}"));
+                    }
+                    let headers = headers.into_iter().collect();
+                    return Ok(http::HttpResponse { status, headers, body: body.into_bytes() });
+                }
+                FromProgram::Job { key, payload } => {
+                    job::check(&key, &payload).map_err(|e| e.to_string())?;
+                    let (accepted, kept) = tokio::sync::oneshot::channel();
+                    let _ = unprompted.send(Unprompted::Job { key, payload, accepted: Some(accepted) });
+                    // On disk before the program's answer goes out (a 202 is a promise).
+                    if !matches!(tokio::time::timeout_at(deadline, kept).await, Ok(Ok(_))) {
+                        return Err(format!("a job accepted in HTTP request {id} could not be kept"));
+                    }
+                }
+                send @ FromProgram::Send { .. } => {
+                    let _ = unprompted.send(self::unprompted(send)?);
+                }
+                other => {
+                    return Err(format!("the program wrote {other:?} while answering HTTP request {id}"));
+                }
+            }
         }
     }
 }
@@ -397,6 +516,7 @@ fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
         FromProgram::JobDone { .. } | FromProgram::JobFailed { .. } => {
             Err("a job's `job_done` or `job_failed` cannot be an action".into())
         }
+        FromProgram::HttpResponse { .. } => Err("an `http_response` answers an HTTP request, not an event".into()),
         FromProgram::Log { .. } | FromProgram::Done { .. } => unreachable!("handled by the reader and the caller"),
     }
 }

@@ -261,7 +261,8 @@ impl Reader {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         match (&message, current.as_deref()) {
             (FromProgram::Ready { .. }, _) | (_, Some(_)) => {
-                if matches!(&message, FromProgram::Done { to } if current.as_deref() == Some(to.as_str())) {
+                if matches!(&message, FromProgram::Done { to } | FromProgram::HttpResponse { to, .. } if current.as_deref() == Some(to.as_str()))
+                {
                     *current = None;
                 }
                 let _ = self.lines.send(Line::Message(message));
@@ -286,6 +287,7 @@ fn kind(message: &FromProgram) -> &'static str {
         FromProgram::Edit { .. } => "edit",
         FromProgram::Redact { .. } => "redact",
         FromProgram::Job { .. } => "job",
+        FromProgram::HttpResponse { .. } => "http_response",
         FromProgram::JobDone { .. } => "job_done",
         FromProgram::JobFailed { .. } => "job_failed",
         FromProgram::Log { .. } => "log",

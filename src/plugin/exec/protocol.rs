@@ -79,6 +79,23 @@ pub enum ToProgram<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         sender: Option<&'a str>,
     },
+    /// An HTTP request to the bot (`/_plugins/<id>/...` or one of its listeners); answered with
+    /// `http_response`. `body` when it is UTF-8, else `body_base64`.
+    Http {
+        id: &'a str,
+        method: &'a str,
+        path: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        query: Option<&'a str>,
+        headers: &'a [(String, String)],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_base64: Option<String>,
+        peer: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_common_name: Option<&'a str>,
+    },
     Shutdown,
 }
 
@@ -102,6 +119,9 @@ pub enum FromProgram {
     Ready {
         #[serde(default)]
         subscribe: Vec<String>,
+        /// The program answers HTTP requests (`http` lines).
+        #[serde(default)]
+        http: bool,
     },
     Reply {
         to: String,
@@ -146,6 +166,15 @@ pub enum FromProgram {
         key: String,
         #[serde(default)]
         payload: serde_json::Value,
+    },
+    /// The answer to an `http` line.
+    HttpResponse {
+        to: String,
+        status: u16,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        body: String,
     },
     /// A job is finished: the host carries out `actions` (reply, send, react, edit, redact, job) once.
     JobDone {
@@ -197,7 +226,7 @@ mod tests {
 
     #[test]
     fn lines_parse_into_messages_and_bad_ones_say_why() {
-        assert_eq!(parse(br#"{"type":"ready"}"#).unwrap(), FromProgram::Ready { subscribe: vec![] });
+        assert_eq!(parse(br#"{"type":"ready"}"#).unwrap(), FromProgram::Ready { subscribe: vec![], http: false });
         assert_eq!(parse(b"{\"type\":\"done\",\"to\":\"$e\"}\n").unwrap(), FromProgram::Done { to: "$e".into() });
         let reply = parse(br#"{"type":"reply","to":"$e","body":"hi","notice":true}"#).unwrap();
         assert_eq!(reply, FromProgram::Reply { to: "$e".into(), body: "hi".into(), html: None, notice: true });
@@ -230,7 +259,7 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/exec-protocol.schema.json")).unwrap();
         let from = schema["$defs"]["FromProgram"]["oneOf"].as_array().unwrap();
-        assert_eq!(from.len(), 11, "one schema per message a program may write");
+        assert_eq!(from.len(), 12, "one schema per message a program may write");
         for variant in from {
             let properties = variant["properties"].as_object().unwrap();
             let required: serde_json::Map<_, _> = variant["required"]
@@ -278,6 +307,17 @@ mod tests {
                 room_id: Some("!r:x"),
                 event_id: Some("$e"),
                 sender: Some("@s:x"),
+            },
+            ToProgram::Http {
+                id: "http-1",
+                method: "POST",
+                path: "/hook",
+                query: Some("a=1"),
+                headers: &[("content-type".to_owned(), "application/json".to_owned())],
+                body: Some("{}"),
+                body_base64: Some("AA==".into()),
+                peer: "127.0.0.1:5".into(),
+                client_common_name: Some("caller"),
             },
             ToProgram::Shutdown,
         ];
