@@ -245,8 +245,12 @@ impl Instance {
         let outcome = match started {
             Err(outcome) => outcome,
             Ok(()) => {
+                // The plugin's own task: its end is told (`ended`), an error ends the run.
+                let (ended, mut background_ended) = watch::channel(false);
                 let background = async {
-                    match self.plugin.run(&self.context, unprompted, background_stopped).await {
+                    let result = self.plugin.run(&self.context, unprompted, background_stopped).await;
+                    let _ = ended.send(true);
+                    match result {
                         Ok(()) => std::future::pending().await,
                         Err(e) => plugin_failed(e),
                     }
@@ -261,15 +265,25 @@ impl Instance {
                     outcome = &mut background => outcome,
                 };
                 // Cooperative: the background task is asked to end and given a moment (what it hands on
-                // meanwhile is persisted by the queue).
+                // meanwhile is persisted by the queue), unless it ended already.
                 let _ = background_stop.send(true);
-                let drained = async {
-                    tokio::select! {
-                        _ = &mut background => {}
-                        _ = run.queue_unprompted(&mut unprompted_queue) => {}
+                if !*background_ended.borrow() {
+                    let drained = async {
+                        tokio::select! {
+                            _ = &mut background => {}
+                            _ = background_ended.wait_for(|ended| *ended) => {}
+                            _ = run.queue_unprompted(&mut unprompted_queue) => {}
+                        }
+                    };
+                    let _ = tokio::time::timeout(BACKGROUND_DRAIN, drained).await;
+                }
+                // What is still queued is persisted (nothing waits in the channel to be lost).
+                while let Ok(unprompted) = unprompted_queue.try_recv() {
+                    if let Err(outcome) = run.queue_one(unprompted).await {
+                        tracing::warn!(instance = %self.id, outcome = ?outcome, "could not keep what the plugin did on its own at the end");
+                        break;
                     }
-                };
-                let _ = tokio::time::timeout(BACKGROUND_DRAIN, drained).await;
+                }
                 outcome
             }
         };
@@ -321,43 +335,51 @@ impl Run<'_> {
     /// Queues what the plugin does on its own: sends (persisted first, then handed to the sender) and jobs
     /// (persisted, then handed to the job runner).
     async fn queue_unprompted(&self, queue: &mut mpsc::UnboundedReceiver<crate::plugin::Unprompted>) -> Outcome {
-        let me = self.instance;
         while let Some(unprompted) = queue.recv().await {
-            match unprompted {
-                crate::plugin::Unprompted::Send { room_id, content, key } => {
-                    let send = handling::unprompted_send(&room_id, &content, &key);
-                    match me.db.queue_sends(&me.id, vec![send]).await {
-                        Ok(queued) => {
-                            self.outstanding.add(queued.len());
-                            for send in queued {
-                                let _ = self.outbox.send(send);
-                            }
-                        }
-                        Err(e) => return Outcome::Failed(format!("cannot queue a send the plugin made: {e}")),
-                    }
-                }
-                crate::plugin::Unprompted::Job { key, payload, accepted } => {
-                    let Some(job) = handling::to_new_job(&me.id, None, key, &payload) else {
-                        if let Some(accepted) = accepted {
-                            let _ = accepted.send(false);
-                        }
-                        continue;
-                    };
-                    match me.db.accept_jobs(&me.id, vec![job]).await {
-                        Ok(new) => {
-                            if let Some(accepted) = accepted {
-                                let _ = accepted.send(!new.is_empty());
-                            }
-                            for job in new {
-                                let _ = self.jobs.send(job);
-                            }
-                        }
-                        Err(e) => return Outcome::Failed(format!("cannot keep a job the plugin accepted: {e}")),
-                    }
-                }
+            if let Err(outcome) = self.queue_one(unprompted).await {
+                return outcome;
             }
         }
         std::future::pending().await
+    }
+
+    /// Persists one thing the plugin did on its own and hands it on.
+    async fn queue_one(&self, unprompted: crate::plugin::Unprompted) -> Result<(), Outcome> {
+        let me = self.instance;
+        match unprompted {
+            crate::plugin::Unprompted::Send { room_id, content, key } => {
+                let send = handling::unprompted_send(&room_id, &content, &key);
+                let queued = me
+                    .db
+                    .queue_sends(&me.id, vec![send])
+                    .await
+                    .map_err(|e| Outcome::Failed(format!("cannot queue a send the plugin made: {e}")))?;
+                self.outstanding.add(queued.len());
+                for send in queued {
+                    let _ = self.outbox.send(send);
+                }
+            }
+            crate::plugin::Unprompted::Job { key, payload, accepted } => {
+                let Some(job) = handling::to_new_job(&me.id, None, key, &payload) else {
+                    if let Some(accepted) = accepted {
+                        let _ = accepted.send(false);
+                    }
+                    return Ok(());
+                };
+                let new = me
+                    .db
+                    .accept_jobs(&me.id, vec![job])
+                    .await
+                    .map_err(|e| Outcome::Failed(format!("cannot keep a job the plugin accepted: {e}")))?;
+                if let Some(accepted) = accepted {
+                    let _ = accepted.send(!new.is_empty());
+                }
+                for job in new {
+                    let _ = self.jobs.send(job);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn sync_loop(&self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
