@@ -270,3 +270,47 @@ async fn a_long_job_holds_up_no_message_and_survives_a_crash_of_the_host() {
     assert_eq!(reply.body, "after a stop");
     assert_eq!(daemon.stop().code(), Some(0));
 }
+
+/// Asks for a tick every second; at each it sends the same keyed message and logs the tick's number.
+const TICKER: &str = r#"#!/usr/bin/env python3
+import json, sys
+def say(m):
+    print(json.dumps(m), flush=True)
+hello = json.loads(sys.stdin.readline())
+room = hello["config"]["room"]
+say({"type": "ready", "tick_secs": 1})
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "shutdown":
+        break
+    if m["type"] == "tick":
+        print("ticked " + m["id"], file=sys.stderr, flush=True)
+        say({"type": "send", "room_id": room, "body": "the daily report", "key": "report-2026-12-01"})
+    say({"type": "done", "to": m["id"]})
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_is_ticked_as_it_asked_and_a_keyed_send_is_posted_once() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["ticker"]).await;
+    let bot = env.user_id("ticker");
+    let person = TestUser::new(synapse, "tia-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    let program = write_program(&env, "ticker.py", TICKER);
+    env.use_exec("ticker", &program, &[&format!("settings: {{room: \"{}\"}}", room.room_id())]);
+    env.setup();
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    daemon.wait_for_log("program stderr: ticked tick-3", REPLY_TIMEOUT);
+    let reports = || person.messages_from(&bot).into_iter().filter(|m| m.body == "the daily report").count();
+    eventually(REPLY_TIMEOUT, "the report", || {
+        let posted = reports() > 0;
+        async move { posted.then_some(()) }
+    })
+    .await;
+    daemon.wait_for_log("program stderr: ticked tick-5", REPLY_TIMEOUT);
+    let history = person.room_history(&room).await;
+    let posted = history.iter().filter(|m| m.body == "the daily report").count();
+    assert_eq!(posted, 1, "one key, one message, however many ticks");
+    assert_eq!(daemon.stop().code(), Some(0));
+}

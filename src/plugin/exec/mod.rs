@@ -33,6 +33,8 @@ use super::{
 pub const MAX_EVENT_TIMEOUT_SECS: u64 = 60;
 /// Longest `ready_timeout_secs`.
 pub const MAX_READY_TIMEOUT_SECS: u64 = 300;
+/// Longest `tick_secs` a program may ask for: a day.
+pub const MAX_TICK_SECS: u64 = 86_400;
 /// Longest `job_timeout_secs`: a day.
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 86_400;
 /// Most actions a program may take for one event.
@@ -141,6 +143,7 @@ impl PluginType for ExecType {
             fault: Arc::new(watch::Sender::new(None)),
             jobs: std::sync::Mutex::new(None),
             serves_http: Default::default(),
+            tick_secs: Default::default(),
             requests: Default::default(),
         }))
     }
@@ -157,6 +160,8 @@ pub struct Exec {
     jobs: std::sync::Mutex<Option<(Input, JobWaiters)>>,
     /// Whether the program said in `ready` that it answers HTTP requests.
     serves_http: std::sync::atomic::AtomicBool,
+    /// How often the program asked to be ticked (`ready`'s `tick_secs`; 0: never).
+    tick_secs: std::sync::atomic::AtomicU64,
     /// Numbers the HTTP requests handed to the program (`http-<n>`).
     requests: std::sync::atomic::AtomicU64,
 }
@@ -186,8 +191,15 @@ impl Plugin for Exec {
             .await?;
         let deadline = Duration::from_secs(self.config.ready_timeout_secs);
         let subscribe = match tokio::time::timeout(deadline, program.lines.recv()).await {
-            Ok(Some(Line::Message(FromProgram::Ready { subscribe, http }))) => {
+            Ok(Some(Line::Message(FromProgram::Ready { subscribe, http, tick_secs }))) => {
                 self.serves_http.store(http, std::sync::atomic::Ordering::Relaxed);
+                if tick_secs.is_some_and(|t| t == 0 || t > MAX_TICK_SECS) {
+                    return Err(PluginError::transient(format!(
+                        "the program asked for `tick_secs` {} in `ready`; it must be between 1 and {MAX_TICK_SECS}",
+                        tick_secs.unwrap_or_default()
+                    )));
+                }
+                self.tick_secs.store(tick_secs.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
                 subscribe
             }
             Ok(Some(Line::Message(other))) => {
@@ -267,6 +279,30 @@ impl Plugin for Exec {
             // The sender lives as long as the plugin: never.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Ticks the program every `tick_secs` it asked for (none without), between events.
+    async fn run(
+        &self,
+        _context: &PluginContext,
+        unprompted: UnpromptedSink,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), PluginError> {
+        let every = self.tick_secs.load(std::sync::atomic::Ordering::Relaxed);
+        if every == 0 {
+            return Ok(());
+        }
+        let period = Duration::from_secs(every);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in 1u64.. {
+            tokio::select! {
+                _ = crate::stopping(&mut shutdown) => return Ok(()),
+                _ = ticks.tick() => {}
+            }
+            self.answer_tick(n, &unprompted).await.map_err(PluginError::transient)?;
+        }
+        Ok(())
     }
 
     fn http(&self) -> Option<http::HttpSpec> {
@@ -356,12 +392,6 @@ impl Exec {
         let n = self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let id = format!("http-{n}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.event_timeout_secs);
-        let missed = || {
-            format!(
-                "the program did not answer HTTP request {id} within {} s (event_timeout_secs)",
-                self.config.event_timeout_secs
-            )
-        };
         let text = std::str::from_utf8(&request.body).ok();
         let line = ToProgram::Http {
             id: &id,
@@ -377,40 +407,78 @@ impl Exec {
             peer: request.peer.to_string(),
             client_common_name: request.client_common_name.as_deref(),
         };
-        program.begin(&id);
-        tokio::time::timeout_at(deadline, program.write(&line)).await.map_err(|_| missed())?.map_err(|e| e.message)?;
-        loop {
-            let next = tokio::time::timeout_at(deadline, program.lines.recv()).await.map_err(|_| missed())?;
-            let message = match next {
-                Some(Line::Message(message)) => message,
-                Some(Line::Fault(why)) => return Err(why),
-                None => return Err("the program's output ended".into()),
-            };
-            match message {
-                FromProgram::HttpResponse { to, status, headers, body } if to == id => {
-                    program.end();
-                    if !(100..=599).contains(&status) {
-                        return Err(format!("the program answered HTTP request {id} with status {status}"));
-                    }
-                    let headers = headers.into_iter().collect();
-                    return Ok(http::HttpResponse { status, headers, body: body.into_bytes() });
+        let what = format!("HTTP request {id}");
+        let end = |m: &FromProgram| matches!(m, FromProgram::HttpResponse { to, .. } if *to == id);
+        match answer_outside_event(program, &line, &id, &what, deadline, unprompted, &end).await? {
+            FromProgram::HttpResponse { status, headers, body, .. } => {
+                if !(100..=599).contains(&status) {
+                    return Err(format!("the program answered HTTP request {id} with status {status}"));
                 }
-                FromProgram::Job { key, payload } => {
-                    job::check(&key, &payload).map_err(|e| e.to_string())?;
-                    let (accepted, kept) = tokio::sync::oneshot::channel();
-                    let _ = unprompted.send(Unprompted::Job { key, payload, accepted: Some(accepted) });
-                    // On disk before the program's answer goes out (a 202 is a promise).
-                    if !matches!(tokio::time::timeout_at(deadline, kept).await, Ok(Ok(_))) {
-                        return Err(format!("a job accepted in HTTP request {id} could not be kept"));
-                    }
-                }
-                send @ FromProgram::Send { .. } => {
-                    let _ = unprompted.send(self::unprompted(send)?);
-                }
-                other => {
-                    return Err(format!("the program wrote {other:?} while answering HTTP request {id}"));
+                let headers = headers.into_iter().collect();
+                Ok(http::HttpResponse { status, headers, body: body.into_bytes() })
+            }
+            _ => unreachable!("the end line is an http_response"),
+        }
+    }
+
+    /// Hands the program a timer tick (between events, like one); its sends and jobs go to the host's queue
+    /// until its `done`.
+    async fn answer_tick(&self, n: u64, unprompted: &UnpromptedSink) -> Result<(), String> {
+        let mut guard = self.program.lock().await;
+        let Some(program) = guard.as_mut() else {
+            return Ok(());
+        };
+        let id = format!("tick-{n}");
+        let ts =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.event_timeout_secs);
+        let end = |m: &FromProgram| matches!(m, FromProgram::Done { to } if *to == id);
+        let what = format!("tick {id} (event_timeout_secs: {} s)", self.config.event_timeout_secs);
+        answer_outside_event(program, &ToProgram::Tick { id: &id, ts }, &id, &what, deadline, unprompted, &end).await?;
+        Ok(())
+    }
+}
+
+/// Writes `line` (an HTTP request or a tick, `id`) and collects what the program answers up to the line `end`
+/// picks, which it returns: sends (with their key) and jobs go to the host's queue, each job on disk before the
+/// next line is read. Anything else, or no end before `deadline`, is a fault of the program.
+async fn answer_outside_event(
+    program: &mut Program,
+    line: &ToProgram<'_>,
+    id: &str,
+    what: &str,
+    deadline: tokio::time::Instant,
+    unprompted: &UnpromptedSink,
+    end: &(dyn Fn(&FromProgram) -> bool + Sync),
+) -> Result<FromProgram, String> {
+    let missed = || format!("the program did not finish {what} in time");
+    program.begin(id);
+    tokio::time::timeout_at(deadline, program.write(line)).await.map_err(|_| missed())?.map_err(|e| e.message)?;
+    loop {
+        let next = tokio::time::timeout_at(deadline, program.lines.recv()).await.map_err(|_| missed())?;
+        let message = match next {
+            Some(Line::Message(message)) => message,
+            Some(Line::Fault(why)) => return Err(why),
+            None => return Err("the program's output ended".into()),
+        };
+        if end(&message) {
+            program.end();
+            return Ok(message);
+        }
+        match message {
+            FromProgram::Job { key, payload } => {
+                job::check(&key, &payload).map_err(|e| e.to_string())?;
+                let (accepted, kept) = tokio::sync::oneshot::channel();
+                let _ = unprompted.send(Unprompted::Job { key, payload, accepted: Some(accepted) });
+                // On disk before the program's answer goes out (a 202 is a promise).
+                if !matches!(tokio::time::timeout_at(deadline, kept).await, Ok(Ok(_))) {
+                    return Err(format!("a job accepted in {what} could not be kept"));
                 }
             }
+            send @ FromProgram::Send { .. } => {
+                let _ = unprompted.send(self::unprompted(send)?);
+            }
+            other => return Err(format!("the program wrote {other:?} while answering {what}")),
         }
     }
 }

@@ -96,6 +96,13 @@ pub enum ToProgram<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         client_common_name: Option<&'a str>,
     },
+    /// A timer tick (`ready`'s `tick_secs`), between events; answered like an event (sends with a key, jobs)
+    /// up to `done` naming `id`.
+    Tick {
+        id: &'a str,
+        /// Milliseconds since the epoch.
+        ts: u64,
+    },
     Shutdown,
 }
 
@@ -122,6 +129,9 @@ pub enum FromProgram {
         /// The program answers HTTP requests (`http` lines).
         #[serde(default)]
         http: bool,
+        /// The program wants a `tick` this often (seconds).
+        #[serde(default)]
+        tick_secs: Option<u64>,
     },
     Reply {
         to: String,
@@ -226,7 +236,10 @@ mod tests {
 
     #[test]
     fn lines_parse_into_messages_and_bad_ones_say_why() {
-        assert_eq!(parse(br#"{"type":"ready"}"#).unwrap(), FromProgram::Ready { subscribe: vec![], http: false });
+        assert_eq!(
+            parse(br#"{"type":"ready"}"#).unwrap(),
+            FromProgram::Ready { subscribe: vec![], http: false, tick_secs: None }
+        );
         assert_eq!(parse(b"{\"type\":\"done\",\"to\":\"$e\"}\n").unwrap(), FromProgram::Done { to: "$e".into() });
         let reply = parse(br#"{"type":"reply","to":"$e","body":"hi","notice":true}"#).unwrap();
         assert_eq!(reply, FromProgram::Reply { to: "$e".into(), body: "hi".into(), html: None, notice: true });
@@ -319,6 +332,7 @@ mod tests {
                 peer: "127.0.0.1:5".into(),
                 client_common_name: Some("caller"),
             },
+            ToProgram::Tick { id: "tick-1", ts: 1 },
             ToProgram::Shutdown,
         ];
         assert_eq!(written.len(), to.len(), "one schema per message the host writes");
