@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod host;
 pub mod instance;
 pub mod matrix;
+pub mod matrix_errors;
 pub mod memory;
 pub mod plugin;
 pub mod setup;

@@ -22,7 +22,7 @@ pub async fn run(
     record: InstanceRecord,
     status: Arc<watch::Sender<Status>>,
     counters: Arc<Counters>,
-    context: PluginContext,
+    limiter: Arc<plugin::RateLimiter>,
     stop: watch::Receiver<bool>,
 ) -> Outcome {
     let id = record.id.clone();
@@ -47,7 +47,8 @@ pub async fn run(
         return Outcome::FailedPermanently(format!("a plugin secret cannot be read: {why}"));
     }
     // Every plugin finds its private directory in place (mode 0700, kept across restarts).
-    if let Err(e) = crate::state::create_private_dir(&context.data_dir) {
+    let data_dir = shared.layout.plugin_data_dir(&id);
+    if let Err(e) = crate::state::create_private_dir(&data_dir) {
         return Outcome::Failed(format!("the plugin's private directory: {e}"));
     }
     let plugin = match plugin::registry::lookup(&config.kind).map(|kind| kind.build(&config.resolved_config())) {
@@ -77,6 +78,14 @@ pub async fn run(
     };
     tracing::info!(instance = %id, user = %record.user_id, device = %record.device_id, "session restored");
     shared.clients.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), client.clone());
+    let context = PluginContext {
+        instance: id.clone(),
+        user_id: record.user_id.clone(),
+        data_dir,
+        database_path: shared.layout.plugin_database(&id),
+        matrix: plugin::MatrixView::new(client.clone(), limiter.clone()),
+        limiter,
+    };
     let instance = Instance {
         id,
         client,

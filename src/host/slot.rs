@@ -14,7 +14,7 @@ use super::supervisor::{ControlError, Shared};
 use super::view::{CounterView, InstanceView, State};
 use crate::config::InstanceConfig;
 use crate::instance::{Counters, Outcome, Phase, Status};
-use crate::plugin::{PluginContext, RateLimiter};
+use crate::plugin::RateLimiter;
 use crate::state::InstanceRecord;
 use crate::telemetry::capture::rfc3339;
 
@@ -143,20 +143,13 @@ impl Slot {
         });
         self.failed = None;
         self.next_start = None;
-        let context = PluginContext {
-            instance: self.id.clone(),
-            user_id: record.user_id.clone(),
-            data_dir: shared.layout.plugin_data_dir(&self.id),
-            database_path: shared.layout.plugin_database(&self.id),
-            limiter: self.limiter.clone(),
-        };
         let task = tokio::spawn(instance_task::run(
             shared.clone(),
             self.config.clone(),
             record,
             self.status.clone(),
             self.counters.clone(),
-            context,
+            self.limiter.clone(),
             stop_rx,
         ));
         self.run = Some(Running { stop, task, started: Instant::now() });

@@ -406,6 +406,21 @@ pub(super) fn to_send(
             let content = serde_json::json!({"redacts": event, "reason": reason});
             (here()?, derived(index), outbox::REDACTION, content.to_string())
         }
+        Action::Member { room_id, user_id, change, reason } => {
+            let content = serde_json::json!({"user_id": user_id, "change": change, "reason": reason});
+            (room_id.to_string(), derived(index), outbox::MEMBER, content.to_string())
+        }
+        Action::SetState { room_id, state } => (room_id.to_string(), derived(index), outbox::STATE, json(&state)),
+        Action::SetPowerLevel { room_id, user_id, level } => {
+            let content = serde_json::json!({"user_id": user_id, "level": level});
+            (room_id.to_string(), derived(index), outbox::POWER_LEVEL, content.to_string())
+        }
+        // Queued under its alias: it has no room id yet.
+        Action::CreateRoom(spec) => (format!("#{}", spec.alias), derived(index), outbox::CREATE_ROOM, json(&spec)),
+        Action::SendFile { room_id, file, key } => {
+            let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(|| derived(index));
+            (room_id.to_string(), txn_id, outbox::FILE, json(&file))
+        }
         Action::Job { .. } => unreachable!("jobs are kept, not sent"),
     };
     Ok(OutboxEntry {

@@ -34,6 +34,7 @@ use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt, UserId};
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::matrix_errors::retry_after;
 use crate::plugin::{EventType, Plugin, PluginContext, PluginError, Subscriptions};
 use crate::state::db::{JobRecord, OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
@@ -222,6 +223,7 @@ impl Instance {
             db: self.db.clone(),
             counters: self.counters.clone(),
             outstanding: outstanding.clone(),
+            private_dir: Arc::new(self.context.data_dir.clone()),
         };
         let sender = sender.run(owed, queue, sender_stopped);
         tokio::pin!(sender);
@@ -551,30 +553,10 @@ fn escape_for_transaction_id(text: &str) -> String {
     escaped
 }
 
-/// How long the homeserver asked us to wait (`M_LIMIT_EXCEEDED`, `retry_after_ms` / `Retry-After`).
-pub fn retry_after(error: &matrix_sdk::Error) -> Option<Duration> {
-    match error.client_api_error_kind() {
-        Some(ErrorKind::LimitExceeded(data)) => match data.retry_after.as_ref() {
-            Some(matrix_sdk::ruma::api::error::RetryAfter::Delay(delay)) => Some(*delay),
-            Some(matrix_sdk::ruma::api::error::RetryAfter::DateTime(at)) => {
-                Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-            }
-            // Rate limited without saying for how long: wait a little.
-            None => Some(Duration::from_secs(1)),
-        },
-        _ => None,
-    }
-}
-
 /// The login is gone for good: a revoked or unknown token (a soft logout would need a new login, which `run`
 /// never does), or a deactivated account.
 fn is_permanently_refused(error: &matrix_sdk::Error) -> bool {
     matches!(error.client_api_error_kind(), Some(ErrorKind::UnknownToken(_) | ErrorKind::UserDeactivated))
-}
-
-/// A 4xx other than rate limiting: the same request will fail again.
-fn is_permanent(error: &matrix_sdk::Error) -> bool {
-    error.as_client_api_error().is_some_and(|e| e.status_code.is_client_error() && e.status_code.as_u16() != 429)
 }
 
 /// Exponential backoff with jitter between retries inside one run: about 0.5 s, 1 s, 2 s, 4 s ... up to 30 s

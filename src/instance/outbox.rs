@@ -13,13 +13,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use matrix_sdk::Client;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, TransactionId};
+use matrix_sdk::attachment::{
+    AttachmentConfig, AttachmentInfo, BaseAudioInfo, BaseFileInfo, BaseImageInfo, BaseVideoInfo,
+};
+use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, TransactionId, UInt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Counters, backoff, is_permanent, retry_after};
+use super::{Counters, backoff};
+use crate::matrix_errors::{is_permanent, retry_after};
+use crate::plugin::FileSpec;
+use crate::plugin::room_ops::{self, MemberChange, Outcome, RoomOpError, RoomSpec, StateSpec};
 use crate::state::Database;
 use crate::state::db::{OutboxEntry, now_unix};
 use crate::telemetry::scrub::scrubbed;
@@ -30,6 +39,15 @@ const MAX_IN_FLIGHT: usize = 4;
 /// The `event_type` of an outbox entry that redacts: its content is `{"redacts": EVENT_ID, "reason": ...}`, and it
 /// goes out as `PUT /rooms/{room}/redact/{event}/{txn}` (with the same transaction-id deduplication as a send).
 pub const REDACTION: &str = "m.room.redaction";
+/// Outbox entries for room operations that check before they act (`plugin::room_ops`); their content is the
+/// operation. Repeated after a crash they find the room as asked and send nothing.
+pub const MEMBER: &str = "maubot.member";
+pub const STATE: &str = "maubot.state";
+pub const POWER_LEVEL: &str = "maubot.power_level";
+/// Queued under `#<alias>` as its room: the room has no id yet.
+pub const CREATE_ROOM: &str = "maubot.create_room";
+/// A file of the plugin's to upload and post ([`FileSpec`]), with the entry's transaction id.
+pub const FILE: &str = "maubot.file";
 
 /// How many sends the outbox holds that are not done yet, for the sync loop: it lets the sends of a batch go out
 /// before it starts its next long poll (each answer would otherwise wake that poll at once, one sync per answer).
@@ -73,10 +91,14 @@ pub struct Sender {
     pub db: Arc<Database>,
     pub counters: Arc<Counters>,
     pub outstanding: Arc<Outstanding>,
+    /// The plugin's private directory: the only place files are posted from.
+    pub private_dir: Arc<PathBuf>,
 }
 
 enum Sent {
     Done,
+    /// A room operation found the room as asked: nothing was sent.
+    Unchanged,
     /// Wait this long, then send again (rate limited).
     Limited(Duration),
     /// Refused for good.
@@ -162,7 +184,7 @@ impl Sender {
                 let Some(room) = queues.next_room(now) else { break };
                 let entry = queues.rooms[&room].front().cloned().expect("a ready room has a send");
                 queues.busy.insert(room);
-                in_flight.spawn(send(self.client.clone(), entry));
+                in_flight.spawn(send(self.client.clone(), self.private_dir.clone(), entry));
             }
             if stopping && in_flight.is_empty() {
                 return;
@@ -190,8 +212,10 @@ impl Sender {
         queues.busy.remove(&entry.room_id);
         let answers = entry.answers.as_deref().unwrap_or("-");
         match outcome {
-            Sent::Done | Sent::Refused(_) => {
-                if let Sent::Refused(why) = &outcome {
+            Sent::Done | Sent::Unchanged | Sent::Refused(_) => {
+                if let Sent::Unchanged = &outcome {
+                    tracing::info!(instance = %self.id, room_id = %entry.room_id, event_id = %answers, operation = %entry.event_type, "already as asked; nothing sent");
+                } else if let Sent::Refused(why) = &outcome {
                     tracing::error!(
                         instance = %self.id,
                         room_id = %entry.room_id,
@@ -213,6 +237,8 @@ impl Sender {
                 if let Err(e) = self.db.remove_sent(&self.id, entry.seq).await {
                     // It stays owed: sent again after a restart, and deduplicated by its transaction id.
                     tracing::warn!(instance = %self.id, error = %e, "could not remove a sent answer from the outbox");
+                } else if entry.event_type == FILE && matches!(outcome, Sent::Done) {
+                    self.remove_posted_file(&entry);
                 }
             }
             Sent::Limited(wait) => {
@@ -242,38 +268,144 @@ impl Sender {
     }
 }
 
-async fn send(client: Client, entry: OutboxEntry) -> (OutboxEntry, Sent) {
-    let outcome = match OwnedRoomId::try_from(entry.room_id.as_str()).ok().and_then(|id| client.get_room(&id)) {
-        None => Sent::Refused("the bot is not in this room any more".into()),
-        Some(room) if room.state() != matrix_sdk::RoomState::Joined => {
-            Sent::Refused("the bot is not in this room (it left, was removed, or was only invited)".into())
+impl Sender {
+    /// Deletes a posted file whose plugin asked for that (only after its entry left the outbox: a crash before
+    /// leaves the file for the repeat).
+    fn remove_posted_file(&self, entry: &OutboxEntry) {
+        let Ok(spec) = serde_json::from_str::<FileSpec>(&entry.content) else { return };
+        if !spec.remove {
+            return;
         }
-        // Joined moments ago and not synced since: the client does not know yet whether the room is encrypted
-        // (it would send in the clear). The room's next sync tells; until then the send waits its turn again.
-        Some(room) if !room.is_state_fully_synced() => {
-            Sent::Failed("the bot joined this room moments ago; waiting for its first sync before sending".into())
+        if let Ok(path) = spec.resolve_inside(&self.private_dir)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(instance = %self.id, path = %path.display(), error = %e, "could not delete a posted file");
         }
-        Some(room) => match serde_json::from_str::<serde_json::Value>(&entry.content) {
-            Err(e) => Sent::Refused(format!("the queued content is not JSON: {e}")),
-            Ok(content) => {
+    }
+}
+
+async fn send(client: Client, private_dir: Arc<PathBuf>, entry: OutboxEntry) -> (OutboxEntry, Sent) {
+    let content = match serde_json::from_str::<serde_json::Value>(&entry.content) {
+        Ok(content) => content,
+        Err(e) => return (entry, Sent::Refused(format!("the queued content is not JSON: {e}"))),
+    };
+    let outcome = match entry.event_type.as_str() {
+        MEMBER | STATE | POWER_LEVEL | CREATE_ROOM => room_operation(&client, &entry, content).await,
+        _ => match joined_room(&client, &entry.room_id) {
+            Err(why) => why,
+            Ok(room) => {
                 let txn_id = <&TransactionId>::from(entry.txn_id.as_str());
-                let result = if entry.event_type == REDACTION {
-                    redact(&room, &content, txn_id).await
-                } else {
-                    room.send_raw(&entry.event_type, content).with_transaction_id(txn_id).await.map(|_| ())
+                let result = match entry.event_type.as_str() {
+                    REDACTION => redact(&room, &content, txn_id).await,
+                    FILE => match send_file(&room, &private_dir, content, txn_id).await {
+                        Ok(result) => result,
+                        Err(why) => return (entry, Sent::Refused(why)),
+                    },
+                    _ => room.send_raw(&entry.event_type, content).with_transaction_id(txn_id).await.map(|_| ()),
                 };
                 match result {
                     Ok(()) => Sent::Done,
-                    Err(e) => match retry_after(&e) {
-                        Some(wait) => Sent::Limited(wait),
-                        None if is_permanent(&e) => Sent::Refused(scrubbed(&e.to_string())),
-                        None => Sent::Failed(scrubbed(&e.to_string())),
-                    },
+                    Err(e) => failed(&e),
                 }
             }
         },
     };
     (entry, outcome)
+}
+
+/// How a failed request goes on: after the wait the homeserver asked for, never (a 4xx), or after a backoff.
+fn failed(e: &matrix_sdk::Error) -> Sent {
+    match retry_after(e) {
+        Some(wait) => Sent::Limited(wait),
+        None if is_permanent(e) => Sent::Refused(scrubbed(&e.to_string())),
+        None => Sent::Failed(scrubbed(&e.to_string())),
+    }
+}
+
+/// The room to send to, if the bot is joined and the room synced (else how the send goes on).
+fn joined_room(client: &Client, room_id: &str) -> Result<matrix_sdk::Room, Sent> {
+    match OwnedRoomId::try_from(room_id).ok().and_then(|id| client.get_room(&id)) {
+        None => Err(Sent::Refused("the bot is not in this room any more".into())),
+        Some(room) if room.state() != matrix_sdk::RoomState::Joined => {
+            Err(Sent::Refused("the bot is not in this room (it left, was removed, or was only invited)".into()))
+        }
+        // Joined moments ago and not synced since: the client does not know yet whether the room is encrypted
+        // (it would send in the clear). The room's next sync tells; until then the send waits its turn again.
+        Some(room) if !room.is_state_fully_synced() => {
+            Err(Sent::Failed("the bot joined this room moments ago; waiting for its first sync before sending".into()))
+        }
+        Some(room) => Ok(room),
+    }
+}
+
+/// Carries out a room operation that checks before it acts (`room_ops`): repeated after a crash, it finds the
+/// room as asked and sends nothing.
+async fn room_operation(client: &Client, entry: &OutboxEntry, content: serde_json::Value) -> Sent {
+    let room =
+        || OwnedRoomId::try_from(entry.room_id.as_str()).map_err(|_| RoomOpError::Invalid("not a room ID".into()));
+    let user = |content: &serde_json::Value| {
+        content["user_id"]
+            .as_str()
+            .and_then(|u| OwnedUserId::try_from(u).ok())
+            .ok_or_else(|| RoomOpError::Invalid("the queued operation names no user".into()))
+    };
+    let invalid = |e: serde_json::Error| RoomOpError::Invalid(format!("the queued operation cannot be read: {e}"));
+    let result = async {
+        match entry.event_type.as_str() {
+            MEMBER => {
+                let change: MemberChange = serde_json::from_value(content["change"].clone()).map_err(invalid)?;
+                let reason = content["reason"].as_str();
+                room_ops::ensure_membership(client, &room()?, &user(&content)?, change, reason).await
+            }
+            STATE => {
+                let state: StateSpec = serde_json::from_value(content).map_err(invalid)?;
+                room_ops::ensure_state(client, &room()?, &state.event_type, &state.state_key, &state.content).await
+            }
+            POWER_LEVEL => {
+                let level = content["level"].as_i64().ok_or_else(|| RoomOpError::Invalid("no level".into()))?;
+                room_ops::ensure_power_level(client, &room()?, &user(&content)?, level).await
+            }
+            _ => {
+                let spec: RoomSpec = serde_json::from_value(content).map_err(invalid)?;
+                let (room_id, outcome) = room_ops::ensure_room(client, &spec).await?;
+                tracing::info!(alias = %spec.alias, room_id = %room_id, "the room exists");
+                Ok(outcome)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(Outcome::Changed) => Sent::Done,
+        Ok(Outcome::AlreadySo) => Sent::Unchanged,
+        Err(RoomOpError::Invalid(why)) => Sent::Refused(why),
+        Err(RoomOpError::Matrix(e)) => failed(&e),
+    }
+}
+
+/// Uploads a file of the plugin's and posts it. The outer error: the request is wrong (refused for good).
+async fn send_file(
+    room: &matrix_sdk::Room,
+    private_dir: &Path,
+    content: serde_json::Value,
+    txn_id: &TransactionId,
+) -> Result<matrix_sdk::Result<()>, String> {
+    let spec: FileSpec = serde_json::from_value(content).map_err(|e| format!("the queued file cannot be read: {e}"))?;
+    spec.check()?;
+    let path = spec.resolve_inside(private_dir)?;
+    let data = tokio::fs::read(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let mimetype: mime::Mime = spec.mimetype.parse().map_err(|_| "not a MIME type".to_owned())?;
+    let size = UInt::new(data.len() as u64);
+    let (width, height) = (spec.width.map(UInt::from), spec.height.map(UInt::from));
+    let duration = spec.duration_ms.map(Duration::from_millis);
+    let info = match mimetype.type_() {
+        mime::IMAGE => AttachmentInfo::Image(BaseImageInfo { width, height, size, ..Default::default() }),
+        mime::VIDEO => AttachmentInfo::Video(BaseVideoInfo { duration, width, height, size, ..Default::default() }),
+        mime::AUDIO => AttachmentInfo::Audio(BaseAudioInfo { duration, size, ..Default::default() }),
+        _ => AttachmentInfo::File(BaseFileInfo { size }),
+    };
+    let caption = spec.caption.clone().map(TextMessageEventContent::plain);
+    let config = AttachmentConfig::new().txn_id(txn_id.to_owned()).info(info).caption(caption);
+    Ok(room.send_attachment(spec.shown_name(), &mimetype, data, config).await.map(|_| ()))
 }
 
 async fn redact(

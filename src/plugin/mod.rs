@@ -11,20 +11,26 @@
 
 pub mod event;
 pub mod exec;
+pub mod file;
 pub mod http;
 pub mod invites;
 pub mod job;
+pub mod matrix_view;
 pub mod ping;
 pub mod rate_limit;
 pub mod registry;
+pub mod room_ops;
 pub mod storage;
 
 use async_trait::async_trait;
 pub use event::{ChangedBy, Event, EventKind, EventType, Membership, Message, MessageKind, Relation, Subscriptions};
+pub use file::FileSpec;
 pub use job::{Job, JobOrigin};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+pub use matrix_view::MatrixView;
 pub use rate_limit::RateLimiter;
+pub use room_ops::{MemberChange, RoomSpec, StateSpec};
 
 /// A problem in a plugin's `config`, relative to it (`key` is a dotted path below `instances.<id>.config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,9 @@ pub struct PluginContext {
     pub data_dir: std::path::PathBuf,
     /// Where the plugin's database is (`open_database`); nothing is there until a plugin opens it.
     pub database_path: std::path::PathBuf,
+    /// The narrow view of the bot's Matrix client (`matrix_view.rs`): rooms, members, state, and room
+    /// operations that check before they act; each call behind `limiter`.
+    pub matrix: MatrixView,
     pub limiter: std::sync::Arc<RateLimiter>,
 }
 
@@ -90,6 +99,18 @@ pub enum Action {
     /// Accept a job (`job.rs`): kept with the mark that the event was handled, then run by
     /// [`Plugin::run_job`] off the sync loop; its replies answer this event. Not accepted twice per key.
     Job { key: String, payload: serde_json::Value },
+    /// Invite, kick, ban or unban a user, unless their membership already is so (read from the homeserver
+    /// first). Needs the power to do it.
+    Member { room_id: OwnedRoomId, user_id: OwnedUserId, change: MemberChange, reason: Option<String> },
+    /// Set a state event, unless the room already has it with this content.
+    SetState { room_id: OwnedRoomId, state: StateSpec },
+    /// Give a user a power level, unless they have it (in room version 12 on, creators need none).
+    SetPowerLevel { room_id: OwnedRoomId, user_id: OwnedUserId, level: i64 },
+    /// Create a room or Space, unless its alias exists already (looked up first).
+    CreateRoom(Box<RoomSpec>),
+    /// Upload a file from the plugin's private directory and post it to a joined room (encrypted where the
+    /// room is): the upload happens at least once, the post once (its transaction id is derived like a send's).
+    SendFile { room_id: OwnedRoomId, file: Box<FileSpec>, key: Option<String> },
 }
 
 /// What a plugin does on its own, outside any event (its `run` task, a timer, a program wrote it, an HTTP

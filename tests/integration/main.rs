@@ -15,5 +15,6 @@ mod lifecycle;
 mod notify;
 mod plugin_events;
 mod plugin_http;
+mod room_actions;
 mod sending;
 mod setup_run;

@@ -8,6 +8,7 @@
 //! that exits, writes something that is not protocol, or misses a deadline ends the instance's run; the
 //! supervisor restarts it with its backoff.
 
+mod calls;
 mod program;
 pub mod protocol;
 
@@ -17,16 +18,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use tokio::sync::{Mutex, watch};
 
 use self::program::{Input, JobAnswer, JobWaiters, Launch, Line, Program};
 use self::protocol::Common;
-use self::protocol::{FromProgram, ToProgram};
+use self::protocol::{FromProgram, MemberLine, ToProgram};
 use super::{
-    Action, ConfigProblem, Event, EventKind, EventType, Job, Plugin, PluginContext, PluginError, PluginType, Relation,
-    Subscriptions, Unprompted, UnpromptedSink, http, invites, job, parse_config,
+    Action, ConfigProblem, Event, EventKind, EventType, Job, MemberChange, Plugin, PluginContext, PluginError,
+    PluginType, Relation, StateSpec, Subscriptions, Unprompted, UnpromptedSink, http, invites, job, parse_config,
 };
 
 /// Longest `event_timeout_secs`: below the supervisor's hang detection (a sync's long poll plus 90 s).
@@ -179,6 +180,7 @@ impl Plugin for Exec {
             command: &self.config.command,
             args: &self.config.args,
             data_dir: &context.data_dir,
+            view: &context.matrix,
         };
         let mut program = Program::start(&launch, unprompted, self.fault.clone())?;
         program
@@ -231,7 +233,7 @@ impl Plugin for Exec {
         *self.subscriptions.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn on_event(&self, _context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError> {
+    async fn on_event(&self, context: &PluginContext, event: &Event) -> Result<Vec<Action>, PluginError> {
         let mut guard = self.program.lock().await;
         let program = guard.as_mut().ok_or_else(|| PluginError::transient("the program is not running"))?;
         let id = event.event_id.as_str();
@@ -262,7 +264,7 @@ impl Plugin for Exec {
                 program.end();
                 return Ok(actions);
             }
-            actions.push(to_action(answer, id).map_err(PluginError::transient)?);
+            actions.push(to_action(answer, id, &context.data_dir).map_err(PluginError::transient)?);
             if actions.len() > MAX_ACTIONS_PER_EVENT {
                 return Err(PluginError::transient(format!(
                     "the program took more than {MAX_ACTIONS_PER_EVENT} actions for one event"
@@ -327,7 +329,7 @@ impl Plugin for Exec {
         }
     }
 
-    async fn run_job(&self, _context: &PluginContext, job: &Job) -> Result<Vec<Action>, PluginError> {
+    async fn run_job(&self, context: &PluginContext, job: &Job) -> Result<Vec<Action>, PluginError> {
         let link = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (input, waiters) = link.ok_or_else(|| PluginError::transient("the program is not running"))?;
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -349,7 +351,10 @@ impl Plugin for Exec {
             match tokio::time::timeout(deadline, answered).await {
                 Ok(Ok(JobAnswer::Done(actions))) => {
                     let handling = origin.map(|o| o.event_id.as_str()).unwrap_or_default();
-                    actions.into_iter().map(|a| job_action(a, handling)).collect::<Result<Vec<_>, _>>()
+                    actions
+                        .into_iter()
+                        .map(|a| job_action(a, handling, &context.data_dir))
+                        .collect::<Result<Vec<_>, _>>()
                 }
                 Ok(Ok(JobAnswer::Failed { error, permanent })) => {
                     let message = format!("the program says: {}", crate::telemetry::scrub::for_log(&error));
@@ -557,8 +562,22 @@ fn event_id(text: &str) -> Result<OwnedEventId, String> {
     OwnedEventId::try_from(text).map_err(|_| format!("`{}` is not an event ID", crate::telemetry::scrub::for_log(text)))
 }
 
-/// An action the program took for event `handling`.
-fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
+fn user_id(text: &str) -> Result<OwnedUserId, String> {
+    OwnedUserId::try_from(text).map_err(|_| format!("`{}` is not a user ID", crate::telemetry::scrub::for_log(text)))
+}
+
+/// A membership change the program asked for.
+fn member(line: MemberLine, change: MemberChange) -> Result<Action, String> {
+    Ok(Action::Member {
+        room_id: room_id(&line.room_id)?,
+        user_id: user_id(&line.user_id)?,
+        change,
+        reason: line.reason,
+    })
+}
+
+/// An action the program took for event `handling`; `data_dir` is where relative file paths point.
+fn to_action(answer: FromProgram, handling: &str, data_dir: &std::path::Path) -> Result<Action, String> {
     match answer {
         FromProgram::Reply { to, body, html, notice } => {
             if to != handling {
@@ -580,6 +599,29 @@ fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
             job::check(&key, &payload).map_err(|e| e.to_string())?;
             Ok(Action::Job { key, payload })
         }
+        FromProgram::Invite(line) => member(line, MemberChange::Invite),
+        FromProgram::Kick(line) => member(line, MemberChange::Kick),
+        FromProgram::Ban(line) => member(line, MemberChange::Ban),
+        FromProgram::Unban(line) => member(line, MemberChange::Unban),
+        FromProgram::SetState { room_id: room, event_type, state_key, content } => {
+            if !content.is_object() {
+                return Err(format!("the content of `set_state` {event_type} must be an object"));
+            }
+            Ok(Action::SetState { room_id: room_id(&room)?, state: StateSpec { event_type, state_key, content } })
+        }
+        FromProgram::SetPowerLevel { room_id: room, user_id: user, level } => {
+            Ok(Action::SetPowerLevel { room_id: room_id(&room)?, user_id: user_id(&user)?, level })
+        }
+        FromProgram::CreateRoom { room } => {
+            room.check()?;
+            Ok(Action::CreateRoom(Box::new(room)))
+        }
+        FromProgram::SendFile { room_id: room, mut file, key } => {
+            file.path = data_dir.join(&file.path);
+            file.check()?;
+            Ok(Action::SendFile { room_id: room_id(&room)?, file: Box::new(file), key })
+        }
+        FromProgram::Call { .. } => unreachable!("answered by the reader"),
         FromProgram::Ready { .. } => Err("the program said `ready` again".into()),
         FromProgram::JobDone { .. } | FromProgram::JobFailed { .. } => {
             Err("a job's `job_done` or `job_failed` cannot be an action".into())
@@ -590,10 +632,10 @@ fn to_action(answer: FromProgram, handling: &str) -> Result<Action, String> {
 }
 
 /// An action in a program's `job_done` (replies go to the event the job was accepted for, `handling`).
-fn job_action(answer: FromProgram, handling: &str) -> Result<Action, PluginError> {
+fn job_action(answer: FromProgram, handling: &str, data_dir: &std::path::Path) -> Result<Action, PluginError> {
     let answer = match answer {
-        FromProgram::Log { .. } | FromProgram::Done { .. } => {
-            return Err(PluginError::permanent("a `job_done` may hold only reply, send, react, edit, redact and job"));
+        FromProgram::Log { .. } | FromProgram::Done { .. } | FromProgram::Call { .. } => {
+            return Err(PluginError::permanent("a `job_done` may hold only actions (reply, send, ..., send_file)"));
         }
         FromProgram::Reply { .. } if handling.is_empty() => {
             return Err(PluginError::permanent(
@@ -602,7 +644,7 @@ fn job_action(answer: FromProgram, handling: &str) -> Result<Action, PluginError
         }
         answer => answer,
     };
-    to_action(answer, handling).map_err(PluginError::permanent)
+    to_action(answer, handling, data_dir).map_err(PluginError::permanent)
 }
 
 /// A `send` or `job` the program wrote outside an event: it must name its key (it makes it idempotent).
@@ -673,15 +715,17 @@ mod tests {
     #[test]
     fn edits_and_redactions_name_an_event() {
         let edit = FromProgram::Edit { to: "$m:x".into(), body: "new".into(), html: None, notice: true };
-        assert!(matches!(to_action(edit, "$a"), Ok(Action::Edit { to, .. }) if to == "$m:x"));
+        assert!(
+            matches!(to_action(edit, "$a", std::path::Path::new("/d")), Ok(Action::Edit { to, .. }) if to == "$m:x")
+        );
         let redact = FromProgram::Redact { to: "nope".into(), reason: None };
-        assert!(to_action(redact, "$a").unwrap_err().contains("not an event ID"));
+        assert!(to_action(redact, "$a", std::path::Path::new("/d")).unwrap_err().contains("not an event ID"));
     }
 
     #[test]
     fn a_reply_answers_the_event_being_handled() {
         let reply = |to: &str| FromProgram::Reply { to: to.into(), body: "b".into(), html: None, notice: false };
-        assert!(matches!(to_action(reply("$a"), "$a"), Ok(Action::Reply(_))));
-        assert!(to_action(reply("$b"), "$a").unwrap_err().contains("while handling $a"));
+        assert!(matches!(to_action(reply("$a"), "$a", std::path::Path::new("/d")), Ok(Action::Reply(_))));
+        assert!(to_action(reply("$b"), "$a", std::path::Path::new("/d")).unwrap_err().contains("while handling $a"));
     }
 }

@@ -58,6 +58,8 @@ pub struct Launch<'a> {
     pub command: &'a Path,
     pub args: &'a [String],
     pub data_dir: &'a Path,
+    /// What the program's `call`s use.
+    pub view: &'a crate::plugin::MatrixView,
 }
 
 impl Program {
@@ -99,6 +101,7 @@ impl Program {
         let current = Arc::new(Mutex::new(None));
         let jobs = JobWaiters::default();
         tokio::spawn(log_stderr(launch.instance.to_owned(), stderr));
+        let input = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
         let reader = Reader {
             instance: launch.instance.to_owned(),
             lines: tx,
@@ -106,9 +109,11 @@ impl Program {
             jobs: jobs.clone(),
             unprompted,
             fault,
+            input: input.clone(),
+            view: launch.view.clone(),
+            calls: Arc::new(tokio::sync::Semaphore::new(super::calls::MAX_CALLS_IN_FLIGHT)),
         };
         tokio::spawn(reader.run(stdout));
-        let input = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
         Ok(Program { input, child, lines, current, jobs })
     }
 
@@ -197,6 +202,11 @@ struct Reader {
     jobs: JobWaiters,
     unprompted: UnpromptedSink,
     fault: Arc<watch::Sender<Option<String>>>,
+    /// Where the answers to calls are written.
+    input: Input,
+    view: crate::plugin::MatrixView,
+    /// Calls waiting for their answer, at most [`super::calls::MAX_CALLS_IN_FLIGHT`].
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reader {
@@ -243,6 +253,10 @@ impl Reader {
             }
             return Ok(());
         }
+        if let FromProgram::Call { id, method, params } = message {
+            self.call(id, method, params);
+            return Ok(());
+        }
         if let FromProgram::JobDone { key, .. } | FromProgram::JobFailed { key, .. } = &message {
             let waiter = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
             let Some(waiter) = waiter else {
@@ -278,6 +292,32 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Answers a call beside everything else (its `result` is written whenever it is ready).
+    fn call(&self, id: String, method: String, params: serde_json::Value) {
+        let (input, view) = (self.input.clone(), self.view.clone());
+        let permit = self.calls.clone().try_acquire_owned();
+        tokio::spawn(async move {
+            let answer = match permit {
+                Ok(_permit) => super::calls::answer(&view, &method, params).await,
+                Err(_) => Err(protocol::CallError {
+                    code: "too_many_calls".into(),
+                    message: format!(
+                        "at most {} calls may wait for their result at once",
+                        super::calls::MAX_CALLS_IN_FLIGHT
+                    ),
+                }),
+            };
+            let (value, error) = match answer {
+                Ok(value) => (Some(value), None),
+                Err(error) => (None, Some(error)),
+            };
+            // A program that is gone hears nothing: its reader reports the end.
+            let _ = write_line(&input, &protocol::ToProgram::Result { to: &id, value, error }).await;
+        });
+    }
+}
+
 fn kind(message: &FromProgram) -> &'static str {
     match message {
         FromProgram::Ready { .. } => "ready",
@@ -290,6 +330,15 @@ fn kind(message: &FromProgram) -> &'static str {
         FromProgram::HttpResponse { .. } => "http_response",
         FromProgram::JobDone { .. } => "job_done",
         FromProgram::JobFailed { .. } => "job_failed",
+        FromProgram::Invite(_) => "invite",
+        FromProgram::Kick(_) => "kick",
+        FromProgram::Ban(_) => "ban",
+        FromProgram::Unban(_) => "unban",
+        FromProgram::SetState { .. } => "set_state",
+        FromProgram::SetPowerLevel { .. } => "set_power_level",
+        FromProgram::CreateRoom { .. } => "create_room",
+        FromProgram::SendFile { .. } => "send_file",
+        FromProgram::Call { .. } => "call",
         FromProgram::Log { .. } => "log",
         FromProgram::Done { .. } => "done",
     }

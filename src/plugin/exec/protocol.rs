@@ -103,7 +103,33 @@ pub enum ToProgram<'a> {
         /// Milliseconds since the epoch.
         ts: u64,
     },
+    /// The answer to a `call`: `value` when it worked, else `error`.
+    Result {
+        to: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<CallError>,
+    },
     Shutdown,
+}
+
+/// Why a `call` failed: `code` is the homeserver's `errcode` (`M_FORBIDDEN`, ...) when it refused, else one of
+/// `unknown_method`, `bad_params`, `too_many_calls`, `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A membership change a program asks for (`invite`, `kick`, `ban`, `unban`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberLine {
+    pub room_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What every event carries.
@@ -199,6 +225,43 @@ pub enum FromProgram {
         #[serde(default)]
         permanent: bool,
     },
+    /// Membership changes, carried out unless the user's membership already is so.
+    Invite(MemberLine),
+    Kick(MemberLine),
+    Ban(MemberLine),
+    Unban(MemberLine),
+    /// A state event, sent unless the room has it with this content.
+    SetState {
+        room_id: String,
+        event_type: String,
+        #[serde(default)]
+        state_key: String,
+        content: serde_json::Value,
+    },
+    SetPowerLevel {
+        room_id: String,
+        user_id: String,
+        level: i64,
+    },
+    /// A room or Space, created unless its alias exists.
+    CreateRoom {
+        room: crate::plugin::RoomSpec,
+    },
+    /// A file in the program's data directory (`path` relative to it, or absolute inside it), uploaded and
+    /// posted once.
+    SendFile {
+        room_id: String,
+        file: crate::plugin::FileSpec,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    /// A question to the host about Matrix or a room operation, at any time; answered with `result`.
+    Call {
+        id: String,
+        method: String,
+        #[serde(default)]
+        params: serde_json::Value,
+    },
     Log {
         level: LogLevel,
         message: String,
@@ -263,7 +326,14 @@ mod tests {
             Some("integer") => 1.into(),
             Some("boolean") => true.into(),
             Some("array") => serde_json::json!([]),
-            _ => serde_json::json!({}),
+            // A nested object with its required fields (a room spec, a file).
+            _ => {
+                let properties = property["properties"].as_object();
+                let required = property["required"].as_array().into_iter().flatten();
+                let fields =
+                    required.filter_map(|k| k.as_str()).map(|k| (k.to_owned(), example(&properties.unwrap()[k])));
+                serde_json::Value::Object(fields.collect())
+            }
         }
     }
 
@@ -272,7 +342,7 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/exec-protocol.schema.json")).unwrap();
         let from = schema["$defs"]["FromProgram"]["oneOf"].as_array().unwrap();
-        assert_eq!(from.len(), 12, "one schema per message a program may write");
+        assert_eq!(from.len(), 21, "one schema per message a program may write");
         for variant in from {
             let properties = variant["properties"].as_object().unwrap();
             let required: serde_json::Map<_, _> = variant["required"]
@@ -333,6 +403,11 @@ mod tests {
                 client_common_name: Some("caller"),
             },
             ToProgram::Tick { id: "tick-1", ts: 1 },
+            ToProgram::Result {
+                to: "c1",
+                value: Some(content.clone()),
+                error: Some(CallError { code: "M_FORBIDDEN".into(), message: "no".into() }),
+            },
             ToProgram::Shutdown,
         ];
         assert_eq!(written.len(), to.len(), "one schema per message the host writes");
@@ -347,6 +422,26 @@ mod tests {
             }
             assert_eq!(value["type"], variant["properties"]["type"]["const"]);
         }
+    }
+
+    #[test]
+    fn room_actions_and_calls_parse() {
+        let invite = parse(br#"{"type":"invite","room_id":"!r:x","user_id":"@u:x"}"#).unwrap();
+        assert_eq!(
+            invite,
+            FromProgram::Invite(MemberLine { room_id: "!r:x".into(), user_id: "@u:x".into(), reason: None })
+        );
+        let create = parse(br#"{"type":"create_room","room":{"alias":"ops","space":true}}"#).unwrap();
+        assert!(matches!(create, FromProgram::CreateRoom { room } if room.alias == "ops" && room.space));
+        assert!(
+            parse(br#"{"type":"create_room","room":{"alias":"ops","nmae":"x"}}"#)
+                .unwrap_err()
+                .contains("unknown field `nmae`")
+        );
+        let call = parse(br#"{"type":"call","id":"c1","method":"members","params":{"room_id":"!r:x"}}"#).unwrap();
+        assert!(matches!(call, FromProgram::Call { id, method, .. } if id == "c1" && method == "members"));
+        let result = ToProgram::Result { to: "c1", value: Some(serde_json::json!([])), error: None };
+        assert_eq!(String::from_utf8(line(&result)).unwrap(), "{\"type\":\"result\",\"to\":\"c1\",\"value\":[]}\n");
     }
 
     #[test]
