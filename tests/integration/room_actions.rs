@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `!topic TEXT`, `!invite|kick|ban|unban USER`, `!power USER N`, `!create ALIAS`: actions. `!members`,
 /// `!version`, `!ensure ALIAS`, `!nosuch`: calls, whose results it replies with. `!file`: writes a file in its
-/// data directory and posts it (removed afterwards).
+/// data directory and posts it (removed afterwards). Membership changes made by the bot it says in the room.
 const PROBE: &str = r#"#!/usr/bin/env python3
 import json, os, sys
 def say(m):
@@ -37,12 +37,16 @@ def call(method, params):
             return m
     sys.exit(1)
 json.loads(sys.stdin.readline())
-say({"type": "ready"})
+say({"type": "ready", "subscribe": ["membership"]})
 for line in sys.stdin:
     m = json.loads(line)
     if m["type"] == "shutdown":
         break
-    if m["type"] != "message":
+    if m["type"] == "membership":
+        if m["by"] == "bot":
+            said = f"saw {m['user_id']} {m['membership']} by bot"
+            say({"type": "send", "room_id": m["room_id"], "body": said, "notice": True})
+        say({"type": "done", "to": m["id"]})
         continue
     room, words = m["room_id"], m["body"].split(" ")
     cmd, args = words[0], words[1:]
@@ -144,6 +148,16 @@ async fn room_actions_check_before_they_act_calls_answer_and_a_file_is_posted_en
                 let now = seen.await?;
                 (now == expected).then_some(())
             }
+        })
+        .await;
+    }
+
+    // The plugin heard of the bot's own changes as the bot's.
+    for change in ["invite", "leave", "ban"] {
+        let line = format!("saw {other_id} {change} by bot");
+        eventually(TIMEOUT, &line, || {
+            let found = person.messages_from(&bot).iter().any(|m| m.body == line);
+            async move { found.then_some(()) }
         })
         .await;
     }
