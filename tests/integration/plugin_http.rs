@@ -107,6 +107,7 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
             dir.join("ca.pem").display()
         ),
     ]);
+    env.enable_api_login();
     env.write_config();
     env.setup();
     let mut daemon = env.spawn_run();
@@ -170,8 +171,15 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
     })
     .await;
 
-    // Stopping the host closes the listener.
+    // An operator stops the bot: its routes answer 503 and its listener is closed, while the host runs on.
+    let mut admin = crate::harness::api::Api::new(&env);
+    admin.login().await;
+    assert_eq!(admin.post("/api/v1/instances/hooks/stop").await.0, 200);
+    admin.wait_state("hooks", &["stopped"], TIMEOUT).await;
+    let (status, body) =
+        status_of(http.post(format!("{api}/_plugins/hooks/echo")).body("x").send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("instance_not_serving")), "{body}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the stopped bot's listener is closed");
     assert_eq!(daemon.stop().code(), Some(0));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the listener is closed");
     assert!(!daemon.log().contains("BEGIN PRIVATE KEY"), "the key is not in the log");
 }

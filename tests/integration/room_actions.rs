@@ -20,7 +20,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `!topic TEXT`, `!invite|kick|ban|unban USER`, `!power USER N`, `!create ALIAS`: actions. `!members`,
 /// `!version`, `!ensure ALIAS`, `!nosuch`: calls, whose results it replies with. `!file`: writes a file in its
-/// data directory and posts it (removed afterwards). Membership changes made by the bot it says in the room.
+/// data directory and posts it (removed afterwards). Membership changes made by the bot it says in the room;
+/// invites the host declined it logs.
 const PROBE: &str = r#"#!/usr/bin/env python3
 import json, os, sys
 def say(m):
@@ -37,11 +38,16 @@ def call(method, params):
             return m
     sys.exit(1)
 json.loads(sys.stdin.readline())
-say({"type": "ready", "subscribe": ["membership"]})
+say({"type": "ready", "subscribe": ["membership", "invite"]})
 for line in sys.stdin:
     m = json.loads(line)
     if m["type"] == "shutdown":
         break
+    if m["type"] == "invite":
+        if not m["joined"]:
+            say({"type": "log", "level": "info", "message": f"declined {m['room_id']} from {m['sender']}"})
+        say({"type": "done", "to": m["id"]})
+        continue
     if m["type"] == "membership":
         if m["by"] == "bot":
             said = f"saw {m['user_id']} {m['membership']} by bot"
@@ -98,6 +104,8 @@ async fn room_actions_check_before_they_act_calls_answer_and_a_file_is_posted_en
     let program = env.dir.path().join("rooms.py");
     std::fs::write(&program, PROBE).unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Invites only from the person (`rut-`), not from the other user (`oda-`).
+    env.allow_invites_from = vec!["@rut-*:*".into()];
     env.use_exec("rooms", &program, &[]);
     env.setup();
     let mut daemon = env.spawn_run();
@@ -161,6 +169,20 @@ async fn room_actions_check_before_they_act_calls_answer_and_a_file_is_posted_en
         })
         .await;
     }
+
+    // An invite from someone not allowed: declined, and the plugin hears of it first.
+    let elsewhere = other.create_room(false, &[&bot]).await;
+    daemon.wait_for_log(&format!("program: declined {} from {other_id}", elsewhere.room_id()), TIMEOUT);
+    eventually(TIMEOUT, "the bot to decline the invite", || {
+        let elsewhere = elsewhere.room_id().to_owned();
+        let other = &other;
+        let bot = bot.clone();
+        async move {
+            let member = server_state(other, &elsewhere, "m.room.member", &bot).await?;
+            (member["membership"] == "leave").then_some(())
+        }
+    })
+    .await;
 
     // Power levels, read and written whole.
     person.send_text(&room, &format!("!power {other_id} 50")).await;
