@@ -73,9 +73,7 @@ async fn every_event_kind_reaches_a_subscribed_plugin_and_edits_and_redactions_a
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["probe"]).await;
     let bot = env.user_id("probe");
-    let program = env.dir.path().join("probe.py");
-    std::fs::write(&program, PROBE).unwrap();
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = env.write_program("probe.py", PROBE);
     env.use_exec("probe", &program, &[]);
     env.setup();
     let mut daemon = env.spawn_run();

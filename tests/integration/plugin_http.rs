@@ -1,7 +1,6 @@
 //! Plugins that serve HTTP: routes under the management server and a listener of the bot's own with TLS and
 //! client certificates, reached by a real HTTP client; work accepted over HTTP posted to a room once.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
@@ -88,9 +87,7 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
     std::fs::write(dir.join("server.pem"), &server_cert).unwrap();
     std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
     env.write_credential("hooks-tls-key", &server_key);
-    let program = dir.join("probe.py");
-    std::fs::write(&program, PROBE).unwrap();
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = env.write_program("probe.py", PROBE);
     let port = free_port();
     env.use_exec(
         "hooks",

@@ -2,7 +2,6 @@
 //! plugin's private directory, end to end against the real Synapse: a probe program (`exec`) turns commands
 //! into actions and calls; a person's client reads the room's state from the homeserver.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
@@ -101,9 +100,7 @@ async fn room_actions_check_before_they_act_calls_answer_and_a_file_is_posted_en
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["rooms"]).await;
     let bot = env.user_id("rooms");
-    let program = env.dir.path().join("rooms.py");
-    std::fs::write(&program, PROBE).unwrap();
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = env.write_program("rooms.py", PROBE);
     // Invites only from the person (`rut-`), not from the other user (`oda-`).
     env.allow_invites_from = vec!["@rut-*:*".into()];
     env.use_exec("rooms", &program, &[]);

@@ -173,6 +173,15 @@ impl BotEnv {
         std::fs::write(self.config_path(), yaml).unwrap();
     }
 
+    /// Writes an executable program (a script with its `#!` line) into the test's directory; returns its path.
+    pub fn write_program(&self, name: &str, source: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self.dir.path().join(name);
+        std::fs::write(&program, source).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        program
+    }
+
     /// Makes instance `id` an `exec` bot running `program` (an executable path) with these `config` lines.
     pub fn use_exec(&mut self, id: &str, program: &Path, lines: &[&str]) {
         let mut config = vec![format!("command: {}", program.display())];
