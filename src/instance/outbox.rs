@@ -9,11 +9,10 @@
 //!   A send the homeserver refuses for good (no permission, left the room) is logged and dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use std::path::{Path, PathBuf};
 
 use matrix_sdk::Client;
 use matrix_sdk::attachment::{
@@ -266,9 +265,7 @@ impl Sender {
             }
         }
     }
-}
 
-impl Sender {
     /// Deletes a posted file whose plugin asked for that (only after its entry left the outbox: a crash before
     /// leaves the file for the repeat).
     fn remove_posted_file(&self, entry: &OutboxEntry) {

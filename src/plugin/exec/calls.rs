@@ -74,18 +74,12 @@ struct Alias {
     alias: OwnedRoomAliasId,
 }
 
+/// The call's params, read like a plugin config (`parse_config`: the error names the field).
 fn params<T: serde::de::DeserializeOwned>(method: &str, params: Value) -> Result<T, CallError> {
     let params = if params.is_null() { json!({}) } else { params };
-    serde_path_to_error::deserialize(params).map_err(|e| {
-        let path = e.path().to_string();
-        error(
-            "bad_params",
-            format!(
-                "`{method}` params{}: {}",
-                if path == "." { String::new() } else { format!(".{path}") },
-                e.into_inner()
-            ),
-        )
+    crate::plugin::parse_config(&params).map_err(|problem| {
+        let at = if problem.key.is_empty() { String::new() } else { format!(".{}", problem.key) };
+        error("bad_params", format!("`{method}` params{at}: {}", problem.message))
     })
 }
 
@@ -139,8 +133,8 @@ pub async fn answer(view: &MatrixView, method: &str, raw: Value) -> Result<Value
             view.resolve_alias(&p.alias).await.map(|r| json!(r)).map_err(refused)
         }
         "create_room" => {
+            // `ensure_room` checks the spec (a bad one is `bad_params`).
             let spec: RoomSpec = params(method, raw)?;
-            spec.check().map_err(|why| error("bad_params", why))?;
             let (room_id, outcome) = view.ensure_room(&spec).await.map_err(refused)?;
             Ok(json!({"room_id": room_id, "created": outcome == Outcome::Changed}))
         }
