@@ -60,6 +60,13 @@ def memory_kib(pid):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU time the process (all its threads) used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Synapse:
     def __init__(self, work):
         venv = subprocess.run(["bash", os.path.join(HERE, "install-synapse.sh")], check=True,
@@ -71,6 +78,7 @@ class Synapse:
         python = os.path.join(venv, "bin", "python")
         subprocess.run([python, os.path.join(HERE, "synapse-config.py"), data, str(self.port), self.secret,
                         SERVER_NAME], check=True)
+        self.log = os.path.join(data, "homeserver.log")
         self.proc = subprocess.Popen([python, "-m", "synapse.app.homeserver", "-c", f"{data}/homeserver.yaml"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 90
@@ -96,7 +104,7 @@ class Deployment:
     `exec=True` the example program (examples/echo-bot.py) behind the `exec` plugin type."""
 
     def __init__(self, work, synapse, count, exec=False):
-        self.dir = os.path.join(work, f"bots-{count}" + ("-exec" if exec else ""))
+        self.dir = tempfile.mkdtemp(prefix=f"bots-{count}" + ("-exec-" if exec else "-"), dir=work)
         os.makedirs(os.path.join(self.dir, "credentials"))
         with open(os.path.join(self.dir, "credentials", "registration-shared-secret"), "w") as f:
             f.write(synapse.secret)
@@ -107,7 +115,8 @@ class Deployment:
             f"server: {{port: {self.api_port}}}",
             "logging: {level: 'warn,maubot=info'}",
             "homeservers:",
-            f"  local: {{url: '{synapse.url}', registration_shared_secret: {{credential: registration-shared-secret}}}}",
+            f"  local: {{url: '{synapse.url}', "
+            "registration_shared_secret: {credential: registration-shared-secret}}",
             "instances:",
         ]
         kind = "exec" if exec else "ping"
@@ -196,14 +205,193 @@ def sequential_round_trips(person, room, bot, pings):
     return round_trips
 
 
+def history_figures(api, rooms_pings, bots):
+    """Round trips (ms, server timestamps: ping accepted -> reply accepted) and pongs per second of pings sent
+    into several rooms, judged on each room's history; waits up to 120 s for every reply. `rooms_pings` maps a
+    room to the ping event ids sent there, `bots` a room to the bot that answers in it."""
+    deadline = time.monotonic() + 120
+    while True:
+        sent_ts, replies = {}, {}
+        for room, pings in rooms_pings.items():
+            wanted = set(pings)
+            events = room_events(api, room, limit=4 * len(pings) + 200)
+            sent_ts.update({e["event_id"]: e["origin_server_ts"] for e in events if e["event_id"] in wanted})
+            for e in events:
+                target = e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+                if e.get("sender") == bots[room] and target in wanted:
+                    replies.setdefault(target, e["origin_server_ts"])
+        total = sum(len(p) for p in rooms_pings.values())
+        if len(replies) == total or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    round_trips = [replies[p] - sent_ts[p] for p in replies if p in sent_ts]
+    span_s = (max(replies.values()) - min(sent_ts.values())) / 1000 if replies else 0
+    return {
+        "pings": total,
+        "lost": total - len(replies),
+        "pongs_per_s": len(replies) / span_s if span_s else 0,
+        "round_trip_ms_median": statistics.median(round_trips) if round_trips else None,
+        "round_trip_ms_p95": percentile(round_trips, 95) if round_trips else None,
+    }
+
+
+def concurrent_load(synapse, owner, targets, senders, pings):
+    """`senders` clients send `pings` `!ping`s at once (each its share, one after the other), round-robin over
+    `targets` (room, bot; rooms `owner` created); returns history_figures of the replies."""
+    import threading
+    people = [Person(synapse) for _ in range(senders)]
+    for room, _ in targets:
+        for person in people:
+            owner.api.invite(room, person.api.user_id())
+            person.api.join(room)
+    sent = {room: [] for room, _ in targets}
+    lock = threading.Lock()
+
+    def send(i, person):
+        for k in range(pings // senders):
+            room = targets[(i + k) % len(targets)][0]
+            event = person.api.send_text(room, "!ping")
+            with lock:
+                sent[room].append(event)
+
+    threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(people)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return history_figures(owner.api, sent, dict(targets))
+
+
+def access_log_turnarounds(log_path, user, since, until):
+    """The bot's own turnaround per reply, from Synapse's access log: from the end of the bot's `/sync` that
+    delivered a ping to the start of its reply's PUT (the latest sync that ended before the PUT started), in ms,
+    for requests between `since` and `until` (time.time())."""
+    import datetime
+    import re
+    line_re = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO - \S+ - \S+ - \d+ - "
+                         r"\{(.*?)\} Processed request: ([0-9.]+)sec.*?\"(\w+) (\S+) ")
+    syncs, puts = [], []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            match = line_re.match(line)
+            if not match or match.group(2) != user:
+                continue
+            end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if not since <= end <= until:
+                continue
+            method, path = match.group(4), match.group(5)
+            if method == "GET" and "/sync" in path:
+                syncs.append(end)
+            elif method == "PUT" and "/send/m.room.message/" in path:
+                puts.append(end - float(match.group(3)))
+    turnarounds = []
+    for start in puts:
+        before = [end for end in syncs if end <= start]
+        if before:
+            turnarounds.append(1000 * (start - max(before)))
+    return turnarounds
+
+
+def sequential_phase(synapse, person, room, bot, pid, pings):
+    """`pings` sequential round trips: their median and p95, the bot's CPU per pong (process `pid`) and its
+    turnaround from Synapse's access log."""
+    cpu_before, since = cpu_seconds(pid), time.time()
+    round_trips = sequential_round_trips(person, room, bot, pings)
+    turnarounds = access_log_turnarounds(synapse.log, bot, since, time.time())
+    return {
+        "cpu_ms_per_pong": 1000 * (cpu_seconds(pid) - cpu_before) / max(1, len(round_trips)),
+        "turnaround_ms_median": statistics.median(turnarounds) if turnarounds else None,
+        "round_trip_ms_median": 1000 * statistics.median(round_trips),
+        "round_trip_ms_p95": 1000 * percentile(round_trips, 95),
+        "round_trip_lost": pings - len(round_trips),
+    }
+
+
+def one_bot_in_a_room(work, synapse):
+    """A running deployment of one `ping` bot, a person, and a room they share."""
+    one = Deployment(work, synapse, 1)
+    bot = one.users[0]
+    person = Person(synapse)
+    one.start()
+    room = person.api.create_room([bot])
+    person.api.wait_for_members(room, [bot])
+    return one, bot, person, room
+
+
+def maubot_phases(work, synapse, args):
+    """The phases the comparison runs against Python maubot (scripts/bench_maubot.py), measured with the same
+    functions as the daemon's own."""
+    from bench_maubot import MaubotDeployment
+    out = {}
+    one = MaubotDeployment(work, synapse, 1)
+    bot = one.users[0]
+    person = Person(synapse)
+    room = person.api.create_room([bot])
+    person.api.wait_for_members(room, [bot])
+    one.stop()
+    out["ready_s"] = one.start()
+    time.sleep(3)
+    out["rss_kib_1_bot"] = memory_kib(one.proc.pid)["VmRSS"]
+    sequential_round_trips(person, room, bot, 5)
+    out.update(sequential_phase(synapse, person, room, bot, one.proc.pid, args.pings))
+    out["load_1_bot"] = concurrent_load(synapse, person, [(room, bot)], args.senders, args.load_pings)
+    one.stop()
+    three = MaubotDeployment(work, synapse, 3)
+    rooms = [(person.api.create_room([b]), b) for b in three.users]
+    for r, b in rooms:
+        person.api.wait_for_members(r, [b])
+    out["load_3_bots"] = concurrent_load(synapse, person, rooms, args.senders, args.load_pings)
+    three.stop()
+    many = MaubotDeployment(work, synapse, args.instances)
+    shared = person.api.create_room(many.users)
+    person.api.wait_for_members(shared, many.users, timeout=120)
+    time.sleep(3)
+    out[f"rss_kib_{args.instances}_bots"] = memory_kib(many.proc.pid)["VmRSS"]
+    many.stop()
+    return out
+
+
+def comparison_rows(ours, theirs, n):
+    """(measure, maubot, this daemon, ratio maubot/ours where larger is better for us)."""
+    def pick(results, path):
+        value = results
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+    specs = [
+        ("RSS, 1 bot (MiB)", ["rss_kib_1_bot"], 1 / 1024, False),
+        (f"RSS, {n} bots (MiB)", [f"rss_kib_{n}_bots"], 1 / 1024, False),
+        ("sequential round trip median (ms)", ["round_trip_ms_median"], 1, False),
+        ("bot turnaround median (ms)", ["turnaround_ms_median"], 1, False),
+        ("bot CPU per pong (ms)", ["cpu_ms_per_pong"], 1, False),
+        ("8 senders, 1 bot: pongs/s", ["load_1_bot", "pongs_per_s"], 1, True),
+        ("8 senders, 1 bot: round trip median (ms)", ["load_1_bot", "round_trip_ms_median"], 1, False),
+        ("8 senders, 3 bots: pongs/s", ["load_3_bots", "pongs_per_s"], 1, True),
+        ("8 senders, 3 bots: round trip median (ms)", ["load_3_bots", "round_trip_ms_median"], 1, False),
+    ]
+    rows = []
+    for label, path, scale, higher_is_better in specs:
+        a, b = pick(theirs, path), pick(ours, path)
+        if a is None or b is None:
+            continue
+        a, b = a * scale, b * scale
+        ratio = (b / a if higher_is_better else a / b) if a and b else float("nan")
+        rows.append((label, f"{a:.1f}", f"{b:.1f}", f"{ratio:.2f}x"))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--senders", type=int, default=8, help="clients sending at once in the load phases")
+    parser.add_argument("--load-pings", type=int, default=200, help="pings the senders send together per phase")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to take READY/first-pong medians over")
     parser.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "results.json"))
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--compare-maubot", action="store_true",
+                        help="run the same phases against Python maubot 0.6.0 (installed from PyPI) in the same run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) for inspection")
     args = parser.parse_args()
     if not args.no_build:
@@ -214,12 +402,7 @@ def main():
     results = {}
     try:
         # One bot: start-up, round trip, burst.
-        one = Deployment(work, synapse, 1)
-        bot = one.users[0]
-        person = Person(synapse)
-        one.start()
-        room = person.api.create_room([bot])
-        person.api.wait_for_members(room, [bot])
+        one, bot, person, room = one_bot_in_a_room(work, synapse)
         one.stop()
 
         readies, first_pongs = [], []
@@ -239,10 +422,7 @@ def main():
         results["ready_s_median"] = statistics.median(readies)
         results["first_pong_s_median"] = statistics.median(first_pongs) if first_pongs else None
 
-        round_trips = sequential_round_trips(person, room, bot, args.pings)
-        results["round_trip_ms_median"] = 1000 * statistics.median(round_trips)
-        results["round_trip_ms_p95"] = 1000 * percentile(round_trips, 95)
-        results["round_trip_lost"] = args.pings - len(round_trips)
+        results.update(sequential_phase(synapse, person, room, bot, one.proc.pid, args.pings))
 
         # The burst is judged on the room's history (server timestamps), not on what one client's sync shows.
         first_sent = time.monotonic()
@@ -266,7 +446,19 @@ def main():
         results["burst_send_s"] = sent_all - first_sent
         results["burst_pongs_per_s"] = len(replies) / span_s if span_s else 0
         results["burst_lost"] = args.burst - len(replies)
+
+        # Several senders at once, one bot in one room.
+        results["load_1_bot"] = concurrent_load(synapse, person, [(room, bot)], args.senders, args.load_pings)
         one.stop()
+
+        # Several senders at once, round-robin over three bots in three rooms.
+        three = Deployment(work, synapse, 3)
+        three.start()
+        rooms = [(person.api.create_room([b]), b) for b in three.users]
+        for r, b in rooms:
+            person.api.wait_for_members(r, [b])
+        results["load_3_bots"] = concurrent_load(synapse, person, rooms, args.senders, args.load_pings)
+        three.stop()
 
         # The same round trip through an `exec` bot: the example program behind the line protocol.
         program = Deployment(work, synapse, 1, exec=True)
@@ -289,6 +481,8 @@ def main():
         results[f"rss_kib_{args.instances}_bots"] = memory["VmRSS"]
         results[f"memory_kib_{args.instances}_bots"] = memory
         many.stop()
+        if args.compare_maubot:
+            results["maubot"] = maubot_phases(work, synapse, args)
     finally:
         synapse.stop()
         if args.keep:
@@ -317,11 +511,26 @@ def main():
                                                       f"p95 {results['exec_round_trip_ms_p95']:.0f} ms"),
         (f"burst of {args.burst}: pongs per second", f"{results['burst_pongs_per_s']:.1f}"),
         ("burst: lost replies", f"{results['burst_lost']}"),
+        ("bot CPU per pong (sequential)", f"{results['cpu_ms_per_pong']:.1f} ms"),
+        ("bot turnaround (Synapse access log): median", f"{results['turnaround_ms_median']:.1f} ms"
+         if results["turnaround_ms_median"] is not None else "none"),
     ]
+    for key, label in (("load_1_bot", "1 bot, 1 room"), ("load_3_bots", "3 bots, 3 rooms")):
+        load = results[key]
+        rows.append((f"{args.senders} senders, {load['pings']} pings, {label}",
+                     f"{load['pongs_per_s']:.1f} pongs/s, round trip median {load['round_trip_ms_median']:.0f} ms, "
+                     f"p95 {load['round_trip_ms_p95']:.0f} ms, {load['lost']} lost"))
     width = max(len(r[0]) for r in rows)
     print()
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+    if "maubot" in results:
+        compared = comparison_rows(results, results["maubot"], n)
+        print("\nSide by side, same Synapse, same run (ratio: how many times better this daemon is; "
+              "maubot without E2EE, this daemon with):")
+        widths = [max(len(r[i]) for r in compared + [("measure", "maubot", "this", "ratio")]) for i in range(4)]
+        for row in [("measure", "maubot", "this", "ratio")] + compared:
+            print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

@@ -41,6 +41,12 @@ class Api:
     def create_room(self, invite, name="maubot"):
         return self.call("POST", "/_matrix/client/v3/createRoom", {"invite": list(invite), "name": name})["room_id"]
 
+    def invite(self, room, user):
+        self.call("POST", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/invite", {"user_id": user})
+
+    def join(self, room):
+        return self.call("POST", f"/_matrix/client/v3/join/{urllib.parse.quote(room)}", {})["room_id"]
+
     def joined_members(self, room):
         return self.call("GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/joined_members")["joined"]
 

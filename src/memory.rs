@@ -45,6 +45,40 @@ pub fn release_free_heap() {
     }
 }
 
+/// Unmaps the pages of the binary's own machine code from the process (MADV_DONTNEED on its executable
+/// mappings), once start-up is over: configuration, migrations, session restore and the first syncs touch much
+/// code that a running bot never uses again, and the kernel keeps every page touched (and its neighbours: it
+/// maps 64 KiB around each fault) resident and charged to the service's cgroup. The code a running bot uses
+/// comes back on first touch, from the page cache. Safe for code pages only: they are never written, so
+/// mapping them again gives the same bytes (the read-only data after relocation is not touched here).
+pub fn release_startup_code() {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(exe), Ok(maps)) = (std::fs::read_link("/proc/self/exe"), std::fs::read_to_string("/proc/self/maps"))
+        else {
+            return;
+        };
+        let Some(exe) = exe.to_str() else { return };
+        for line in maps.lines() {
+            // start-end perms offset dev inode path
+            let mut fields = line.splitn(6, ' ');
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+            if perms != "r-xp" || fields.nth(3).map(str::trim_start) != Some(exe) {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else { continue };
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+                continue;
+            };
+            // SAFETY: the range is a private, never-written mapping of the executable file; dropping its pages
+            // only makes the next access fault them in again from the same file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
 /// Where the process's memory is, for /metrics and the benchmark.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {

@@ -175,6 +175,7 @@ pub async fn run(
             notifier.ready(&line);
             tracing::info!(status = %line, after_ms = started.elapsed().as_millis() as u64, "ready");
             crate::memory::release_free_heap();
+            crate::memory::release_startup_code();
             last_status = line;
         } else if reloaded {
             // A reload is over once its changes were applied; bots it started report their syncs afterwards.

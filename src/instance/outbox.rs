@@ -1,7 +1,10 @@
 //! The sender: carries out the sends the outbox holds, beside the sync loop.
 //!
-//! - Fair: rooms take turns (round robin), so a flood of commands in one room cannot starve the others; sends
-//!   to one room go out one at a time and in order; a few rooms are served at once.
+//! - Fair: rooms take turns (round robin), so a flood of commands in one room cannot starve the others.
+//! - Concurrent where order does not matter: answers to different events are relations to their own events, so
+//!   several go out at once, in one room and across rooms; the actions answering one event go out one after the
+//!   other and in order, as do a plugin's own sends to one room and the room operations of one room (they read
+//!   the room before they change it).
 //! - Within the homeserver's limits: `M_LIMIT_EXCEEDED` pauses sending for the `retry_after_ms` it names (the
 //!   limit is per user, so for every room), and the send is repeated afterwards: no answer is dropped.
 //! - Exactly once: each send carries the transaction id derived from the event it answers, and leaves the
@@ -32,8 +35,9 @@ use crate::state::Database;
 use crate::state::db::{OutboxEntry, now_unix};
 use crate::telemetry::scrub::scrubbed;
 
-/// Rooms served at the same time.
-const MAX_IN_FLIGHT: usize = 4;
+/// Sends in flight at once, in all rooms together and in one room.
+const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT_PER_ROOM: usize = 8;
 
 /// The `event_type` of an outbox entry that redacts: its content is `{"redacts": EVENT_ID, "reason": ...}`, and it
 /// goes out as `PUT /rooms/{room}/redact/{event}/{txn}` (with the same transaction-id deduplication as a send).
@@ -109,7 +113,8 @@ enum Sent {
 #[derive(Default)]
 struct Queues {
     rooms: BTreeMap<String, VecDeque<OutboxEntry>>,
-    busy: HashSet<String>,
+    /// The entries in flight (still in their room's queue until done), by room.
+    busy: HashMap<String, HashSet<i64>>,
     not_before: HashMap<String, Instant>,
     attempts: HashMap<i64, u32>,
     /// The room served last: the next turn goes to the room after it.
@@ -125,31 +130,56 @@ impl Queues {
         }
     }
 
-    /// The next room whose turn it is and that may send now.
-    fn next_room(&mut self, now: Instant) -> Option<String> {
+    /// The next send whose room's turn it is and that may go now (marked in flight).
+    fn next_send(&mut self, now: Instant) -> Option<OutboxEntry> {
         if self.paused_until.is_some_and(|until| until > now) {
             return None;
         }
-        let ready = |room: &String, queue: &VecDeque<OutboxEntry>| {
-            !queue.is_empty() && !self.busy.contains(room) && self.not_before.get(room).is_none_or(|at| *at <= now)
-        };
         let after = self.cursor.clone();
-        let later = self.rooms.iter().filter(|(room, _)| after.as_ref().is_none_or(|c| *room > c));
-        let earlier = self.rooms.iter().filter(|(room, _)| after.as_ref().is_some_and(|c| *room <= c));
-        let room = later.chain(earlier).find(|(room, queue)| ready(room, queue)).map(|(room, _)| room.clone())?;
-        self.cursor = Some(room.clone());
-        Some(room)
+        let later = self.rooms.keys().filter(|room| after.as_ref().is_none_or(|c| *room > c));
+        let earlier = self.rooms.keys().filter(|room| after.as_ref().is_some_and(|c| *room <= c));
+        let (room, index) = later.chain(earlier).find_map(|room| Some((room.clone(), self.ready_in(room, now)?)))?;
+        let entry = self.rooms[&room][index].clone();
+        self.busy.entry(room.clone()).or_default().insert(entry.seq);
+        self.cursor = Some(room);
+        Some(entry)
+    }
+
+    /// Where in `room`'s queue the first send is that may go now: not in flight, with no earlier send of the
+    /// same room it must follow, the room not backing off and below its share of sends in flight.
+    fn ready_in(&self, room: &str, now: Instant) -> Option<usize> {
+        let busy = self.busy.get(room);
+        if busy.is_some_and(|b| b.len() >= MAX_IN_FLIGHT_PER_ROOM)
+            || self.not_before.get(room).is_some_and(|at| *at > now)
+        {
+            return None;
+        }
+        let queue = &self.rooms[room];
+        (0..queue.len()).find(|&i| {
+            !busy.is_some_and(|b| b.contains(&queue[i].seq)) && !queue.range(..i).any(|e| must_follow(&queue[i], e))
+        })
+    }
+
+    /// Marks a send no longer in flight.
+    fn done_with(&mut self, entry: &OutboxEntry) {
+        if let Some(busy) = self.busy.get_mut(&entry.room_id) {
+            busy.remove(&entry.seq);
+        }
+    }
+
+    fn in_flight_in(&self, room: &str) -> usize {
+        self.busy.get(room).map_or(0, HashSet::len)
     }
 
     /// When something blocked may go again: the end of a rate-limit pause, or of a failed room's backoff (for
-    /// rooms with a send waiting and none in flight). `None` when nothing waits on time. Expired waits are
+    /// rooms with a send waiting that is not in flight). `None` when nothing waits on time. Expired waits are
     /// forgotten, so that a past instant never wakes the loop again and again.
     fn wake_at(&mut self, now: Instant) -> Option<Instant> {
         if self.paused_until.is_some_and(|until| until <= now) {
             self.paused_until = None;
         }
         self.not_before.retain(|_, at| *at > now);
-        let waiting = |room: &String| self.rooms.get(room).is_some_and(|q| !q.is_empty()) && !self.busy.contains(room);
+        let waiting = |room: &String| self.rooms.get(room).is_some_and(|q| q.len() > self.in_flight_in(room));
         let room_waits = self.not_before.iter().filter(|(room, _)| waiting(room)).map(|(_, at)| *at);
         room_waits.chain(self.paused_until).min()
     }
@@ -157,6 +187,14 @@ impl Queues {
     fn is_empty(&self) -> bool {
         self.rooms.values().all(VecDeque::is_empty)
     }
+}
+
+/// Whether `later` (queued after `earlier`, same room) must wait until `earlier` is done: both answer the same
+/// event (or neither answers one: a plugin's own sends), or both are room operations.
+fn must_follow(later: &OutboxEntry, earlier: &OutboxEntry) -> bool {
+    let is_room_operation =
+        |e: &OutboxEntry| matches!(e.event_type.as_str(), MEMBER | STATE | POWER_LEVEL | CREATE_ROOM);
+    later.answers == earlier.answers || (is_room_operation(later) && is_room_operation(earlier))
 }
 
 impl Sender {
@@ -176,23 +214,31 @@ impl Sender {
             queues.push(entry);
         }
         let mut in_flight: JoinSet<(OutboxEntry, Sent)> = JoinSet::new();
+        let mut spawned = HashMap::new();
         let mut stopping = false;
         loop {
             let now = Instant::now();
             while !stopping && in_flight.len() < MAX_IN_FLIGHT {
-                let Some(room) = queues.next_room(now) else { break };
-                let entry = queues.rooms[&room].front().cloned().expect("a ready room has a send");
-                queues.busy.insert(room);
-                in_flight.spawn(send(self.client.clone(), self.private_dir.clone(), entry));
+                let Some(entry) = queues.next_send(now) else { break };
+                let task = in_flight.spawn(send(self.client.clone(), self.private_dir.clone(), entry.clone()));
+                spawned.insert(task.id(), entry);
             }
             if stopping && in_flight.is_empty() {
                 return;
             }
             let wake = queues.wake_at(now).filter(|_| !stopping);
             tokio::select! {
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
-                    Ok((entry, outcome)) => self.finished(&mut queues, entry, outcome).await,
-                    Err(e) => tracing::error!(instance = %self.id, error = %e, "a send task failed"),
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match done {
+                    Ok((task, (entry, outcome))) => {
+                        spawned.remove(&task);
+                        self.finished(&mut queues, entry, outcome).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(instance = %self.id, error = %e, "a send task failed; trying again");
+                        if let Some(entry) = spawned.remove(&e.id()) {
+                            self.finished(&mut queues, entry, Sent::Failed(e.to_string())).await;
+                        }
+                    }
                 },
                 entry = incoming.recv(), if !stopping => match entry {
                     Some(entry) => queues.push(entry),
@@ -208,7 +254,7 @@ impl Sender {
     }
 
     async fn finished(&self, queues: &mut Queues, entry: OutboxEntry, outcome: Sent) {
-        queues.busy.remove(&entry.room_id);
+        queues.done_with(&entry);
         let answers = entry.answers.as_deref().unwrap_or("-");
         match outcome {
             Sent::Done | Sent::Unchanged | Sent::Refused(_) => {
@@ -436,32 +482,67 @@ mod tests {
         }
     }
 
+    fn answering(seq: i64, room: &str, event: &str) -> OutboxEntry {
+        OutboxEntry { answers: Some(event.into()), ..entry(seq, room) }
+    }
+
     #[test]
-    fn rooms_take_turns_and_one_room_sends_one_at_a_time() {
+    fn rooms_take_turns_answers_to_different_events_go_out_together_and_one_events_in_order() {
         let mut queues = Queues::default();
-        for seq in 0..5 {
-            queues.push(entry(seq, "!flood:x"));
-        }
-        queues.push(entry(9, "!quiet:x"));
+        // Two actions answering $a, one answering $b, then a plugin's own send, in the busy room.
+        queues.push(answering(0, "!flood:x", "$a"));
+        queues.push(answering(1, "!flood:x", "$a"));
+        queues.push(answering(2, "!flood:x", "$b"));
+        queues.push(entry(3, "!flood:x"));
+        queues.push(answering(9, "!quiet:x", "$q"));
         let now = Instant::now();
-        let first = queues.next_room(now).unwrap();
-        queues.busy.insert(first.clone());
-        let second = queues.next_room(now).unwrap();
-        assert_ne!(first, second, "the quiet room gets the second turn");
-        queues.busy.insert(second);
-        assert_eq!(queues.next_room(now), None, "each room has a send in flight");
-        queues.busy.clear();
-        queues.rooms.get_mut("!quiet:x").unwrap().clear();
-        assert_eq!(queues.next_room(now).as_deref(), Some("!flood:x"));
+        let seqs =
+            |queues: &mut Queues| std::iter::from_fn(|| queues.next_send(now).map(|e| e.seq)).collect::<Vec<_>>();
+        let first_round = seqs(&mut queues);
+        assert_eq!(first_round, vec![0, 9, 2, 3], "rooms alternate; $a's second action waits for its first");
+        let done = queues.rooms["!flood:x"][0].clone();
+        queues.done_with(&done);
+        queues.rooms.get_mut("!flood:x").unwrap().pop_front();
+        assert_eq!(queues.next_send(now).map(|e| e.seq), Some(1), "then $a's second action goes");
+        assert_eq!(queues.next_send(now), None, "everything else is in flight");
+
+        // Room operations of one room go one at a time even when they answer different events.
+        let mut queues = Queues::default();
+        queues.push(OutboxEntry { event_type: POWER_LEVEL.into(), ..answering(0, "!r:x", "$a") });
+        queues.push(OutboxEntry { event_type: STATE.into(), ..answering(1, "!r:x", "$b") });
+        queues.push(answering(2, "!r:x", "$c"));
+        assert_eq!(seqs(&mut queues), vec![0, 2]);
+
+        // A room has at most its share in flight.
+        let mut queues = Queues::default();
+        for seq in 0..20 {
+            queues.push(answering(seq, "!r:x", &format!("${seq}")));
+        }
+        assert_eq!(seqs(&mut queues).len(), MAX_IN_FLIGHT_PER_ROOM);
+    }
+
+    #[test]
+    fn a_rate_limit_pauses_every_room_and_a_failed_room_backs_off() {
+        let mut queues = Queues::default();
+        queues.push(answering(0, "!flood:x", "$a"));
+        let now = Instant::now();
         queues.paused_until = Some(now + Duration::from_secs(5));
-        assert_eq!(queues.next_room(now), None, "paused by a rate limit");
+        assert_eq!(queues.next_send(now), None, "paused by a rate limit");
         assert_eq!(queues.wake_at(now), queues.paused_until);
         // Once the pause is over, it wakes nothing any more (a past instant would wake the loop without end).
         let later = now + Duration::from_secs(6);
         assert_eq!(queues.wake_at(later), None);
         assert!(queues.paused_until.is_none());
         queues.not_before.insert("!flood:x".into(), later + Duration::from_secs(1));
-        queues.busy.insert("!flood:x".into());
-        assert_eq!(queues.wake_at(later), None, "a room with a send in flight waits for it, not for the clock");
+        assert_eq!(queues.next_send(later), None, "the room backs off");
+        assert_eq!(queues.wake_at(later), Some(later + Duration::from_secs(1)));
+        let sent = queues.next_send(later + Duration::from_secs(2)).unwrap();
+        assert_eq!(sent.seq, 0);
+        queues.not_before.insert("!flood:x".into(), later + Duration::from_secs(3));
+        assert_eq!(
+            queues.wake_at(later),
+            None,
+            "a room whose sends are all in flight waits for them, not for the clock"
+        );
     }
 }

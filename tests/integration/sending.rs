@@ -1,8 +1,10 @@
 //! How answers leave the bot, against a real Synapse: rooms take turns, the homeserver's own message limits
 //! (Synapse's defaults) delay answers but lose none, a per-sender limit can stop one person from making the bot
-//! spam a room, and an encrypted command whose room key arrives late is answered once the key is there.
+//! spam a room, an encrypted command whose room key arrives late is answered once the key is there, and answers to
+//! a burst go out several at a time while each sync names the filter uploaded once.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use matrix_sdk::Room;
@@ -25,6 +27,25 @@ async fn replies(person: &TestUser, room: &Room, bot: &str, pings: &[OwnedEventI
         }
     }
     found
+}
+
+/// Waits until each of `pings` has a reply from `bot`, and checks that none has two; returns the replies' times.
+async fn answered_once(
+    person: &TestUser,
+    room: &Room,
+    bot: &str,
+    pings: &[OwnedEventId],
+    timeout: Duration,
+) -> HashMap<OwnedEventId, Vec<u64>> {
+    let answered = eventually(timeout, "every command to be answered", || async {
+        let found = replies(person, room, bot, pings).await;
+        found.values().all(|r| !r.is_empty()).then_some(found)
+    })
+    .await;
+    for (event, times) in &answered {
+        assert_eq!(times.len(), 1, "{event} answered {} times", times.len());
+    }
+    answered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,14 +74,7 @@ async fn a_flood_in_one_room_does_not_starve_another_and_message_limits_lose_not
     other.wait_for_reply(&ping, &bot, Duration::from_secs(60)).await;
 
     // Every command of the flood is answered exactly once, though the homeserver kept saying "too many".
-    let answered = eventually(Duration::from_secs(150), "every command of the flood to be answered", || async {
-        let found = replies(&flooder, &busy, &bot, &flood).await;
-        found.values().all(|r| !r.is_empty()).then_some(found)
-    })
-    .await;
-    for (event, times) in &answered {
-        assert_eq!(times.len(), 1, "{event} answered {} times", times.len());
-    }
+    let answered = answered_once(&flooder, &busy, &bot, &flood, Duration::from_secs(150)).await;
     let quiet_answer = replies(&other, &quiet, &bot, std::slice::from_ref(&ping)).await[&ping][0];
     let last_flood_answer = answered.values().map(|t| t[0]).max().unwrap();
     assert!(
@@ -123,5 +137,50 @@ async fn an_encrypted_command_whose_room_key_arrives_late_is_answered() {
     assert!(daemon.log().contains("the room key arrived"), "{}", daemon.log());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(person.replies_to(&ping, &bot).len(), 1, "answered once");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_a_burst_go_out_several_at_once_and_syncs_name_the_filter_uploaded_once() {
+    let synapse = synapse();
+    let proxy = Proxy::start(&synapse.url).await;
+    let env = BotEnv::with_ping_bots_behind(synapse, &proxy, &["ping"]).await;
+    env.setup();
+    let bot = env.user_id("ping");
+    let person = TestUser::new(synapse, "burst-").await;
+    let room = person.create_room(false, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+
+    // Each send waits 400 ms at the homeserver's door: sent one at a time, 12 answers would take about 5 s.
+    *proxy.observed.send_delay.lock().unwrap() = Some(Duration::from_millis(400));
+    let mut pings = Vec::new();
+    for _ in 0..12 {
+        pings.push(person.send_text(&room, "!ping").await);
+    }
+    answered_once(&person, &room, &bot, &pings, Duration::from_secs(60)).await;
+    let most = proxy.observed.most_sends_in_flight.load(Ordering::SeqCst);
+    assert!(most >= 4, "the answers went out at most {most} at a time");
+
+    // The first sync of `run` carries the filter (setup's own sync has none); from the upload on, every sync
+    // names it by its id.
+    let filters = proxy.observed.sync_filters.lock().unwrap().clone();
+    let named = filters.iter().position(|f| !f.is_empty() && !f.starts_with('{')).expect("no sync named a filter id");
+    assert!(filters[..named].iter().any(|f| f.starts_with('{')), "{filters:?}");
+    assert!(filters[named..].iter().all(|f| *f == filters[named]), "{filters:?}");
+    assert_eq!(proxy.observed.filter_uploads.load(Ordering::SeqCst), 1);
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    // After a restart the stored id is used: nothing is uploaded again.
+    *proxy.observed.send_delay.lock().unwrap() = None;
+    let mut daemon = env.spawn_run();
+    let ping = person.send_text(&room, "!ping").await;
+    person.wait_for_reply(&ping, &bot, Duration::from_secs(60)).await;
+    let id = filters[named].clone();
+    eventually(Duration::from_secs(30), "the restarted bot's syncs to name the stored filter", || async {
+        (proxy.observed.sync_filters.lock().unwrap().last() == Some(&id)).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.observed.filter_uploads.load(Ordering::SeqCst), 1);
     assert_eq!(daemon.stop().code(), Some(0));
 }

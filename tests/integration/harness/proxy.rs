@@ -39,7 +39,22 @@ struct Shared {
     to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
     syncs: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
+    observed: Arc<Observed>,
     http: reqwest::Client,
+}
+
+/// What the proxy saw of the bot's requests, for tests of how it talks to the homeserver.
+#[derive(Default)]
+pub struct Observed {
+    /// Each `/sync`'s `filter` parameter, in order.
+    pub sync_filters: Mutex<Vec<String>>,
+    /// Filter uploads (`POST /user/{id}/filter`).
+    pub filter_uploads: AtomicU64,
+    /// Message sends (`PUT .../send/...`) in flight now, and the most at once.
+    sends_in_flight: AtomicU64,
+    pub most_sends_in_flight: AtomicU64,
+    /// Each send is held this long before it is forwarded (so that sends in flight together can be seen).
+    pub send_delay: Mutex<Option<std::time::Duration>>,
 }
 
 pub struct Proxy {
@@ -49,6 +64,7 @@ pub struct Proxy {
     to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
     syncs: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
+    pub observed: Arc<Observed>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +81,7 @@ impl Proxy {
         let to_device_delay = Arc::new(Mutex::new(None));
         let syncs = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
+        let observed = Arc::new(Observed::default());
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
             mode: mode.clone(),
@@ -72,6 +89,7 @@ impl Proxy {
             to_device_delay: to_device_delay.clone(),
             syncs: syncs.clone(),
             held: held.clone(),
+            observed: observed.clone(),
             http: reqwest::Client::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,7 +98,7 @@ impl Proxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Proxy { url, mode, hold, to_device_delay, syncs, held, task }
+        Proxy { url, mode, hold, to_device_delay, syncs, held, observed, task }
     }
 
     pub fn set(&self, mode: Mode) {
@@ -112,6 +130,11 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     let path_and_query = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     if request.uri().path().ends_with("/sync") {
         shared.syncs.fetch_add(1, Ordering::SeqCst);
+        let filter = url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .find(|(key, _)| key == "filter")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        shared.observed.sync_filters.lock().unwrap().push(filter);
         let mode = shared.mode.lock().unwrap().clone();
         match mode {
             Mode::Pass => {}
@@ -133,6 +156,15 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     if hold.as_ref().is_some_and(|h| !h.forward) {
         shared.held.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
+    }
+    if method == axum::http::Method::POST && path.ends_with("/filter") {
+        shared.observed.filter_uploads.fetch_add(1, Ordering::SeqCst);
+    }
+    let is_send = method == axum::http::Method::PUT && path.contains("/send/");
+    let _in_flight = is_send.then(|| SendInFlight::new(&shared.observed));
+    let send_delay = *shared.observed.send_delay.lock().unwrap();
+    if let Some(delay) = send_delay.filter(|_| is_send) {
+        tokio::time::sleep(delay).await;
     }
     let mut headers: HeaderMap = request.headers().clone();
     headers.remove(axum::http::header::HOST);
@@ -168,5 +200,22 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
             out
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// Counts a send in flight while it lives.
+struct SendInFlight(Arc<Observed>);
+
+impl SendInFlight {
+    fn new(observed: &Arc<Observed>) -> SendInFlight {
+        let now = observed.sends_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        observed.most_sends_in_flight.fetch_max(now, Ordering::SeqCst);
+        SendInFlight(observed.clone())
+    }
+}
+
+impl Drop for SendInFlight {
+    fn drop(&mut self) {
+        self.0.sends_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
