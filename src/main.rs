@@ -20,7 +20,6 @@ fn main() -> ExitCode {
     }
     maubot::memory::limit_malloc_arenas();
     maubot::memory::tune_sqlite();
-    maubot::matrix::store_durability::relax_regenerable_stores_once();
     let sources = Sources::from_process(cli.config, cli.overrides);
     let purpose = match cli.command {
         Command::Run => config::Purpose::Run,

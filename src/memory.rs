@@ -48,9 +48,11 @@ pub fn release_free_heap() {
 /// Unmaps the pages of the binary's own machine code from the process (MADV_DONTNEED on its executable
 /// mappings), once start-up is over: configuration, migrations, session restore and the first syncs touch much
 /// code that a running bot never uses again, and the kernel keeps every page touched (and its neighbours: it
-/// maps 64 KiB around each fault) resident and charged to the service's cgroup. The code a running bot uses
+/// maps 64 KiB around each fault) in the process's resident set until memory runs short (the page cache keeps
+/// the pages either way; this lowers RSS, not the cgroup's page cache). The code a running bot uses
 /// comes back on first touch, from the page cache. Safe for code pages only: they are never written, so
-/// mapping them again gives the same bytes (the read-only data after relocation is not touched here).
+/// mapping them again gives the same bytes (the read-only data after relocation is not touched here). A debugger's
+/// or uprobe's breakpoints set before READY are lost with the pages.
 pub fn release_startup_code() {
     #[cfg(target_os = "linux")]
     {

@@ -458,7 +458,14 @@ impl Run<'_> {
                          first) and run setup"
                     )));
                 }
-                Err(e) => Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e))),
+                Err(e) => {
+                    // A homeserver that forgot the uploaded filter (reset, or the state moved to another one)
+                    // refuses the sync: the filter goes inline again for the rest of the run.
+                    if filter_id.is_some() && is_refused_request(&e) {
+                        filter_id = None;
+                    }
+                    Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e)))
+                }
             };
             match outcome {
                 Ok(next) => {
@@ -466,7 +473,10 @@ impl Run<'_> {
                     failures = 0;
                     if !filter_tried {
                         filter_tried = true;
-                        filter_id = upload_filter(&me.client, &definition).await;
+                        filter_id = tokio::select! {
+                            _ = crate::stopping(shutdown) => return Outcome::Stopped,
+                            id = upload_filter(&me.client, &definition) => id,
+                        };
                     }
                     me.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     me.update(|s| {
@@ -590,6 +600,11 @@ fn escape_for_transaction_id(text: &str) -> String {
         }
     }
     escaped
+}
+
+/// The homeserver refused the request as malformed or naming something it does not know (400, 404).
+fn is_refused_request(error: &matrix_sdk::Error) -> bool {
+    error.as_client_api_error().is_some_and(|e| matches!(e.status_code.as_u16(), 400 | 404))
 }
 
 /// The login is gone for good: a revoked or unknown token (a soft logout would need a new login, which `run`

@@ -115,7 +115,8 @@ struct Queues {
     rooms: BTreeMap<String, VecDeque<OutboxEntry>>,
     /// The entries in flight (still in their room's queue until done), by room.
     busy: HashMap<String, HashSet<i64>>,
-    not_before: HashMap<String, Instant>,
+    /// Sends that failed wait until then (by `seq`): one send's backoff holds up only what must follow it.
+    not_before: HashMap<i64, Instant>,
     attempts: HashMap<i64, u32>,
     /// The room served last: the next turn goes to the room after it.
     cursor: Option<String>,
@@ -145,18 +146,19 @@ impl Queues {
         Some(entry)
     }
 
-    /// Where in `room`'s queue the first send is that may go now: not in flight, with no earlier send of the
-    /// same room it must follow, the room not backing off and below its share of sends in flight.
+    /// Where in `room`'s queue the first send is that may go now: not in flight, not backing off, with no
+    /// earlier send of the same room it must follow, the room below its share of sends in flight.
     fn ready_in(&self, room: &str, now: Instant) -> Option<usize> {
         let busy = self.busy.get(room);
-        if busy.is_some_and(|b| b.len() >= MAX_IN_FLIGHT_PER_ROOM)
-            || self.not_before.get(room).is_some_and(|at| *at > now)
-        {
+        if busy.is_some_and(|b| b.len() >= MAX_IN_FLIGHT_PER_ROOM) {
             return None;
         }
         let queue = &self.rooms[room];
         (0..queue.len()).find(|&i| {
-            !busy.is_some_and(|b| b.contains(&queue[i].seq)) && !queue.range(..i).any(|e| must_follow(&queue[i], e))
+            let seq = queue[i].seq;
+            !busy.is_some_and(|b| b.contains(&seq))
+                && self.not_before.get(&seq).is_none_or(|at| *at <= now)
+                && !queue.range(..i).any(|e| must_follow(&queue[i], e))
         })
     }
 
@@ -167,21 +169,15 @@ impl Queues {
         }
     }
 
-    fn in_flight_in(&self, room: &str) -> usize {
-        self.busy.get(room).map_or(0, HashSet::len)
-    }
-
-    /// When something blocked may go again: the end of a rate-limit pause, or of a failed room's backoff (for
-    /// rooms with a send waiting that is not in flight). `None` when nothing waits on time. Expired waits are
-    /// forgotten, so that a past instant never wakes the loop again and again.
+    /// When something blocked may go again: the end of a rate-limit pause, or of a failed send's backoff.
+    /// `None` when nothing waits on time. Expired waits are forgotten, so that a past instant never wakes the
+    /// loop again and again.
     fn wake_at(&mut self, now: Instant) -> Option<Instant> {
         if self.paused_until.is_some_and(|until| until <= now) {
             self.paused_until = None;
         }
         self.not_before.retain(|_, at| *at > now);
-        let waiting = |room: &String| self.rooms.get(room).is_some_and(|q| q.len() > self.in_flight_in(room));
-        let room_waits = self.not_before.iter().filter(|(room, _)| waiting(room)).map(|(_, at)| *at);
-        room_waits.chain(self.paused_until).min()
+        self.not_before.values().copied().chain(self.paused_until).min()
     }
 
     fn is_empty(&self) -> bool {
@@ -277,7 +273,7 @@ impl Sender {
                     queue.retain(|e| e.seq != entry.seq);
                 }
                 queues.attempts.remove(&entry.seq);
-                queues.not_before.remove(&entry.room_id);
+                queues.not_before.remove(&entry.seq);
                 self.outstanding.done();
                 if let Err(e) = self.db.remove_sent(&self.id, entry.seq).await {
                     // It stays owed: sent again after a restart, and deduplicated by its transaction id.
@@ -307,7 +303,7 @@ impl Sender {
                     retry_in_ms = delay.as_millis() as u64,
                     "sending an answer failed; trying again"
                 );
-                queues.not_before.insert(entry.room_id.clone(), Instant::now() + delay);
+                queues.not_before.insert(entry.seq, Instant::now() + delay);
             }
         }
     }
@@ -522,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_limit_pauses_every_room_and_a_failed_room_backs_off() {
+    fn a_rate_limit_pauses_every_room_and_a_failed_send_backs_off_alone() {
         let mut queues = Queues::default();
         queues.push(answering(0, "!flood:x", "$a"));
         let now = Instant::now();
@@ -533,16 +529,18 @@ mod tests {
         let later = now + Duration::from_secs(6);
         assert_eq!(queues.wake_at(later), None);
         assert!(queues.paused_until.is_none());
-        queues.not_before.insert("!flood:x".into(), later + Duration::from_secs(1));
-        assert_eq!(queues.next_send(later), None, "the room backs off");
+        // The first send failed and backs off; an answer to another event goes meanwhile, and its success does
+        // not end the other's wait.
+        queues.not_before.insert(0, later + Duration::from_secs(1));
+        queues.push(answering(1, "!flood:x", "$b"));
+        assert_eq!(queues.next_send(later).map(|e| e.seq), Some(1), "one send's backoff holds up no other");
+        let other = queues.rooms["!flood:x"][1].clone();
+        queues.done_with(&other);
+        queues.rooms.get_mut("!flood:x").unwrap().pop_back();
+        assert_eq!(queues.next_send(later), None, "the failed send still backs off");
         assert_eq!(queues.wake_at(later), Some(later + Duration::from_secs(1)));
         let sent = queues.next_send(later + Duration::from_secs(2)).unwrap();
         assert_eq!(sent.seq, 0);
-        queues.not_before.insert("!flood:x".into(), later + Duration::from_secs(3));
-        assert_eq!(
-            queues.wake_at(later),
-            None,
-            "a room whose sends are all in flight waits for them, not for the clock"
-        );
+        assert_eq!(queues.wake_at(later + Duration::from_secs(2)), None, "nothing waits on the clock any more");
     }
 }

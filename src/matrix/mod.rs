@@ -3,4 +3,3 @@
 pub mod client;
 pub mod e2ee;
 pub mod register;
-pub mod store_durability;
