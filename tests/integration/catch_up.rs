@@ -155,7 +155,8 @@ async fn a_crash_between_sending_and_recording_a_reply_causes_no_duplicate() {
         (n > 0).then_some(n)
     })
     .await;
-    assert_eq!(answered, 1, "one reply went out before the crash");
+    // Several replies are sent at once (up to 8 in a room), so as many may have reached the homeserver.
+    assert!(answered >= 1, "replies went out before the crash");
 
     let mut daemon = env.spawn_run();
     wait_until_all_answered(&person, &room, &bot, &pings, &daemon).await;
