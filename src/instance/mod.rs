@@ -34,7 +34,7 @@ use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UInt, UserId};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::matrix_errors::retry_after;
+use crate::matrix_errors::{is_permanent, retry_after};
 use crate::plugin::{EventType, Plugin, PluginContext, PluginError, Subscriptions};
 use crate::state::db::{JobRecord, OutboxEntry, PendingEvent};
 use crate::state::{Database, StateError};
@@ -193,6 +193,16 @@ impl Instance {
             }
             s.phase = phase;
             s.last_progress = Instant::now();
+        });
+    }
+
+    /// A sync response arrived: the bot is syncing (and has had its first sync).
+    fn mark_synced(&self) {
+        self.update(|s| {
+            s.phase = Phase::Syncing;
+            s.first_sync_done = true;
+            s.last_progress = Instant::now();
+            s.last_sync = Some(SystemTime::now());
         });
     }
 
@@ -427,12 +437,7 @@ impl Run<'_> {
                     if first {
                         // The bot is up: READY does not wait for the backlog after a downtime, which is
                         // answered from here on (each event once, as always).
-                        me.update(|s| {
-                            s.phase = Phase::Syncing;
-                            s.first_sync_done = true;
-                            s.last_progress = Instant::now();
-                            s.last_sync = Some(SystemTime::now());
-                        });
+                        me.mark_synced();
                     }
                     let next = response.next_batch.clone();
                     keys_may_have_arrived = !response.to_device.is_empty();
@@ -461,7 +466,7 @@ impl Run<'_> {
                 Err(e) => {
                     // A homeserver that forgot the uploaded filter (reset, or the state moved to another one)
                     // refuses the sync: the filter goes inline again for the rest of the run.
-                    if filter_id.is_some() && is_refused_request(&e) {
+                    if filter_id.is_some() && is_permanent(&e) {
                         filter_id = None;
                     }
                     Err((scrubbed(&format!("sync failed: {e}")), retry_after(&e)))
@@ -479,12 +484,7 @@ impl Run<'_> {
                         };
                     }
                     me.counters.syncs.fetch_add(1, Ordering::Relaxed);
-                    me.update(|s| {
-                        s.phase = Phase::Syncing;
-                        s.first_sync_done = true;
-                        s.last_progress = Instant::now();
-                        s.last_sync = Some(SystemTime::now());
-                    });
+                    me.mark_synced();
                     // Room keys arrive as to-device messages (or from the key backup, which a failed decryption
                     // asks for): try what waits for one when some came, and now and then in any case.
                     if keys_may_have_arrived || last_retry.elapsed() >= PENDING_RETRY_EVERY {
@@ -600,11 +600,6 @@ fn escape_for_transaction_id(text: &str) -> String {
         }
     }
     escaped
-}
-
-/// The homeserver refused the request as malformed or naming something it does not know (400, 404).
-fn is_refused_request(error: &matrix_sdk::Error) -> bool {
-    error.as_client_api_error().is_some_and(|e| matches!(e.status_code.as_u16(), 400 | 404))
 }
 
 /// The login is gone for good: a revoked or unknown token (a soft logout would need a new login, which `run`

@@ -188,9 +188,12 @@ impl Queues {
 /// Whether `later` (queued after `earlier`, same room) must wait until `earlier` is done: both answer the same
 /// event (or neither answers one: a plugin's own sends), or both are room operations.
 fn must_follow(later: &OutboxEntry, earlier: &OutboxEntry) -> bool {
-    let is_room_operation =
-        |e: &OutboxEntry| matches!(e.event_type.as_str(), MEMBER | STATE | POWER_LEVEL | CREATE_ROOM);
     later.answers == earlier.answers || (is_room_operation(later) && is_room_operation(earlier))
+}
+
+/// An entry carried out by `room_ops` (it reads the room before it changes it), not sent as an event.
+fn is_room_operation(entry: &OutboxEntry) -> bool {
+    matches!(entry.event_type.as_str(), MEMBER | STATE | POWER_LEVEL | CREATE_ROOM)
 }
 
 impl Sender {
@@ -328,9 +331,10 @@ async fn send(client: Client, private_dir: Arc<PathBuf>, entry: OutboxEntry) -> 
         Ok(content) => content,
         Err(e) => return (entry, Sent::Refused(format!("the queued content is not JSON: {e}"))),
     };
-    let outcome = match entry.event_type.as_str() {
-        MEMBER | STATE | POWER_LEVEL | CREATE_ROOM => room_operation(&client, &entry, content).await,
-        _ => match joined_room(&client, &entry.room_id) {
+    let outcome = if is_room_operation(&entry) {
+        room_operation(&client, &entry, content).await
+    } else {
+        match joined_room(&client, &entry.room_id) {
             Err(why) => why,
             Ok(room) => {
                 let txn_id = <&TransactionId>::from(entry.txn_id.as_str());
@@ -347,7 +351,7 @@ async fn send(client: Client, private_dir: Arc<PathBuf>, entry: OutboxEntry) -> 
                     Err(e) => failed(&e),
                 }
             }
-        },
+        }
     };
     (entry, outcome)
 }
