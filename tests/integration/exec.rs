@@ -1,7 +1,6 @@
 //! `exec` bots: programs in any language behind the line protocol, against the real Synapse.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use matrix_sdk::Room;
@@ -51,13 +50,6 @@ for line in sys.stdin:
     say({"type": "reply", "to": m["id"], "body": body})
     say({"type": "done", "to": m["id"]})
 "#;
-
-fn write_program(env: &BotEnv, name: &str, text: &str) -> PathBuf {
-    let path = env.dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// Sets the bots up, runs the host, and has a new person open a room (unencrypted) that `bot` joins.
 async fn running_with_a_room(env: &BotEnv, bot: &str, person: &str) -> (Daemon, TestUser, Room) {
@@ -139,7 +131,7 @@ async fn a_program_that_crashes_hangs_or_garbles_is_restarted_and_each_message_a
     let synapse = synapse();
     let mut env = BotEnv::with_ping_bots(synapse, &["faulty"]).await;
     let bot = env.user_id("faulty");
-    let program = write_program(&env, "faulty.py", FAULTY);
+    let program = env.write_program("faulty.py", FAULTY);
     env.use_exec("faulty", &program, &["event_timeout_secs: 2"]);
     let (mut daemon, person, room) = running_with_a_room(&env, &bot, "fay-").await;
 
@@ -180,7 +172,7 @@ async fn a_secret_in_the_settings_reaches_the_program_and_no_output() {
     let bot = env.user_id("secretive");
     let token = format!("planted-secret-{:08x}", rand::random::<u32>());
     env.write_credential("secretive-token", &format!("{token}\n"));
-    let program = write_program(&env, "faulty.py", FAULTY);
+    let program = env.write_program("faulty.py", FAULTY);
     env.use_exec("secretive", &program, &["settings: {token: {credential: secretive-token}}"]);
     let check = env.output(&["check-config"]);
     assert!(check.status.success(), "{}", describe(&check));
@@ -203,7 +195,7 @@ async fn a_program_that_cannot_be_started_or_lacks_its_secret_fails_alone_naming
     let mut env = BotEnv::with_ping_bots(synapse, &["ping", "missing", "nosecret"]).await;
     let ping_bot = env.user_id("ping");
     env.use_exec("missing", Path::new("/nonexistent/bot"), &[]);
-    let program = write_program(&env, "faulty.py", FAULTY);
+    let program = env.write_program("faulty.py", FAULTY);
     env.use_exec("nosecret", &program, &["settings: {token: {credential: nosecret-token}}"]);
     // check-config (and setup) name the missing credential; run keeps the other bots going.
     let check = env.output(&["check-config"]);
@@ -296,7 +288,7 @@ async fn a_program_is_ticked_as_it_asked_and_a_keyed_send_is_posted_once() {
     let bot = env.user_id("ticker");
     let person = TestUser::new(synapse, "tia-").await;
     let room = person.create_room(false, &[&bot]).await;
-    let program = write_program(&env, "ticker.py", TICKER);
+    let program = env.write_program("ticker.py", TICKER);
     env.use_exec("ticker", &program, &[&format!("settings: {{room: \"{}\"}}", room.room_id())]);
     env.setup();
     let mut daemon = env.spawn_run();

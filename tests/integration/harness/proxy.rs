@@ -37,7 +37,6 @@ struct Shared {
     mode: Arc<Mutex<Mode>>,
     hold: Arc<Mutex<Option<Hold>>>,
     to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
-    syncs: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
     observed: Arc<Observed>,
     http: reqwest::Client,
@@ -46,7 +45,7 @@ struct Shared {
 /// What the proxy saw of the bot's requests, for tests of how it talks to the homeserver.
 #[derive(Default)]
 pub struct Observed {
-    /// Each `/sync`'s `filter` parameter, in order.
+    /// Each `/sync`'s `filter` parameter, in order (one entry per `/sync` seen).
     pub sync_filters: Mutex<Vec<String>>,
     /// Filter uploads (`POST /user/{id}/filter`).
     pub filter_uploads: AtomicU64,
@@ -62,7 +61,6 @@ pub struct Proxy {
     mode: Arc<Mutex<Mode>>,
     hold: Arc<Mutex<Option<Hold>>>,
     to_device_delay: Arc<Mutex<Option<std::time::Duration>>>,
-    syncs: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
     pub observed: Arc<Observed>,
     task: tokio::task::JoinHandle<()>,
@@ -79,7 +77,6 @@ impl Proxy {
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let hold = Arc::new(Mutex::new(None));
         let to_device_delay = Arc::new(Mutex::new(None));
-        let syncs = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
         let observed = Arc::new(Observed::default());
         let shared = Shared {
@@ -87,7 +84,6 @@ impl Proxy {
             mode: mode.clone(),
             hold: hold.clone(),
             to_device_delay: to_device_delay.clone(),
-            syncs: syncs.clone(),
             held: held.clone(),
             observed: observed.clone(),
             http: reqwest::Client::new(),
@@ -98,7 +94,7 @@ impl Proxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Proxy { url, mode, hold, to_device_delay, syncs, held, observed, task }
+        Proxy { url, mode, hold, to_device_delay, held, observed, task }
     }
 
     pub fn set(&self, mode: Mode) {
@@ -122,14 +118,13 @@ impl Proxy {
 
     /// `/sync` requests seen so far.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::SeqCst)
+        self.observed.sync_filters.lock().unwrap().len() as u64
     }
 }
 
 async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     let path_and_query = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     if request.uri().path().ends_with("/sync") {
-        shared.syncs.fetch_add(1, Ordering::SeqCst);
         let filter = url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .find(|(key, _)| key == "filter")
             .map(|(_, value)| value.into_owned())
