@@ -7,7 +7,9 @@ use std::time::Duration;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::EncryptionInfo;
 use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent};
 use matrix_sdk::ruma::events::{
@@ -72,10 +74,10 @@ impl TestUser {
                 sink.lock().unwrap().push(to_seen(&event, encryption.is_some()));
             }
         });
-        client.sync_once(SyncSettings::default()).await.unwrap();
+        client.sync_once(every_event()).await.unwrap();
         let syncing = client.clone();
         let sync = tokio::spawn(async move {
-            let _ = syncing.sync(SyncSettings::default().timeout(Duration::from_secs(2))).await;
+            let _ = syncing.sync(every_event().timeout(Duration::from_secs(2))).await;
         });
         TestUser { client, seen, sync, _store: store }
     }
@@ -164,6 +166,15 @@ impl TestUser {
     pub fn messages_from(&self, sender: &str) -> Vec<Seen> {
         self.seen.lock().unwrap().iter().filter(|s| s.sender.as_str() == sender).cloned().collect()
     }
+}
+
+/// Syncs whose timeline holds up to 500 events per room: a burst between two of this client's syncs (a bot
+/// answering several commands in a second) is seen whole, not cut to Synapse's default of the last 10 with the
+/// rest skipped as `limited`.
+fn every_event() -> SyncSettings {
+    let mut filter = FilterDefinition::default();
+    filter.room.timeline.limit = Some(500u32.into());
+    SyncSettings::default().filter(Filter::FilterDefinition(filter))
 }
 
 fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
