@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Benchmark: the real daemon against a local Synapse. Prints a table and writes JSON.
 
-Measures process RSS with 1 and with N bots (each a separate bot user, all in one shared room), time from exec to
-READY=1 (real sd_notify socket), time from exec to the first pong (a ping sent while the daemon was down),
-`!ping` -> `pong` round trip (median, p95) over sequential pings, and a burst of pings sent as fast as this client
-can: pongs per second and how many were lost.
+Measures process RSS with 1 and with N bots (each a separate bot user, all in one shared room; the median over
+--memory-runs fresh deployments), time from exec to READY=1 (real sd_notify socket), time from exec to the first
+pong (a ping sent while the daemon was down), `!ping` -> `pong` round trip (median, p95) over sequential pings,
+the bot's CPU per pong and its turnaround in Synapse's access log, a burst of pings sent as fast as this client
+can (pongs per second, lost), several senders at once against 1 bot and 3 bots, the round trip through an `exec`
+bot, and a scale phase (--scale bots, a room each: RSS, memory per bot beyond N, READY after a restart).
+--compare-maubot runs the same phases against Python maubot 0.6.0 in the same run.
 
-Usage: python3 scripts/bench.py [--instances 10] [--pings 50] [--burst 200] [--json PATH] [--no-build]
+Usage: python3 scripts/bench.py [--instances 10] [--pings 50] [--burst 200] [--scale 100] [--memory-runs 3]
+                                [--compare-maubot] [--json PATH] [--no-build]
 Run it on an otherwise idle machine; it is not a test and asserts nothing.
 """
 import argparse
+import datetime
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -20,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -238,7 +245,6 @@ def history_figures(api, rooms_pings, bots):
 def concurrent_load(synapse, owner, targets, senders, pings):
     """`senders` clients send `pings` `!ping`s at once (each its share, one after the other), round-robin over
     `targets` (room, bot; rooms `owner` created); returns history_figures of the replies."""
-    import threading
     people = [Person(synapse) for _ in range(senders)]
     for room, _ in targets:
         for person in people:
@@ -266,8 +272,6 @@ def access_log_turnarounds(log_path, user, since, until):
     """The bot's own turnaround per reply, from Synapse's access log: from the end of the bot's `/sync` that
     delivered a ping to the start of its reply's PUT (the latest sync that ended before the PUT started), in ms,
     for requests between `since` and `until` (time.time())."""
-    import datetime
-    import re
     line_re = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO - \S+ - \S+ - \d+ - "
                          r"\{(.*?)\} Processed request: ([0-9.]+)sec.*?\"(\w+) (\S+) ")
     syncs, puts = [], []
@@ -307,6 +311,22 @@ def sequential_phase(synapse, person, room, bot, pid, pings):
     }
 
 
+def fresh_bots_in_a_shared_room(work, synapse, person, count, runs):
+    """`runs` fresh deployments of `count` bots (setup, start, the bots join one shared room, 3 s to settle),
+    each measured and stopped: the memory of the run with the median VmRSS, with every run's VmRSS under
+    "runs", and the first run's seconds from exec to READY=1."""
+    measured, ready = [], None
+    for _ in range(runs):
+        many = Deployment(work, synapse, count)
+        started = many.start()
+        ready = started if ready is None else ready
+        one_shared_room(person, many.users)
+        measured.append(dict(memory_kib(many.proc.pid), **memory_metrics(many.api_port)))
+        many.stop()
+    median = sorted(measured, key=lambda m: m["VmRSS"])[len(measured) // 2]
+    return dict(median, runs=[m["VmRSS"] for m in measured]), ready
+
+
 def one_bot_in_a_room(work, synapse):
     """A running deployment of one `ping` bot, a person, and a room they share."""
     one = Deployment(work, synapse, 1)
@@ -318,12 +338,28 @@ def one_bot_in_a_room(work, synapse):
     return one, bot, person, room
 
 
+def a_room_each(person, bots):
+    """A room of `person`'s with each of `bots`, once the bot joined: [(room, bot)]."""
+    rooms = [(person.api.create_room([b]), b) for b in bots]
+    for room, bot in rooms:
+        person.api.wait_for_members(room, [bot])
+    return rooms
+
+
+def one_shared_room(person, bots):
+    """A room of `person`'s with all `bots`, once they joined, and 3 s for the bots to settle (memory phases)."""
+    shared = person.api.create_room(bots)
+    person.api.wait_for_members(shared, bots, timeout=120)
+    time.sleep(3)
+    return shared
+
+
 def maubot_phases(work, synapse, args):
     """The phases the comparison runs against Python maubot (scripts/bench_maubot.py), measured with the same
     functions as the daemon's own."""
     from bench_maubot import MaubotDeployment
     out = {}
-    one = MaubotDeployment(work, synapse, 1)
+    one = MaubotDeployment(work, synapse, 1, free_port())
     bot = one.users[0]
     person = Person(synapse)
     room = person.api.create_room([bot])
@@ -336,22 +372,26 @@ def maubot_phases(work, synapse, args):
     out.update(sequential_phase(synapse, person, room, bot, one.proc.pid, args.pings))
     out["load_1_bot"] = concurrent_load(synapse, person, [(room, bot)], args.senders, args.load_pings)
     one.stop()
-    three = MaubotDeployment(work, synapse, 3)
-    rooms = [(person.api.create_room([b]), b) for b in three.users]
-    for r, b in rooms:
-        person.api.wait_for_members(r, [b])
+    three = MaubotDeployment(work, synapse, 3, free_port())
+    rooms = a_room_each(person, three.users)
     out["load_3_bots"] = concurrent_load(synapse, person, rooms, args.senders, args.load_pings)
     three.stop()
-    many = MaubotDeployment(work, synapse, args.instances)
-    shared = person.api.create_room(many.users)
-    person.api.wait_for_members(shared, many.users, timeout=120)
-    time.sleep(3)
+    many = MaubotDeployment(work, synapse, args.instances, free_port())
+    one_shared_room(person, many.users)
     out[f"rss_kib_{args.instances}_bots"] = memory_kib(many.proc.pid)["VmRSS"]
     many.stop()
+    if args.scale:
+        scale = MaubotDeployment(work, synapse, args.scale, free_port())
+        a_room_each(person, scale.users)
+        time.sleep(3)
+        out[f"rss_kib_{args.scale}_bots"] = memory_kib(scale.proc.pid)["VmRSS"]
+        out["marginal_kib_per_bot"] = ((out[f"rss_kib_{args.scale}_bots"] - out[f"rss_kib_{args.instances}_bots"])
+                                       / (args.scale - args.instances))
+        scale.stop()
     return out
 
 
-def comparison_rows(ours, theirs, n):
+def comparison_rows(ours, theirs, n, senders, scale):
     """(measure, maubot, this daemon, ratio maubot/ours where larger is better for us)."""
     def pick(results, path):
         value = results
@@ -361,13 +401,15 @@ def comparison_rows(ours, theirs, n):
     specs = [
         ("RSS, 1 bot (MiB)", ["rss_kib_1_bot"], 1 / 1024, False),
         (f"RSS, {n} bots (MiB)", [f"rss_kib_{n}_bots"], 1 / 1024, False),
+        (f"RSS, {scale} bots (MiB)", [f"rss_kib_{scale}_bots"], 1 / 1024, False),
+        (f"memory per bot beyond {n} (MiB)", ["marginal_kib_per_bot"], 1 / 1024, False),
         ("sequential round trip median (ms)", ["round_trip_ms_median"], 1, False),
         ("bot turnaround median (ms)", ["turnaround_ms_median"], 1, False),
         ("bot CPU per pong (ms)", ["cpu_ms_per_pong"], 1, False),
-        ("8 senders, 1 bot: pongs/s", ["load_1_bot", "pongs_per_s"], 1, True),
-        ("8 senders, 1 bot: round trip median (ms)", ["load_1_bot", "round_trip_ms_median"], 1, False),
-        ("8 senders, 3 bots: pongs/s", ["load_3_bots", "pongs_per_s"], 1, True),
-        ("8 senders, 3 bots: round trip median (ms)", ["load_3_bots", "round_trip_ms_median"], 1, False),
+        (f"{senders} senders, 1 bot: pongs/s", ["load_1_bot", "pongs_per_s"], 1, True),
+        (f"{senders} senders, 1 bot: round trip median (ms)", ["load_1_bot", "round_trip_ms_median"], 1, False),
+        (f"{senders} senders, 3 bots: pongs/s", ["load_3_bots", "pongs_per_s"], 1, True),
+        (f"{senders} senders, 3 bots: round trip median (ms)", ["load_3_bots", "round_trip_ms_median"], 1, False),
     ]
     rows = []
     for label, path, scale, higher_is_better in specs:
@@ -388,6 +430,10 @@ def main():
     parser.add_argument("--senders", type=int, default=8, help="clients sending at once in the load phases")
     parser.add_argument("--load-pings", type=int, default=200, help="pings the senders send together per phase")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to take READY/first-pong medians over")
+    parser.add_argument("--memory-runs", type=int, default=3,
+                        help="fresh N-bot deployments to take the RSS median over")
+    parser.add_argument("--scale", type=int, default=100,
+                        help="bots (a room each) for the scale phase: READY and marginal memory per bot; 0 skips it")
     parser.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "results.json"))
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--compare-maubot", action="store_true",
@@ -428,24 +474,11 @@ def main():
         first_sent = time.monotonic()
         burst = [person.api.send_text(room, "!ping") for _ in range(args.burst)]
         sent_all = time.monotonic()
-        wanted = set(burst)
-        deadline = time.monotonic() + 120
-        while True:
-            events = room_events(person.api, room, limit=4 * args.burst + 200)
-            sent_ts = {e["event_id"]: e["origin_server_ts"] for e in events if e["event_id"] in wanted}
-            replies = {}
-            for e in events:
-                target = e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-                if e.get("sender") == bot and target in wanted:
-                    replies.setdefault(target, e["origin_server_ts"])
-            if len(replies) == len(wanted) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        span_s = (max(replies.values()) - min(sent_ts.values())) / 1000 if replies else 0
+        judged = history_figures(person.api, {room: burst}, {room: bot})
         results["burst_pings"] = args.burst
         results["burst_send_s"] = sent_all - first_sent
-        results["burst_pongs_per_s"] = len(replies) / span_s if span_s else 0
-        results["burst_lost"] = args.burst - len(replies)
+        results["burst_pongs_per_s"] = judged["pongs_per_s"]
+        results["burst_lost"] = judged["lost"]
 
         # Several senders at once, one bot in one room.
         results["load_1_bot"] = concurrent_load(synapse, person, [(room, bot)], args.senders, args.load_pings)
@@ -454,9 +487,7 @@ def main():
         # Several senders at once, round-robin over three bots in three rooms.
         three = Deployment(work, synapse, 3)
         three.start()
-        rooms = [(person.api.create_room([b]), b) for b in three.users]
-        for r, b in rooms:
-            person.api.wait_for_members(r, [b])
+        rooms = a_room_each(person, three.users)
         results["load_3_bots"] = concurrent_load(synapse, person, rooms, args.senders, args.load_pings)
         three.stop()
 
@@ -471,16 +502,28 @@ def main():
         results["exec_round_trip_ms_p95"] = 1000 * percentile(round_trips, 95)
         program.stop()
 
-        # N bots in one shared room.
-        many = Deployment(work, synapse, args.instances)
-        results[f"ready_s_{args.instances}_bots"] = many.start()
-        shared = person.api.create_room(many.users)
-        person.api.wait_for_members(shared, many.users, timeout=120)
-        time.sleep(3)
-        memory = dict(memory_kib(many.proc.pid), **memory_metrics(many.api_port))
+        # N bots in one shared room: RSS as the median over fresh deployments.
+        memory, ready = fresh_bots_in_a_shared_room(work, synapse, person, args.instances, args.memory_runs)
+        results[f"ready_s_{args.instances}_bots"] = ready
         results[f"rss_kib_{args.instances}_bots"] = memory["VmRSS"]
+        results[f"rss_kib_{args.instances}_bots_runs"] = memory.pop("runs")
         results[f"memory_kib_{args.instances}_bots"] = memory
-        many.stop()
+
+        # Scale: many bots, a room each, measured as the N bots were (3 s after joining); what each bot beyond
+        # N costs; READY after a restart, with every bot's room in its store.
+        if args.scale:
+            scale = Deployment(work, synapse, args.scale)
+            scale.start()
+            a_room_each(person, scale.users)
+            time.sleep(3)
+            memory = dict(memory_kib(scale.proc.pid), **memory_metrics(scale.api_port))
+            results[f"memory_kib_{args.scale}_bots"] = memory
+            results[f"rss_kib_{args.scale}_bots"] = memory["VmRSS"]
+            results["marginal_kib_per_bot"] = ((memory["VmRSS"] - results[f"rss_kib_{args.instances}_bots"])
+                                               / (args.scale - args.instances))
+            scale.stop()
+            results[f"ready_s_{args.scale}_bots"] = scale.start()
+            scale.stop()
         if args.compare_maubot:
             results["maubot"] = maubot_phases(work, synapse, args)
     finally:
@@ -500,7 +543,8 @@ def main():
     n = args.instances
     rows = [
         ("RSS, 1 bot", mib(results["memory_kib_1_bot"])),
-        (f"RSS, {n} bots (shared room)", mib(results[f"memory_kib_{n}_bots"])),
+        (f"RSS, {n} bots (shared room), median of {args.memory_runs}", mib(results[f"memory_kib_{n}_bots"])
+         + " runs: " + ", ".join(f"{r / 1024:.1f}" for r in results[f"rss_kib_{n}_bots_runs"])),
         ("exec -> READY=1, 1 bot (median)", f"{results['ready_s_median'] * 1000:.0f} ms"),
         (f"exec -> READY=1, {n} bots", f"{results[f'ready_s_{n}_bots'] * 1000:.0f} ms"),
         ("exec -> first pong (median)", f"{results['first_pong_s_median'] * 1000:.0f} ms"
@@ -515,6 +559,13 @@ def main():
         ("bot turnaround (Synapse access log): median", f"{results['turnaround_ms_median']:.1f} ms"
          if results["turnaround_ms_median"] is not None else "none"),
     ]
+    if args.scale:
+        rows += [
+            (f"RSS, {args.scale} bots (a room each)", mib(results[f"memory_kib_{args.scale}_bots"])),
+            (f"exec -> READY=1, {args.scale} bots (restart)", f"{results[f'ready_s_{args.scale}_bots'] * 1000:.0f} ms"),
+            (f"memory per bot beyond {n} (RSS {args.scale} - RSS {n}) / {args.scale - n}",
+             f"{results['marginal_kib_per_bot'] / 1024:.2f} MiB"),
+        ]
     for key, label in (("load_1_bot", "1 bot, 1 room"), ("load_3_bots", "3 bots, 3 rooms")):
         load = results[key]
         rows.append((f"{args.senders} senders, {load['pings']} pings, {label}",
@@ -525,7 +576,7 @@ def main():
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
     if "maubot" in results:
-        compared = comparison_rows(results, results["maubot"], n)
+        compared = comparison_rows(results, results["maubot"], n, args.senders, args.scale)
         print("\nSide by side, same Synapse, same run (ratio: how many times better this daemon is; "
               "maubot without E2EE, this daemon with):")
         widths = [max(len(r[i]) for r in compared + [("measure", "maubot", "this", "ratio")]) for i in range(4)]

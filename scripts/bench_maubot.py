@@ -6,7 +6,6 @@ import io
 import json
 import os
 import secrets
-import socket
 import subprocess
 import tempfile
 import time
@@ -49,12 +48,6 @@ def install():
     return python
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def plugin_archive():
     data = io.BytesIO()
     with zipfile.ZipFile(data, "w") as archive:
@@ -64,13 +57,14 @@ def plugin_archive():
 
 
 class MaubotDeployment:
-    """`count` bots in one maubot process, each a client with an instance of the `!ping` plugin."""
+    """`count` bots in one maubot process, each a client with an instance of the `!ping` plugin; its management
+    API on `port`."""
 
-    def __init__(self, work, synapse, count):
+    def __init__(self, work, synapse, count, port):
         self.python = install()
         self.dir = tempfile.mkdtemp(prefix=f"maubot-{count}-", dir=work)
         os.makedirs(os.path.join(self.dir, "plugins"))
-        self.port = free_port()
+        self.port = port
         self.base = f"http://127.0.0.1:{self.port}/_matrix/maubot/v1"
         self.password = secrets.token_hex(8)
         config = {
