@@ -327,6 +327,12 @@ def fresh_bots_in_a_shared_room(work, synapse, person, count, runs):
     return dict(median, runs=[m["VmRSS"] for m in measured]), ready
 
 
+def memory_per_bot_beyond(results, n, many):
+    """What each bot beyond the first `n` costs, in KiB: (RSS with `many` bots - RSS with `n`) / (`many` - `n`),
+    from `results`' rss_kib_* figures."""
+    return (results[f"rss_kib_{many}_bots"] - results[f"rss_kib_{n}_bots"]) / (many - n)
+
+
 def one_bot_in_a_room(work, synapse):
     """A running deployment of one `ping` bot, a person, and a room they share."""
     one = Deployment(work, synapse, 1)
@@ -385,8 +391,7 @@ def maubot_phases(work, synapse, args):
         a_room_each(person, scale.users)
         time.sleep(3)
         out[f"rss_kib_{args.scale}_bots"] = memory_kib(scale.proc.pid)["VmRSS"]
-        out["marginal_kib_per_bot"] = ((out[f"rss_kib_{args.scale}_bots"] - out[f"rss_kib_{args.instances}_bots"])
-                                       / (args.scale - args.instances))
+        out["marginal_kib_per_bot"] = memory_per_bot_beyond(out, args.instances, args.scale)
         scale.stop()
     return out
 
@@ -519,8 +524,7 @@ def main():
             memory = dict(memory_kib(scale.proc.pid), **memory_metrics(scale.api_port))
             results[f"memory_kib_{args.scale}_bots"] = memory
             results[f"rss_kib_{args.scale}_bots"] = memory["VmRSS"]
-            results["marginal_kib_per_bot"] = ((memory["VmRSS"] - results[f"rss_kib_{args.instances}_bots"])
-                                               / (args.scale - args.instances))
+            results["marginal_kib_per_bot"] = memory_per_bot_beyond(results, args.instances, args.scale)
             scale.stop()
             results[f"ready_s_{args.scale}_bots"] = scale.start()
             scale.stop()
