@@ -7,10 +7,12 @@ use std::time::Duration;
 use matrix_sdk::config::RequestConfig;
 
 use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::StoreConfig;
+use matrix_sdk::cross_process_lock::CrossProcessLockConfig;
 use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
 use matrix_sdk::store::{StateStoreDataKey, StateStoreDataValue};
-use matrix_sdk::{Client, SessionMeta, SessionTokens, SqliteCryptoStore, SqliteStoreConfig};
+use matrix_sdk::{Client, SessionMeta, SessionTokens, SqliteCryptoStore, SqliteStateStore, SqliteStoreConfig};
 use matrix_sdk_base::crypto::store::CryptoStore;
 
 use crate::state::{CRYPTO_STORE_FILE, InstanceRecord, StateError};
@@ -57,8 +59,22 @@ fn shared_http_client() -> Result<reqwest::Client, ClientError> {
     Ok(SHARED.get_or_init(|| client).clone())
 }
 
+/// The stores of a bot in `store_dir`: what must survive a restart (the state store: rooms, members, the sync
+/// position matrix-sdk keeps; the crypto store: the device's keys and sessions) in SQLite; the event cache and the
+/// media cache in memory, as matrix-sdk's default `StoreConfig` has them. A bot never subscribes to the event cache
+/// and never downloads media through the cache, so on disk they were two more databases per bot (four SQLite
+/// connections, about 80 KiB of heap each bot, measured in docs/benchmark.md) holding nothing. One process uses a
+/// store (the instance lock, `instances/<id>/lock`, says which), so matrix-sdk's cross-process lease lock is off.
+async fn stores(store_dir: &Path) -> Result<StoreConfig, matrix_sdk::ClientBuildError> {
+    let config = store_config(store_dir);
+    let (state, crypto) =
+        tokio::try_join!(SqliteStateStore::open_with_config(&config), SqliteCryptoStore::open_with_config(&config))?;
+    Ok(StoreConfig::new(CrossProcessLockConfig::SingleProcess).state_store(state).crypto_store(crypto))
+}
+
 /// A client whose stores live in `store_dir`. Builds no network connection.
 pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, ClientError> {
+    let build_error = |source| ClientError::Build { homeserver: homeserver_url.to_owned(), source: Box::new(source) };
     Client::builder()
         .homeserver_url(homeserver_url)
         // The configured URL is the one to use (often loopback, past the reverse proxy that the homeserver's
@@ -68,7 +84,8 @@ pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, Cli
         // Let failures reach our own loop (which honours Retry-After and escalates to the supervisor) instead of
         // matrix-sdk's default of retrying for up to 15 minutes.
         .request_config(RequestConfig::new().retry_limit(3).max_retry_time(Duration::from_secs(30)))
-        .sqlite_store_with_config_and_cache_path(store_config(store_dir), None::<&Path>)
+        .store_config(stores(store_dir).await.map_err(build_error)?)
+        .cross_process_store_config(CrossProcessLockConfig::SingleProcess)
         .with_encryption_settings(EncryptionSettings {
             // Cross-signing is bootstrapped explicitly by `setup`, never implicitly.
             auto_enable_cross_signing: false,
@@ -77,7 +94,7 @@ pub async fn build(homeserver_url: &str, store_dir: &Path) -> Result<Client, Cli
         })
         .build()
         .await
-        .map_err(|source| ClientError::Build { homeserver: homeserver_url.to_owned(), source: Box::new(source) })
+        .map_err(build_error)
 }
 
 /// The session `setup` recorded, in matrix-sdk's form.
