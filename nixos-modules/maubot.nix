@@ -130,6 +130,14 @@ let
           default = null;
           description = "Display name of the bot's device (default `maubot <id>`).";
         };
+        serverAdmin = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            `maubot setup` registers the bot as a server admin (Synapse's shared-secret registration), which the
+            `space` plugin needs to force-join and deactivate users. An account that exists already is not changed.
+          '';
+        };
         roomSubscriptions = mkOption {
           type = types.listOf types.str;
           default = [ ];
@@ -264,6 +272,7 @@ let
           }
         ) instance.listeners;
       }
+      // optionalAttrs instance.serverAdmin { server_admin = true; }
       // optionalAttrs (instance.deviceName != null) { device_name = instance.deviceName; }
       // optionalAttrs (instance.passwordFile != null) { password = credential "${id}-password"; }
       // optionalAttrs (instance.accessTokenFile != null) { access_token = credential "${id}-access-token"; }

@@ -151,6 +151,10 @@ pub struct InstanceConfig {
     /// Minimum severity that is sent to the admin room.
     #[serde(default)]
     pub error_notification_level: NotificationLevel,
+    /// `setup` registers the bot as a server admin (Synapse's shared-secret registration), which plugins that
+    /// administer users need (`space`: force-join, deactivate). An account that exists already is not changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server_admin: bool,
     /// Listeners of the instance's own for its plugin's HTTP routes (besides `/_plugins/<id>/` on the management
     /// server), started and stopped with the instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -72,6 +72,10 @@ pub async fn run(
     // The configured URL wins over the one recorded at setup: it may have moved (a new port, a proxy).
     let url =
         shared.config.homeserver_of(&config).map(|(_, hs)| hs.url.clone()).unwrap_or(record.homeserver_url.clone());
+    let http = match client::shared_http_client() {
+        Ok(http) => http,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
     let client = match client::restore(&url, &store_dir, &record, position.as_deref()).await {
         Ok(client) => client,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -83,7 +87,7 @@ pub async fn run(
         user_id: record.user_id.clone(),
         data_dir,
         database_path: shared.layout.plugin_database(&id),
-        matrix: plugin::MatrixView::new(client.clone(), limiter.clone()),
+        matrix: plugin::MatrixView::new(client.clone(), limiter.clone(), http),
         limiter,
     };
     let instance = Instance {

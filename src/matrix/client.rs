@@ -42,7 +42,7 @@ const IDLE_CONNECTIONS_PER_HOMESERVER: usize = 8;
 
 /// One HTTP client for every bot in the process: one TLS configuration and root store, one connection pool
 /// (bots on the same homeserver reuse connections), instead of one of each per bot. Settings as matrix-sdk's own.
-fn shared_http_client() -> Result<reqwest::Client, ClientError> {
+pub(crate) fn shared_http_client() -> Result<reqwest::Client, ClientError> {
     static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     if let Some(client) = SHARED.get() {
         return Ok(client.clone());

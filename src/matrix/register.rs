@@ -15,6 +15,8 @@ pub struct Registration<'a> {
     pub password: &'a str,
     pub shared_secret: Option<&'a str>,
     pub token: Option<&'a str>,
+    /// Register the user as a server admin (shared-secret registration only: Synapse's admin API).
+    pub admin: bool,
 }
 
 /// How the account came to exist.
@@ -95,12 +97,12 @@ async fn shared_secret(
         tracing::debug!(status, "no shared-secret registration on this homeserver");
         return Ok(None);
     };
-    let mac = shared_secret_mac(secret, nonce, reg.localpart, reg.password, false);
+    let mac = shared_secret_mac(secret, nonce, reg.localpart, reg.password, reg.admin);
     let request = json!({
         "nonce": nonce,
         "username": reg.localpart,
         "password": reg.password,
-        "admin": false,
+        "admin": reg.admin,
         "mac": mac,
         "inhibit_login": true,
     });

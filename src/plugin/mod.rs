@@ -20,6 +20,7 @@ pub mod ping;
 pub mod rate_limit;
 pub mod registry;
 pub mod room_ops;
+pub mod space;
 pub mod storage;
 
 use async_trait::async_trait;

@@ -2,7 +2,7 @@
 
 use super::PluginType;
 
-static TYPES: &[&dyn PluginType] = &[&super::ping::PingType, &super::exec::ExecType];
+static TYPES: &[&dyn PluginType] = &[&super::ping::PingType, &super::exec::ExecType, &super::space::SpaceType];
 
 /// The plugin type registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn PluginType> {

@@ -6,6 +6,7 @@
 
 use matrix_sdk::Client;
 use matrix_sdk::ruma::api::client::alias::get_alias;
+use matrix_sdk::ruma::api::client::discovery::get_capabilities;
 use matrix_sdk::ruma::api::client::membership::{ban_user, get_member_events, invite_user, kick_user, unban_user};
 use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::state::{get_state_event_for_key, send_state_event};
@@ -228,6 +229,21 @@ pub async fn members(client: &Client, room: &RoomId) -> Result<Vec<Member>, Room
         .collect())
 }
 
+/// Whether rooms of `room_version` give their creators unlimited power, without listing them in the power
+/// levels (room version 12 on). Unknown versions: no.
+pub fn creators_privileged(room_version: &str) -> bool {
+    RoomVersionId::try_from(room_version)
+        .ok()
+        .and_then(|v| v.rules())
+        .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
+}
+
+/// The room version the homeserver gives new rooms when none is asked for (its capabilities).
+pub async fn default_room_version(client: &Client) -> Result<String, RoomOpError> {
+    let response = client.send(get_capabilities::v3::Request::new()).await?;
+    Ok(response.capabilities.room_versions.default.to_string())
+}
+
 /// The room's version and creators.
 pub async fn creation(client: &Client, room: &RoomId) -> Result<RoomCreation, RoomOpError> {
     let mut request =
@@ -237,10 +253,7 @@ pub async fn creation(client: &Client, room: &RoomId) -> Result<RoomCreation, Ro
     let event: Value = serde_json::from_str(response.event_or_content.get()).unwrap_or(Value::Null);
     // Room version 1 has no `room_version` in its create event.
     let room_version = event["content"]["room_version"].as_str().unwrap_or("1").to_owned();
-    let creators_privileged = RoomVersionId::try_from(room_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators);
+    let creators_privileged = creators_privileged(&room_version);
     let mut creators: Vec<String> = event["sender"].as_str().map(str::to_owned).into_iter().collect();
     if let Some(more) = event["content"]["additional_creators"].as_array() {
         creators.extend(more.iter().filter_map(Value::as_str).map(str::to_owned));

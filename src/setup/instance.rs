@@ -313,10 +313,15 @@ async fn register_if_configured(
     let localpart = instance.user.trim_start_matches('@').split(':').next().unwrap_or_default();
     let outcome = register::register(
         &reqwest::Client::new(),
-        &Registration { homeserver: &url, localpart, password, shared_secret, token },
+        &Registration { homeserver: &url, localpart, password, shared_secret, token, admin: instance.server_admin },
     )
     .await?;
     match outcome {
+        Registered::AlreadyExists if instance.server_admin => tracing::warn!(
+            user = %instance.user,
+            "the user exists already; logging in. `server_admin` applies only to a user setup registers: make it a \
+             server admin on the homeserver if it is not one"
+        ),
         Registered::AlreadyExists => tracing::info!(user = %instance.user, "the user exists already; logging in"),
         how => tracing::info!(user = %instance.user, method = ?how, "registered the bot user"),
     }

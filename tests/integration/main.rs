@@ -18,3 +18,4 @@ mod plugin_http;
 mod room_actions;
 mod sending;
 mod setup_run;
+mod space;

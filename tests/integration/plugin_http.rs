@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::ExtendedKeyUsagePurpose;
 
 use crate::harness::bot::BotEnv;
 use crate::harness::client::TestUser;
 use crate::harness::eventually;
+use crate::harness::pki::Pki;
 use crate::harness::synapse::{free_port, synapse};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,29 +40,6 @@ for line in sys.stdin:
         say({"type": "http_response", "to": m["id"], "status": 200,
              "headers": {"content-type": "application/json"}, "body": json.dumps(seen)})
 "#;
-
-/// A CA, and a certificate it signs for `name` (a server's SANs or a client's common name).
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Pki { ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    /// (certificate PEM, key PEM).
-    fn issue(&self, common_name: &str, sans: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![purpose];
-        (params.signed_by(&key, &self.ca).unwrap().pem(), key.serialize_pem())
-    }
-}
 
 async fn status_of(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();

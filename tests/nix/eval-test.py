@@ -275,6 +275,14 @@ def main():
           and "IPAddressDeny" not in result["unit"],
           error or (result or {}).get("failedAssertions") or listeners)
 
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances.ping.serverAdmin = true; }'))
+    rendered = json.loads(result["settings"])["instances"]["ping"] if result else {}
+    default, _ = evaluate(lib, "{ lib, ... }: " + module_with("{ }"))
+    by_default = json.loads(default["settings"])["instances"]["ping"] if default else {}
+    check("serverAdmin renders server_admin, which setup reads; absent by default",
+          rendered.get("server_admin") is True and "server_admin" not in by_default, error or rendered)
+
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
           result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]

@@ -161,8 +161,12 @@ impl BotEnv {
                 "  {}:\n    type: {kind}\n    user: \"@{}:{SERVER_NAME}\"\n",
                 instance.id, instance.localpart
             ));
-            let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
-            yaml.push_str(&format!("    config:\n      allow_invites_from: [{}]\n", globs.join(", ")));
+            yaml.push_str("    config:\n");
+            // Types that manage rooms themselves (`space`) take no invites.
+            if kind == "ping" || kind == "exec" {
+                let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
+                yaml.push_str(&format!("      allow_invites_from: [{}]\n", globs.join(", ")));
+            }
             for line in config {
                 yaml.push_str(&format!("      {line}\n"));
             }

@@ -192,6 +192,34 @@ impl Synapse {
         self.admin(reqwest::Client::new().get(url)).send().await.unwrap().status().is_success()
     }
 
+    /// GETs `path` (relative to the homeserver URL) as the admin: the status and the JSON answer.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let url = format!("{}/{path}", self.url);
+        let response = self.admin(reqwest::Client::new().get(url)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The room an alias points to (`#local:server`), if any.
+    pub async fn resolve_alias(&self, alias: &str) -> Option<String> {
+        let encoded: String = url::form_urlencoded::byte_serialize(alias.as_bytes()).collect();
+        let (status, body) = self.admin_get(&format!("_matrix/client/v3/directory/room/{encoded}")).await;
+        (status == 200).then(|| body["room_id"].as_str().unwrap().to_owned())
+    }
+
+    /// A room's current state events (Synapse's admin API), each with its event id.
+    pub async fn room_state(&self, room_id: &str) -> Vec<Value> {
+        let (status, body) = self.admin_get(&format!("_synapse/admin/v1/rooms/{room_id}/state")).await;
+        assert_eq!(status, 200, "room state of {room_id}: {body}");
+        body["state"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Whether a user's account is deactivated.
+    pub async fn deactivated(&self, user_id: &str) -> bool {
+        let (status, body) = self.admin_get(&format!("_synapse/admin/v2/users/{user_id}")).await;
+        assert_eq!(status, 200, "user {user_id}: {body}");
+        body["deactivated"] == Value::Bool(true)
+    }
+
     /// POSTs `body` to `path` (relative to the homeserver URL) as the admin; the JSON answer.
     async fn admin_post(&self, path: &str, body: Value) -> Value {
         let url = format!("{}/{path}", self.url);
