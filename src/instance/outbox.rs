@@ -153,19 +153,45 @@ impl Queues {
         if busy.is_some_and(|b| b.len() >= MAX_IN_FLIGHT_PER_ROOM) {
             return None;
         }
-        let queue = &self.rooms[room];
-        (0..queue.len()).find(|&i| {
-            let seq = queue[i].seq;
-            !busy.is_some_and(|b| b.contains(&seq))
-                && self.not_before.get(&seq).is_none_or(|at| *at <= now)
-                && !queue.range(..i).any(|e| must_follow(&queue[i], e))
-        })
+        // A send must wait for an earlier one of its room when both answer the same event (or neither answers
+        // one: a plugin's own sends), or when both are room operations. One pass: what the entries before this
+        // one answer, and whether one of them is a room operation, is all that asks of them.
+        let mut answered_before: HashSet<Option<&str>> = HashSet::new();
+        let mut room_operation_before = false;
+        for (i, entry) in self.rooms[room].iter().enumerate() {
+            let follows = answered_before.contains(&entry.answers.as_deref())
+                || (room_operation_before && is_room_operation(entry));
+            if !follows
+                && !busy.is_some_and(|b| b.contains(&entry.seq))
+                && self.not_before.get(&entry.seq).is_none_or(|at| *at <= now)
+            {
+                return Some(i);
+            }
+            answered_before.insert(entry.answers.as_deref());
+            room_operation_before |= is_room_operation(entry);
+        }
+        None
+    }
+
+    /// Forgets a send that is done (sent, unchanged or refused); a room whose queue is empty is dropped.
+    fn finish(&mut self, entry: &OutboxEntry) {
+        if let Some(queue) = self.rooms.get_mut(&entry.room_id) {
+            queue.retain(|e| e.seq != entry.seq);
+            if queue.is_empty() {
+                self.rooms.remove(&entry.room_id);
+            }
+        }
+        self.attempts.remove(&entry.seq);
+        self.not_before.remove(&entry.seq);
     }
 
     /// Marks a send no longer in flight.
     fn done_with(&mut self, entry: &OutboxEntry) {
         if let Some(busy) = self.busy.get_mut(&entry.room_id) {
             busy.remove(&entry.seq);
+            if busy.is_empty() {
+                self.busy.remove(&entry.room_id);
+            }
         }
     }
 
@@ -183,12 +209,6 @@ impl Queues {
     fn is_empty(&self) -> bool {
         self.rooms.values().all(VecDeque::is_empty)
     }
-}
-
-/// Whether `later` (queued after `earlier`, same room) must wait until `earlier` is done: both answer the same
-/// event (or neither answers one: a plugin's own sends), or both are room operations.
-fn must_follow(later: &OutboxEntry, earlier: &OutboxEntry) -> bool {
-    later.answers == earlier.answers || (is_room_operation(later) && is_room_operation(earlier))
 }
 
 /// An entry carried out by `room_ops` (it reads the room before it changes it), not sent as an event.
@@ -272,11 +292,7 @@ impl Sender {
                     let waited_ms = (now_unix() - entry.queued_at).max(0) * 1000;
                     tracing::info!(instance = %self.id, room_id = %entry.room_id, event_id = %answers, queued_ms = waited_ms, "answered");
                 }
-                if let Some(queue) = queues.rooms.get_mut(&entry.room_id) {
-                    queue.retain(|e| e.seq != entry.seq);
-                }
-                queues.attempts.remove(&entry.seq);
-                queues.not_before.remove(&entry.seq);
+                queues.finish(&entry);
                 self.outstanding.done();
                 if let Err(e) = self.db.remove_sent(&self.id, entry.seq).await {
                     // It stays owed: sent again after a restart, and deduplicated by its transaction id.
@@ -519,6 +535,26 @@ mod tests {
             queues.push(answering(seq, "!r:x", &format!("${seq}")));
         }
         assert_eq!(seqs(&mut queues).len(), MAX_IN_FLIGHT_PER_ROOM);
+    }
+
+    #[test]
+    fn a_room_whose_sends_are_all_done_is_forgotten() {
+        let mut queues = Queues::default();
+        queues.push(answering(0, "!once:x", "$a"));
+        queues.push(answering(1, "!busy:x", "$b"));
+        queues.push(answering(2, "!busy:x", "$c"));
+        let now = Instant::now();
+        let sent = std::iter::from_fn(|| queues.next_send(now)).collect::<Vec<_>>();
+        assert_eq!(sent.len(), 3);
+        for entry in &sent[..2] {
+            queues.done_with(entry);
+            queues.finish(entry);
+        }
+        assert_eq!(queues.rooms.keys().collect::<Vec<_>>(), ["!busy:x"], "the room with nothing left is dropped");
+        assert_eq!(queues.busy.keys().collect::<Vec<_>>(), ["!busy:x"]);
+        queues.done_with(&sent[2]);
+        queues.finish(&sent[2]);
+        assert!(queues.rooms.is_empty() && queues.busy.is_empty() && queues.is_empty());
     }
 
     #[test]

@@ -187,11 +187,15 @@ impl MatrixView {
     /// Sends a text message to `room` with the transaction id `txn_id`: a command to the conduwuit family's
     /// admin room, which is how those servers are administered. Sending the same `txn_id` again is harmless
     /// (the homeserver deduplicates it). Bot replies are not sent this way but as [`super::Action`]s.
-    pub async fn send_admin_command(&self, room: &RoomId, command: &str, txn_id: &str) -> Result<(), RoomOpError> {
-        let room = self
-            .client
-            .get_room(room)
-            .ok_or_else(|| RoomOpError::Invalid(format!("the bot is not in the admin room {room}")))?;
+    pub async fn send_admin_command(&self, room_id: &RoomId, command: &str, txn_id: &str) -> Result<(), RoomOpError> {
+        let room = match self.client.get_room(room_id) {
+            Some(room) => room,
+            // Joined on the homeserver, not stored yet by the first sync: joining again is harmless and gives
+            // the client the room.
+            None => {
+                self.guarded(|| async { self.client.join_room_by_id(room_id).await.map_err(RoomOpError::from) }).await?
+            }
+        };
         let content = matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(command);
         let txn_id = matrix_sdk::ruma::OwnedTransactionId::from(txn_id);
         self.guarded(|| {

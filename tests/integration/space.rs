@@ -229,6 +229,9 @@ async fn the_space_is_bootstrapped_once_and_the_lifecycle_api_joins_promotes_dem
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("`callsign` is missing"), "{body}");
 
+    let (status, body) = call(&deploy_app, &base, "revoked", localpart(&bot)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "never the bot itself: {body}");
+
     // created: joined to the Space and its public room (force-joined through Synapse's admin API); once.
     let (status, body) = call(&deploy_app, &base, "created", &callsign).await;
     assert_eq!(

@@ -178,11 +178,20 @@ impl Space {
             Ok(route) => route,
             Err(answer) => return answer,
         };
-        let server_name = context.user_id.rsplit_once(':').map_or("", |(_, server)| server);
-        let user = match user_of(&request.body, &self.config.user_id_template, server_name) {
+        let Ok(bot) = OwnedUserId::try_from(context.user_id.as_str()) else {
+            return HttpResponse::error(503, "not_ready", "the bot's own user id cannot be read");
+        };
+        let user = match user_of(&request.body, &self.config.user_id_template, bot.server_name().as_str()) {
             Ok(user) => user,
             Err(answer) => return answer,
         };
+        if user == bot {
+            return HttpResponse::error(
+                409,
+                "conflict",
+                "the callsign names the bot itself, which the lifecycle API never changes",
+            );
+        }
         let Route::Action(action) = route else {
             // A new callsign is a new Matrix account, which the deploy app creates with `created`.
             return HttpResponse::json(
@@ -292,17 +301,21 @@ impl Space {
             .map_err(|e| PluginError::transient(format!("cannot update the deferred calls: {e}")))
     }
 
-    async fn server_admin(&self, view: &MatrixView) -> Result<&ServerAdmin, AdminError> {
-        self.server_admin
-            .get_or_try_init(|| async {
-                let found = ServerAdmin::detect(view).await?;
-                match &found {
-                    ServerAdmin::None(why) => tracing::warn!(why = %why, "users will be invited, not joined"),
-                    other => tracing::info!(way = ?other, "administering users on the homeserver"),
-                }
-                Ok(found)
-            })
-            .await
+    /// How the homeserver lets the bot administer users: found once, except that finding no way is asked
+    /// again on the next call (the operator may make the bot an admin meanwhile).
+    async fn server_admin(&self, view: &MatrixView) -> Result<ServerAdmin, AdminError> {
+        if let Some(known) = self.server_admin.get() {
+            return Ok(known.clone());
+        }
+        let found = ServerAdmin::detect(view).await?;
+        match &found {
+            ServerAdmin::None(why) => tracing::warn!(why = %why, "users will be invited, not joined"),
+            other => {
+                tracing::info!(way = ?other, "administering users on the homeserver");
+                let _ = self.server_admin.set(other.clone());
+            }
+        }
+        Ok(found)
     }
 
     async fn carry_out(
@@ -325,11 +338,30 @@ impl Space {
                         changed.push((*room).clone());
                     }
                 }
-                if let ServerAdmin::None(why) = admin {
-                    note = Some(format!("invited, not joined: {why}"));
+                match &admin {
+                    ServerAdmin::None(why) => note = Some(format!("invited, not joined: {why}")),
+                    ServerAdmin::AdminRoom(_) => {
+                        note = Some("force-join commands were sent to the admin room, which answers there".into());
+                    }
+                    ServerAdmin::Synapse => {}
                 }
             }
-            LifecycleAction::Revoked => note = admin.deactivate(&view, user, txn).await?,
+            LifecycleAction::Revoked => match admin.deactivate(&view, user, txn).await {
+                Ok(said) => note = said,
+                Err(AdminError::Refused(why)) if matches!(admin, ServerAdmin::None(_)) => {
+                    // The account cannot be deactivated here: it is at least out of every room, with no power.
+                    for room in community.iter().copied().chain(&rooms.admin) {
+                        let lowered = view.ensure_power_level(room, user, 0).await? == Outcome::Changed;
+                        let kicked = view.ensure_membership(room, user, MemberChange::Kick, Some("revoked")).await?
+                            == Outcome::Changed;
+                        if lowered || kicked {
+                            changed.push(room.clone());
+                        }
+                    }
+                    note = Some(format!("not deactivated ({why}); removed from every room of the Space instead"));
+                }
+                Err(e) => return Err(e),
+            },
             LifecycleAction::Promoted | LifecycleAction::Demoted => {
                 let level = if action == LifecycleAction::Promoted { ADMIN_POWER } else { 0 };
                 for room in &community {

@@ -48,7 +48,7 @@ impl From<RoomOpError> for AdminError {
 fn synapse_answer(what: &str, (status, body): (u16, serde_json::Value)) -> Result<(), AdminError> {
     match status {
         200..=299 => Ok(()),
-        500.. => Err(AdminError::Unavailable(format!("{what}: HTTP {status}"))),
+        429 | 500.. => Err(AdminError::Unavailable(format!("{what}: HTTP {status}"))),
         _ => Err(AdminError::Refused(format!(
             "{what}: HTTP {status} {}",
             body["error"].as_str().or(body["errcode"].as_str()).unwrap_or_default()
@@ -84,9 +84,15 @@ impl ServerAdmin {
             )
             .await
             .map_err(AdminError::Unavailable)?;
+        // Only Synapse's own JSON answers decide; anything else (a proxy's page, a client's fallback) leads to
+        // the next way.
+        let not_admin = (status == 200 && body["admin"] == json!(false))
+            || (status == 403 && body["errcode"] == json!("M_FORBIDDEN"));
         match status {
             200 if body["admin"] == json!(true) => return Ok(ServerAdmin::Synapse),
-            200 | 403 if body["errcode"] != json!("M_UNRECOGNIZED") => {
+            401 => return Err(AdminError::Refused("the homeserver does not accept the bot's access token".into())),
+            429 => return Err(AdminError::Unavailable("the homeserver keeps rate-limiting the bot".into())),
+            _ if not_admin => {
                 return Ok(ServerAdmin::None(format!(
                     "the bot {bot} is not a server admin of this Synapse: set `instances.<id>.server_admin: true` \
                      before its setup, or make it one with Synapse's admin API (`PUT /_synapse/admin/v2/users/{bot}` \
@@ -98,17 +104,28 @@ impl ServerAdmin {
         }
         let alias = OwnedRoomAliasId::try_from(format!("#admins:{}", bot.server_name()))
             .map_err(|e| AdminError::Refused(e.to_string()))?;
-        match view.resolve_alias(&alias).await? {
-            Some(room) if view.is_joined(&room) => Ok(ServerAdmin::AdminRoom(room)),
-            Some(_) => Ok(ServerAdmin::None(format!(
-                "the bot {bot} is not in the admin room {alias}: make it a server admin (`!admin users make-user-admin {bot}`) \
-                 so that it can force-join and deactivate users"
-            ))),
-            None => Ok(ServerAdmin::None(
+        let Some(room) = view.resolve_alias(&alias).await? else {
+            return Ok(ServerAdmin::None(
                 "the homeserver offers neither Synapse's admin API nor an admin room: users are invited instead of \
                  joined, and cannot be deactivated"
                     .into(),
-            )),
+            ));
+        };
+        // Asked of the homeserver, not of the last sync (which may not have stored the room yet).
+        let membership = match view.state(&room, "m.room.member", bot.as_str()).await {
+            Ok(membership) => membership,
+            // Not allowed to read the room's state: the bot is not in it.
+            Err(e) => match AdminError::from(e) {
+                AdminError::Refused(_) => None,
+                unavailable => return Err(unavailable),
+            },
+        };
+        match membership.as_ref().and_then(|m| m["membership"].as_str()) {
+            Some("join") => Ok(ServerAdmin::AdminRoom(room)),
+            _ => Ok(ServerAdmin::None(format!(
+                "the bot {bot} is not in the admin room {alias}: make it a server admin (`!admin users make-user-admin {bot}`) \
+                 so that it can force-join and deactivate users"
+            ))),
         }
     }
 
@@ -140,9 +157,7 @@ impl ServerAdmin {
                 }
                 view.send_admin_command(admin_room, &force_join_command(user, room), txn).await?;
             }
-            ServerAdmin::None(_) => {
-                view.ensure_membership(room, user, MemberChange::Invite, None).await?;
-            }
+            ServerAdmin::None(_) => return Ok(view.ensure_membership(room, user, MemberChange::Invite, None).await?),
         }
         Ok(Outcome::Changed)
     }
@@ -158,7 +173,9 @@ impl ServerAdmin {
             ServerAdmin::AdminRoom(admin_room) => {
                 view.send_admin_command(admin_room, &deactivate_command(user), txn).await?;
                 Ok(Some(
-                    "deactivated through the admin room; this homeserver has no erase: the user's messages stay".into(),
+                    "the deactivation command was sent to the admin room, which answers there; this homeserver has \
+                     no erase: the user's messages stay"
+                        .into(),
                 ))
             }
             ServerAdmin::None(why) => Err(AdminError::Refused(format!("cannot deactivate {user}: {why}"))),
