@@ -142,11 +142,6 @@ impl MatrixView {
         self.guarded(|| room_ops::ensure_power_level(&self.client, room, user, level)).await
     }
 
-    /// Whether the bot is joined to `room`, as of its last sync (no call).
-    pub fn is_joined(&self, room: &RoomId) -> bool {
-        self.client.get_room(room).is_some_and(|r| r.state() == matrix_sdk::RoomState::Joined)
-    }
-
     /// A request to the homeserver's own admin API (Synapse's `/_synapse/admin/...`: force-join, deactivate)
     /// with the bot's access token: the status and the JSON body (`null` when it is not JSON). A "too many
     /// requests" is waited out as for every call. `Err`: the homeserver could not be reached.
