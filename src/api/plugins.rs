@@ -1,6 +1,8 @@
 //! `/_plugins/<instance>/...`: the HTTP routes of running plugins, under the management server. No admin bearer
 //! is asked for: the plugin decides who may call it (a webhook signature, say) and how large a body may be.
 //! An instance that is not running answers 503; an unknown one, or one whose plugin serves no HTTP, 404.
+//! A request with a valid admin bearer token reaches the plugin as the operator's (`HttpRequest::operator`),
+//! without the token.
 
 use std::net::SocketAddr;
 
@@ -8,6 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::auth::bearer_token;
 use super::error::ApiError;
 use crate::plugin::http::{HttpResponse, read_request};
 
@@ -36,7 +39,16 @@ pub async fn route(State(state): State<AppState>, request: Request) -> Response 
         };
     };
     let answer = match read_request(request, path, endpoint.spec.max_body_bytes, peer, None).await {
-        Ok(request) => endpoint.handle(request).await,
+        Ok(mut request) => {
+            let admin =
+                request.header("authorization").and_then(bearer_token).and_then(|t| state.auth().verify(t).ok());
+            if admin.is_some() {
+                // An admin's token is the operator's, never the plugin's (an `exec` program would see it).
+                request.headers.retain(|(name, _)| name != "authorization");
+            }
+            request.operator = admin;
+            endpoint.handle(request).await
+        }
         Err(refused) => refused,
     };
     HttpResponse::into_http(answer).into_response()

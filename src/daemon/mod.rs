@@ -71,6 +71,7 @@ pub async fn run(
         clients: Arc::new(RwLock::default()),
         changed: Arc::new(Notify::new()),
         endpoints: Default::default(),
+        directory: Default::default(),
     };
     let (views_tx, mut views) = watch::channel(Vec::<InstanceView>::new());
     let supervisor = Supervisor::new(shared.clone(), views_tx).await?;

@@ -89,6 +89,7 @@ pub async fn run(
         database_path: shared.layout.plugin_database(&id),
         matrix: plugin::MatrixView::new(client.clone(), limiter.clone(), http),
         limiter,
+        directory: shared.directory.clone(),
     };
     let instance = Instance {
         id,

@@ -101,6 +101,8 @@ pub struct Shared {
     pub changed: Arc<Notify>,
     /// The running instances whose plugins serve HTTP (the management server's `/_plugins/<id>/`).
     pub endpoints: crate::plugin::http::Endpoints,
+    /// What instances publish for each other (a `space` instance's users, for a `guard`).
+    pub directory: crate::plugin::directory::Directory,
 }
 
 /// Running this long without failing resets the backoff.

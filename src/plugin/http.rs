@@ -41,6 +41,9 @@ pub struct HttpRequest {
     pub peer: SocketAddr,
     /// On a TLS listener with `client_ca`: the verified client certificate's subject common name.
     pub client_common_name: Option<String>,
+    /// On the management server, for a request with a valid admin bearer token: the admin's name (the
+    /// `authorization` header is then not passed on). Operator routes of a plugin check it.
+    pub operator: Option<String>,
 }
 
 impl HttpRequest {
@@ -128,6 +131,7 @@ where
         body,
         peer,
         client_common_name,
+        operator: None,
     })
 }
 

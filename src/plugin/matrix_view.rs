@@ -128,6 +128,17 @@ impl MatrixView {
         self.guarded(|| room_ops::ensure_membership(&self.client, room, user, change, reason)).await
     }
 
+    /// Makes a membership change without reading the membership first (the caller read it with `members`).
+    pub async fn change_membership(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        change: MemberChange,
+        reason: Option<&str>,
+    ) -> Result<(), RoomOpError> {
+        self.guarded(|| room_ops::change_membership(&self.client, room, user, change, reason)).await
+    }
+
     pub async fn ensure_state(
         &self,
         room: &RoomId,

@@ -9,9 +9,11 @@
 //! produces the same request and the homeserver deduplicates it. Side effects outside Matrix are the plugin's:
 //! they happen at least once (an event whose answer was not recorded before a crash is delivered again).
 
+pub mod directory;
 pub mod event;
 pub mod exec;
 pub mod file;
+pub mod guard;
 pub mod http;
 pub mod invites;
 pub mod job;
@@ -20,6 +22,7 @@ pub mod ping;
 pub mod rate_limit;
 pub mod registry;
 pub mod room_ops;
+pub mod server_admin;
 pub mod space;
 pub mod storage;
 
@@ -65,6 +68,8 @@ pub struct PluginContext {
     /// operations that check before they act; each call behind `limiter`.
     pub matrix: MatrixView,
     pub limiter: std::sync::Arc<RateLimiter>,
+    /// What the host's instances publish for each other (`directory.rs`): a `space` instance's users.
+    pub directory: directory::Directory,
 }
 
 impl PluginContext {

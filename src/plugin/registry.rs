@@ -2,7 +2,8 @@
 
 use super::PluginType;
 
-static TYPES: &[&dyn PluginType] = &[&super::ping::PingType, &super::exec::ExecType, &super::space::SpaceType];
+static TYPES: &[&dyn PluginType] =
+    &[&super::ping::PingType, &super::exec::ExecType, &super::space::SpaceType, &super::guard::GuardType];
 
 /// The plugin type registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn PluginType> {

@@ -274,6 +274,19 @@ pub async fn ensure_membership(
     if !change.needed(membership)? {
         return Ok(Outcome::AlreadySo);
     }
+    change_membership(client, room, user, change, reason).await?;
+    Ok(Outcome::Changed)
+}
+
+/// Makes the change without reading the membership first: for a caller that knows it already (a reconciler
+/// that read every member in one call).
+pub async fn change_membership(
+    client: &Client,
+    room: &RoomId,
+    user: &UserId,
+    change: MemberChange,
+    reason: Option<&str>,
+) -> Result<(), RoomOpError> {
     let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.map(str::to_owned));
     match change {
         MemberChange::Invite => {
@@ -299,7 +312,7 @@ pub async fn ensure_membership(
             client.send(request).await?;
         }
     }
-    Ok(Outcome::Changed)
+    Ok(())
 }
 
 /// Sets a state event unless the room already has one with this content.

@@ -17,11 +17,11 @@ use crate::harness::{eventually, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const BOOTSTRAPPED: &str = "the Space and its rooms are as the config says";
-const CALLER: &str = "deploy-app";
+pub(crate) const CALLER: &str = "deploy-app";
 
 /// A deployment with one `space` bot that setup registers as a server admin, and its TLS listener for the
 /// lifecycle API (client certificates from `pki` required). Returns the listener's port.
-fn space_env(
+pub(crate) fn space_env(
     synapse: &Synapse,
     homeserver_url: &str,
     pki: &Pki,
@@ -116,7 +116,7 @@ async fn event_ids(synapse: &Synapse, rooms: &BTreeMap<&'static str, String>) ->
 }
 
 /// One call to the lifecycle API, as the deploy app makes it.
-async fn call(client: &reqwest::Client, base: &str, event: &str, callsign: &str) -> (u16, Value) {
+pub(crate) async fn call(client: &reqwest::Client, base: &str, event: &str, callsign: &str) -> (u16, Value) {
     let body = json!({"uuid": format!("uuid-{callsign}"), "callsign": callsign,
                       "x509cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"});
     let url = format!("{base}/api/v1/users/{event}");

@@ -17,19 +17,22 @@ use serde_json::{Value, json};
 
 use super::Space;
 use super::bootstrap::{ADMIN_POWER, Rooms};
-use super::server_admin::{AdminError, ServerAdmin};
 use crate::plugin::http::{HttpRequest, HttpResponse};
 use crate::plugin::room_ops::{MemberChange, Outcome};
+use crate::plugin::server_admin::{AdminError, ServerAdmin};
 use crate::plugin::{MatrixView, PluginContext, PluginError};
 
-/// The plugin database's schema: deferred calls, one per user and axis.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE deferred (
+/// The plugin database's schema: deferred calls, one per user and axis; the roster (`roster.rs`).
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE deferred (
         user_id TEXT NOT NULL,
         axis TEXT NOT NULL,
         action TEXT NOT NULL,
         seq INTEGER NOT NULL,
         PRIMARY KEY (user_id, axis)
-    )"];
+    )",
+    super::roster::MIGRATION,
+];
 
 /// The deploy app's bodies are small; a certificate in PEM is a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -201,6 +204,9 @@ impl Space {
             );
         };
         let _one = self.one_at_a_time.lock().await;
+        if let Err(e) = self.record(context, action, user.as_str()).await {
+            return HttpResponse::error(503, "not_ready", &e.message);
+        }
         let rooms = self.rooms.borrow().clone();
         let Some(rooms) = rooms else {
             return match self.defer(action, &user).await {
@@ -398,6 +404,7 @@ mod tests {
             body: Vec::new(),
             peer: "127.0.0.1:1".parse().unwrap(),
             client_common_name: common_name.map(str::to_owned),
+            operator: None,
         }
     }
 

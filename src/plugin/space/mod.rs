@@ -5,11 +5,12 @@
 //! The bootstrap runs beside the sync loop when the bot starts, waiting for a homeserver that is not up yet
 //! (`homeserver_wait_seconds`). Lifecycle calls that arrive before it finished are answered with success and
 //! kept in the plugin's database (the last action per user wins), then carried out in order once it is done.
+//! Who is a member and who an admin is kept too (`roster.rs`) and published for `guard` instances.
 
 pub mod bootstrap;
 pub mod config;
 pub mod lifecycle;
-pub mod server_admin;
+pub mod roster;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ pub struct Space {
     /// Lifecycle actions are carried out one at a time, in the order they came.
     one_at_a_time: tokio::sync::Mutex<()>,
     /// How this homeserver lets the bot force-join and deactivate users (detected once).
-    server_admin: tokio::sync::OnceCell<server_admin::ServerAdmin>,
+    server_admin: tokio::sync::OnceCell<super::server_admin::ServerAdmin>,
 }
 
 /// The first wait after the homeserver could not be reached; doubled up to [`LONGEST_RETRY`].
@@ -132,7 +133,7 @@ impl Plugin for Space {
         let database =
             context.open_database(lifecycle::MIGRATIONS).await.map_err(|e| PluginError::permanent(e.to_string()))?;
         let _ = self.database.set(database);
-        Ok(())
+        self.publish(context).await
     }
 
     async fn on_event(&self, _context: &PluginContext, _event: &Event) -> Result<Vec<super::Action>, PluginError> {

@@ -162,8 +162,8 @@ impl BotEnv {
                 instance.id, instance.localpart
             ));
             yaml.push_str("    config:\n");
-            // Types that manage rooms themselves (`space`) take no invites.
-            if kind == "ping" || kind == "exec" {
+            // Types that create their rooms themselves (`space`) take no invites.
+            if kind == "ping" || kind == "exec" || kind == "guard" {
                 let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
                 yaml.push_str(&format!("      allow_invites_from: [{}]\n", globs.join(", ")));
             }

@@ -140,9 +140,27 @@ impl ServerAdmin {
     ) -> Result<Outcome, AdminError> {
         let current = view.state(room, "m.room.member", user.as_str()).await?;
         let membership = current.as_ref().and_then(|c| c["membership"].as_str()).map(str::to_owned);
-        if membership.as_deref() == Some("join") {
+        let invited_is_all = matches!(self, ServerAdmin::None(_)) && membership.as_deref() == Some("invite");
+        if membership.as_deref() == Some("join") || invited_is_all {
             return Ok(Outcome::AlreadySo);
         }
+        if membership.as_deref() == Some("ban") {
+            return Err(AdminError::Refused(format!("{user} is banned from {room}: unban them first")));
+        }
+        self.let_in(view, room, user, membership.as_deref(), txn).await?;
+        Ok(Outcome::Changed)
+    }
+
+    /// Lets `user`, whose membership in `room` is `membership` (not `join`; `None`: never there), in: joined
+    /// where the server lets the bot, invited otherwise. For callers that read the membership already.
+    pub async fn let_in(
+        &self,
+        view: &MatrixView,
+        room: &RoomId,
+        user: &UserId,
+        membership: Option<&str>,
+        txn: &str,
+    ) -> Result<(), AdminError> {
         match self {
             ServerAdmin::Synapse => {
                 let path = format!("_synapse/admin/v1/join/{}", urlencode(room.as_str()));
@@ -152,14 +170,17 @@ impl ServerAdmin {
             ServerAdmin::AdminRoom(admin_room) => {
                 // A force-join is a normal join on these servers: the invite lets it through an invite-only or
                 // restricted join rule.
-                if membership.as_deref() != Some("invite") {
-                    view.ensure_membership(room, user, MemberChange::Invite, None).await?;
+                if membership != Some("invite") {
+                    view.change_membership(room, user, MemberChange::Invite, None).await?;
                 }
                 view.send_admin_command(admin_room, &force_join_command(user, room), txn).await?;
             }
-            ServerAdmin::None(_) => return Ok(view.ensure_membership(room, user, MemberChange::Invite, None).await?),
+            ServerAdmin::None(_) if membership != Some("invite") => {
+                view.change_membership(room, user, MemberChange::Invite, None).await?;
+            }
+            ServerAdmin::None(_) => {}
         }
-        Ok(Outcome::Changed)
+        Ok(())
     }
 
     /// Deactivates `user` (with erase on Synapse). `Ok(note)`: done, with what the answer should add.

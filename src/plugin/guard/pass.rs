@@ -1,0 +1,230 @@
+//! One pass over the managed rooms (all, or the ones a membership change or an operator named): per room one
+//! `/members` call, the plan (`plan.rs`), and one request per change; then the report, logged and kept for the
+//! management API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use matrix_sdk::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
+use serde::Serialize;
+
+use super::Guard;
+use super::config::{JoinMode, RoomPolicy};
+use super::plan::{Change, Memory, Skip, Step, plan};
+use super::policy;
+use crate::plugin::room_ops::MemberChange;
+use crate::plugin::server_admin::{AdminError, ServerAdmin};
+use crate::plugin::{MatrixView, PluginContext};
+
+/// What one pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    /// Counts from 1 in each run of the instance.
+    pub pass: u64,
+    /// What started it: `start`, `interval`, `membership`, `policy_file`, `space:<id>`, `operator`.
+    pub trigger: String,
+    pub dry_run: bool,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub seconds: f64,
+    /// Requests made to the homeserver (alias lookups, member lists, changes).
+    pub requests: u64,
+    pub rooms: Vec<RoomReport>,
+}
+
+/// One room's part of a pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoomReport {
+    /// As the policy names it (a room id or an alias).
+    pub room: String,
+    pub room_id: Option<String>,
+    /// What the plan said to do (in a dry run, nothing more happens).
+    pub planned: Vec<Step>,
+    pub done: Vec<Step>,
+    /// Changes the homeserver refused, with its answer.
+    pub failed: Vec<Failed>,
+    pub skipped: Vec<Skip>,
+    /// Why the room was not reconciled at all (unknown alias, no access, a space list not published yet).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failed {
+    #[serde(flatten)]
+    pub step: Step,
+    pub error: String,
+}
+
+impl PassReport {
+    fn count(&self, of: impl Fn(&RoomReport) -> usize) -> usize {
+        self.rooms.iter().map(of).sum()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Guard {
+    /// Reconciles the rooms of `policy` (those in `only`, when given).
+    pub(super) async fn pass(
+        &self,
+        context: &PluginContext,
+        policy: &BTreeMap<String, RoomPolicy>,
+        only: Option<&BTreeSet<String>>,
+        trigger: &str,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
+    ) -> PassReport {
+        let started = Instant::now();
+        let pass = self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut report = PassReport {
+            pass,
+            trigger: trigger.to_owned(),
+            dry_run: self.config.dry_run,
+            started_at: unix_now(),
+            seconds: 0.0,
+            requests: 0,
+            rooms: Vec::new(),
+        };
+        let view = context.matrix.paced_by_homeserver();
+        for (room, room_policy) in policy {
+            if only.is_some_and(|only| !only.contains(room)) {
+                continue;
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut room_report = RoomReport { room: room.clone(), ..Default::default() };
+            if let Err(error) =
+                self.reconcile(context, &view, room, room_policy, &mut room_report, &mut report.requests).await
+            {
+                room_report.error = Some(error);
+            }
+            report.rooms.push(room_report);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        let failed = report.count(|r| r.failed.len()) + report.count(|r| usize::from(r.error.is_some()));
+        tracing::info!(
+            instance = %context.instance,
+            pass,
+            trigger,
+            dry_run = self.config.dry_run,
+            rooms = report.rooms.len(),
+            planned = report.count(|r| r.planned.len()),
+            done = report.count(|r| r.done.len()),
+            skipped = report.count(|r| r.skipped.len()),
+            failed,
+            requests = report.requests,
+            seconds = format!("{:.2}", report.seconds),
+            "guard pass finished"
+        );
+        for room in &report.rooms {
+            if let Some(error) = &room.error {
+                tracing::warn!(instance = %context.instance, room = %room.room, error = %error, "guard: room not reconciled");
+            }
+            for skip in &room.skipped {
+                tracing::debug!(instance = %context.instance, room = %room.room, user = %skip.user_id, reason = %skip.reason, "guard: left alone");
+            }
+            if self.config.dry_run {
+                for step in &room.planned {
+                    tracing::info!(instance = %context.instance, room = %room.room, user = %step.user_id, change = step.change.name(), reason = %step.reason, "guard (dry run): would change");
+                }
+            }
+        }
+        report
+    }
+
+    /// One room: resolve it, read its members, plan, and (unless a dry run) carry the plan out.
+    async fn reconcile(
+        &self,
+        context: &PluginContext,
+        view: &MatrixView,
+        room: &str,
+        room_policy: &RoomPolicy,
+        report: &mut RoomReport,
+        requests: &mut u64,
+    ) -> Result<(), String> {
+        let wanted = policy::wanted(room_policy, &context.directory)?;
+        let room_id = self.resolve(view, room, requests).await?;
+        report.room_id = Some(room_id.to_string());
+        self.managed.write().unwrap_or_else(|p| p.into_inner()).insert(room_id.clone(), room.to_owned());
+        *requests += 1;
+        let members = view.members(&room_id).await.map_err(|e| {
+            format!("cannot read the room's members ({e}): is the bot in the room, with the power to invite and kick?")
+        })?;
+        let (removed_by_guard, cleared) = self.memory_of(&room_id).await?;
+        let memory = Memory { bot: &context.user_id, removed_by_guard: &removed_by_guard, cleared: &cleared };
+        let (steps, skipped) = plan(&wanted, &members, &memory);
+        report.planned = steps.clone();
+        report.skipped = skipped;
+        if self.config.dry_run {
+            return Ok(());
+        }
+        for step in steps {
+            *requests += 1;
+            match self.carry_out(view, &room_id, &step).await {
+                Ok(()) => {
+                    tracing::info!(instance = %context.instance, room = %room, user = %step.user_id, change = step.change.name(), reason = %step.reason, "guard changed a membership");
+                    self.remember(&room_id, &step).await?;
+                    report.done.push(step);
+                }
+                Err(AdminError::Refused(error)) => {
+                    tracing::warn!(instance = %context.instance, room = %room, user = %step.user_id, change = step.change.name(), error = %error, "guard: the homeserver refused a change");
+                    report.failed.push(Failed { step, error });
+                }
+                Err(AdminError::Unavailable(error)) => {
+                    report.failed.push(Failed { step, error: error.clone() });
+                    return Err(format!("the homeserver is unavailable ({error}): the rest waits for the next pass"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve(&self, view: &MatrixView, room: &str, requests: &mut u64) -> Result<OwnedRoomId, String> {
+        if room.starts_with('!') {
+            return OwnedRoomId::try_from(room).map_err(|e| format!("{room:?} is not a room id: {e}"));
+        }
+        let alias = OwnedRoomAliasId::try_from(room).map_err(|e| format!("{room:?} is not a room alias: {e}"))?;
+        *requests += 1;
+        match view.resolve_alias(&alias).await {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(format!("the alias {room} does not exist")),
+            Err(e) => Err(format!("cannot look the alias {room} up: {e}")),
+        }
+    }
+
+    async fn carry_out(&self, view: &MatrixView, room: &OwnedRoomId, step: &Step) -> Result<(), AdminError> {
+        let user = OwnedUserId::try_from(step.user_id.as_str())
+            .map_err(|e| AdminError::Refused(format!("{:?} is not a user id: {e}", step.user_id)))?;
+        match step.change {
+            Change::Invite => {
+                if self.config.join == JoinMode::ForceJoin {
+                    let admin = self.server_admin(view).await?;
+                    let txn = format!("guard-join-{room}-{user}-{}", unix_now());
+                    return admin.let_in(view, room, &user, step.membership.as_deref(), &txn).await;
+                }
+                view.change_membership(room, &user, MemberChange::Invite, None).await.map_err(AdminError::from)
+            }
+            Change::Remove => view
+                .change_membership(room, &user, MemberChange::Kick, Some(&step.reason))
+                .await
+                .map_err(AdminError::from),
+        }
+    }
+
+    /// How the homeserver lets the bot force-join users, found once it found a way.
+    async fn server_admin(&self, view: &MatrixView) -> Result<ServerAdmin, AdminError> {
+        if let Some(known) = self.server_admin.get() {
+            return Ok(known.clone());
+        }
+        let found = ServerAdmin::detect(view).await?;
+        match &found {
+            ServerAdmin::None(why) => tracing::warn!(why = %why, "guard: users will be invited, not force-joined"),
+            other => {
+                let _ = self.server_admin.set(other.clone());
+            }
+        }
+        Ok(found)
+    }
+}
