@@ -37,6 +37,9 @@ for line in sys.stdin:
         say({"type": "http_response", "to": m["id"], "status": 202})
     elif m["type"] == "http":
         seen = {k: m.get(k) for k in ("method", "path", "query", "body", "client_common_name")}
+        if m.get("operator") or any(name == "authorization" for name, _ in m["headers"]):
+            seen["operator"] = m.get("operator")
+            seen["authorization"] = [v for name, v in m["headers"] if name == "authorization"]
         say({"type": "http_response", "to": m["id"], "status": 200,
              "headers": {"content-type": "application/json"}, "body": json.dumps(seen)})
 "#;
@@ -98,6 +101,25 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
     assert_eq!(
         seen,
         serde_json::json!({"method": "POST", "path": "/echo", "query": "x=1", "body": "hello", "client_common_name": null})
+    );
+    // An admin's token makes the request the operator's, and is not passed on; any other bearer is the plugin's.
+    let mut operator = crate::harness::api::Api::new(&env);
+    operator.login().await;
+    let token = operator.token.clone().unwrap();
+    let (_, seen) =
+        status_of(http.get(format!("{api}/_plugins/hooks/echo")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(
+        (&seen["operator"], &seen["authorization"]),
+        (&serde_json::json!("admin"), &serde_json::json!([])),
+        "{seen}"
+    );
+    let (_, seen) =
+        status_of(http.get(format!("{api}/_plugins/hooks/echo")).bearer_auth("not-an-admin").send().await.unwrap())
+            .await;
+    assert_eq!(
+        (&seen["operator"], &seen["authorization"]),
+        (&serde_json::Value::Null, &serde_json::json!(["Bearer not-an-admin"])),
+        "{seen}"
     );
     let (status, _) =
         status_of(http.post(format!("{api}/_plugins/hooks/echo")).body(vec![b'x'; 2048]).send().await.unwrap()).await;

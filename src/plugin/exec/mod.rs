@@ -411,6 +411,7 @@ impl Exec {
             },
             peer: request.peer.to_string(),
             client_common_name: request.client_common_name.as_deref(),
+            operator: request.operator.as_deref(),
         };
         let what = format!("HTTP request {id}");
         let end = |m: &FromProgram| matches!(m, FromProgram::HttpResponse { to, .. } if *to == id);

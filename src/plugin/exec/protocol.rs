@@ -95,6 +95,9 @@ pub enum ToProgram<'a> {
         peer: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_common_name: Option<&'a str>,
+        /// On the management server with an admin's bearer token: the admin's name (the token is not passed).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        operator: Option<&'a str>,
     },
     /// A timer tick (`ready`'s `tick_secs`), between events; answered like an event (sends with a key, jobs)
     /// up to `done` naming `id`.
@@ -401,6 +404,7 @@ mod tests {
                 body_base64: Some("AA==".into()),
                 peer: "127.0.0.1:5".into(),
                 client_common_name: Some("caller"),
+                operator: None,
             },
             ToProgram::Tick { id: "tick-1", ts: 1 },
             ToProgram::Result {
