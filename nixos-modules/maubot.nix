@@ -39,6 +39,8 @@ let
   knownTypes = [
     "ping"
     "exec"
+    "space"
+    "guard"
   ];
 
   # The homeserver the top-level options describe, by its key in `homeservers`.

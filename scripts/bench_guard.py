@@ -33,7 +33,7 @@ from bench import BINARY, SERVER_NAME, Synapse, free_port  # noqa: E402
 from matrixlib import Api  # noqa: E402
 
 PASS_LINE = re.compile(r"guard pass finished.*?pass=(\d+) trigger=(\S+).*?planned=(\d+) done=(\d+) skipped=(\d+) "
-                       r"failed=(\d+) requests=(\d+) seconds=([\d.]+)")
+                       r"failed=(\d+) requests=(\d+) seconds=([\d.e-]+)")
 
 
 def register_users(admin, count):
@@ -114,10 +114,11 @@ def main():
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rooms = [admin.create_room([guard], name=f"guarded {i}") for i in range(args.rooms)]
         for room in rooms:
-            admin.call("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/state/m.room.power_levels/",
-                       dict(admin.call("GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/state/"
-                                              "m.room.power_levels/"),
-                            users={owner: 100, guard: 100}))
+            path = f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/state/m.room.power_levels/"
+            levels = admin.call("GET", path)
+            # From room version 12 the creator has unlimited power and must not be listed.
+            levels["users"] = dict(levels.get("users", {}), **{guard: 100})
+            admin.call("PUT", path, levels)
         per_room = [users[i::args.rooms] for i in range(args.rooms)]
         write_policy(policy_path, rooms, per_room, owner)
 

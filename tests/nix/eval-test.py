@@ -283,6 +283,19 @@ def main():
     check("serverAdmin renders server_admin, which setup reads; absent by default",
           rendered.get("server_admin") is True and "server_admin" not in by_default, error or rendered)
 
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances = { community = { type = "space"; user = "@community:maubot.test"; '
+        'serverAdmin = true; passwordFile = "/run/c"; config = { deployment = "fleet"; space.name = "Fleet"; }; }; '
+        'doorman = { type = "guard"; user = "@doorman:maubot.test"; passwordFile = "/run/d"; '
+        'config.rooms."#fleet-general:maubot.test".spaces = [ "community" ]; }; }; }'))
+    rendered = json.loads(result["settings"])["instances"] if result else {}
+    check("a space and a guard instance deploy (the module knows every built-in type)",
+          result is not None and result["failedAssertions"] == []
+          and rendered.get("community", {}).get("type") == "space"
+          and rendered.get("doorman", {}).get("config") == {
+              "rooms": {"#fleet-general:maubot.test": {"spaces": ["community"]}}},
+          error or (result or {}).get("failedAssertions") or rendered)
+
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
           result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]

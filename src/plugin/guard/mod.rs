@@ -134,7 +134,7 @@ impl Plugin for Guard {
     }
 
     fn subscriptions(&self) -> Subscriptions {
-        Subscriptions::of([EventType::Membership])
+        Subscriptions::of([EventType::Membership, EventType::Invite])
     }
 
     async fn start(&self, context: &PluginContext, _unprompted: UnpromptedSink) -> Result<(), PluginError> {
@@ -144,13 +144,15 @@ impl Plugin for Guard {
         Ok(())
     }
 
-    async fn on_event(&self, context: &PluginContext, event: &Event) -> Result<Vec<super::Action>, PluginError> {
+    async fn on_event(&self, _context: &PluginContext, event: &Event) -> Result<Vec<super::Action>, PluginError> {
         // The guard's own changes need no pass; anyone else's in a managed room do, and so does the bot's own
-        // arrival in one (a room it could not read before).
-        if let EventKind::Membership(change) = &event.kind
-            && (change.by != ChangedBy::Bot || change.user.as_str() == context.user_id && change.membership == "join")
-            && self.rooms_of(&event.room_id).is_some()
-        {
+        // arrival in one (a room it could not read before: told once the join is synced).
+        let wanted = match &event.kind {
+            EventKind::Membership(change) => change.by != ChangedBy::Bot,
+            EventKind::Invite { joined } => *joined,
+            _ => false,
+        };
+        if wanted && self.rooms_of(&event.room_id).is_some() {
             let _ = self.triggers.send(Trigger::Room(event.room_id.clone()));
         }
         Ok(Vec::new())
@@ -200,6 +202,8 @@ impl Plugin for Guard {
                             Trigger::All(why) => all = Some(why),
                         }
                     }
+                    // Rooms the policy no longer names are not managed.
+                    rooms.retain(|room| policy.contains_key(room));
                     match all {
                         Some(why) => trigger = why.into(),
                         None if rooms.is_empty() => continue,

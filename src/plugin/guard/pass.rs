@@ -46,6 +46,8 @@ pub struct RoomReport {
     pub skipped: Vec<Skip>,
     /// Why the room was not reconciled at all (unknown alias, no access, a space list not published yet).
     pub error: Option<String>,
+    /// Requests made for this room.
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,11 +97,10 @@ impl Guard {
                 break;
             }
             let mut room_report = RoomReport { room: room.clone(), ..Default::default() };
-            if let Err(error) =
-                self.reconcile(context, &view, room, room_policy, &mut room_report, &mut report.requests).await
-            {
+            if let Err(error) = self.reconcile(context, &view, room, room_policy, &mut room_report, shutdown).await {
                 room_report.error = Some(error);
             }
+            report.requests += room_report.requests;
             report.rooms.push(room_report);
         }
         report.seconds = started.elapsed().as_secs_f64();
@@ -107,7 +108,7 @@ impl Guard {
         tracing::info!(
             instance = %context.instance,
             pass,
-            trigger,
+            trigger = %trigger,
             dry_run = self.config.dry_run,
             rooms = report.rooms.len(),
             planned = report.count(|r| r.planned.len()),
@@ -115,7 +116,7 @@ impl Guard {
             skipped = report.count(|r| r.skipped.len()),
             failed,
             requests = report.requests,
-            seconds = format!("{:.2}", report.seconds),
+            seconds = (report.seconds * 1000.0).round() / 1000.0,
             "guard pass finished"
         );
         for room in &report.rooms {
@@ -142,13 +143,13 @@ impl Guard {
         room: &str,
         room_policy: &RoomPolicy,
         report: &mut RoomReport,
-        requests: &mut u64,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), String> {
         let wanted = policy::wanted(room_policy, &context.directory)?;
-        let room_id = self.resolve(view, room, requests).await?;
+        let room_id = self.resolve(view, room, &mut report.requests).await?;
         report.room_id = Some(room_id.to_string());
         self.managed.write().unwrap_or_else(|p| p.into_inner()).insert(room_id.clone(), room.to_owned());
-        *requests += 1;
+        report.requests += 1;
         let members = view.members(&room_id).await.map_err(|e| {
             format!("cannot read the room's members ({e}): is the bot in the room, with the power to invite and kick?")
         })?;
@@ -161,7 +162,10 @@ impl Guard {
             return Ok(());
         }
         for step in steps {
-            *requests += 1;
+            if *shutdown.borrow() {
+                return Err("the instance is stopping: the rest waits for the next pass".into());
+            }
+            report.requests += 1;
             match self.carry_out(view, &room_id, &step).await {
                 Ok(()) => {
                     tracing::info!(instance = %context.instance, room = %room, user = %step.user_id, change = step.change.name(), reason = %step.reason, "guard changed a membership");
