@@ -72,6 +72,28 @@ pub fn deactivate_command(user: &UserId) -> String {
     format!("!admin users deactivate {user}")
 }
 
+/// The way a homeserver offers, kept for the run once one is found; finding none is asked again next time (an
+/// operator may make the bot an admin meanwhile).
+#[derive(Default)]
+pub struct Detected(tokio::sync::OnceCell<ServerAdmin>);
+
+impl Detected {
+    pub async fn get(&self, view: &MatrixView) -> Result<ServerAdmin, AdminError> {
+        if let Some(known) = self.0.get() {
+            return Ok(known.clone());
+        }
+        let found = ServerAdmin::detect(view).await?;
+        match &found {
+            ServerAdmin::None(why) => tracing::warn!(why = %why, "users will be invited, not joined"),
+            other => {
+                tracing::info!(way = ?other, "administering users on the homeserver");
+                let _ = self.0.set(other.clone());
+            }
+        }
+        Ok(found)
+    }
+}
+
 impl ServerAdmin {
     /// Finds out which way the homeserver offers.
     pub async fn detect(view: &MatrixView) -> Result<ServerAdmin, AdminError> {

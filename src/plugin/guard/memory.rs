@@ -73,6 +73,22 @@ impl Guard {
             .map_err(|e| format!("cannot record the change: {e}"))
     }
 
+    /// Forgets what is remembered of `users` in `room` (they are back in it).
+    pub(super) async fn forget(&self, room: &RoomId, users: Vec<String>) -> Result<(), String> {
+        let room = room.to_string();
+        self.db()?
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for user in &users {
+                    tx.execute("DELETE FROM cleared WHERE room_id = ?1 AND user_id = ?2", [&room, user])?;
+                    tx.execute("DELETE FROM removed_by_guard WHERE room_id = ?1 AND user_id = ?2", [&room, user])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(|e| format!("cannot update what the guard remembers: {e}"))
+    }
+
     /// Lets `user` be invited to `room` once more, whatever kept them out.
     pub(super) async fn clear(&self, room: &RoomId, user: &str, by: &str) -> Result<(), String> {
         let (room, user, by) = (room.to_string(), user.to_owned(), by.to_owned());

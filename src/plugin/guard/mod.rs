@@ -70,7 +70,7 @@ impl PluginType for GuardType {
             managed: RwLock::new(HashMap::new()),
             last_report: Mutex::new(None),
             passes: AtomicU64::new(0),
-            server_admin: tokio::sync::OnceCell::new(),
+            server_admin: Default::default(),
         }))
     }
 }
@@ -93,7 +93,7 @@ pub struct Guard {
     managed: RwLock<HashMap<OwnedRoomId, String>>,
     last_report: Mutex<Option<PassReport>>,
     passes: AtomicU64,
-    server_admin: tokio::sync::OnceCell<super::server_admin::ServerAdmin>,
+    server_admin: super::server_admin::Detected,
 }
 
 impl Guard {
@@ -178,6 +178,9 @@ impl Plugin for Guard {
         let interval = Duration::from_secs(self.config.interval_seconds);
         let mut next_full = Instant::now();
         let mut started = false;
+        // Created once: a steady stream of membership changes must not starve the looks at the file and rosters.
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let trigger: String;
             let mut only: Option<BTreeSet<String>> = None;
@@ -213,7 +216,7 @@ impl Plugin for Guard {
                         }
                     }
                 }
-                () = tokio::time::sleep(LOOK_EVERY) => {
+                _ = look.tick() => {
                     let mut why = None;
                     if let Some(file) = &mut file {
                         match file.reload_if_changed() {

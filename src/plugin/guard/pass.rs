@@ -13,7 +13,7 @@ use super::config::{JoinMode, RoomPolicy};
 use super::plan::{Change, Memory, Skip, Step, plan};
 use super::policy;
 use crate::plugin::room_ops::MemberChange;
-use crate::plugin::server_admin::{AdminError, ServerAdmin};
+use crate::plugin::server_admin::AdminError;
 use crate::plugin::{MatrixView, PluginContext};
 
 /// What one pass did.
@@ -153,7 +153,22 @@ impl Guard {
         let members = view.members(&room_id).await.map_err(|e| {
             format!("cannot read the room's members ({e}): is the bot in the room, with the power to invite and kick?")
         })?;
-        let (removed_by_guard, cleared) = self.memory_of(&room_id).await?;
+        let (mut removed_by_guard, mut cleared) = self.memory_of(&room_id).await?;
+        // What is remembered of a user who is back in the room (joined, invited, knocking) is spent: a later
+        // removal by someone else, or their own leave, must count as such.
+        let present: Vec<String> = members
+            .iter()
+            .filter(|m| matches!(m.membership.as_str(), "join" | "invite" | "knock"))
+            .map(|m| m.user_id.clone())
+            .filter(|u| removed_by_guard.contains(u) || cleared.contains(u))
+            .collect();
+        if !present.is_empty() && !self.config.dry_run {
+            for user in &present {
+                removed_by_guard.remove(user);
+                cleared.remove(user);
+            }
+            self.forget(&room_id, present).await?;
+        }
         let memory = Memory { bot: &context.user_id, removed_by_guard: &removed_by_guard, cleared: &cleared };
         let (steps, skipped) = plan(&wanted, &members, &memory);
         report.planned = steps.clone();
@@ -204,7 +219,7 @@ impl Guard {
         match step.change {
             Change::Invite => {
                 if self.config.join == JoinMode::ForceJoin {
-                    let admin = self.server_admin(view).await?;
+                    let admin = self.server_admin.get(view).await?;
                     let txn = format!("guard-join-{room}-{user}-{}", unix_now());
                     return admin.let_in(view, room, &user, step.membership.as_deref(), &txn).await;
                 }
@@ -215,20 +230,5 @@ impl Guard {
                 .await
                 .map_err(AdminError::from),
         }
-    }
-
-    /// How the homeserver lets the bot force-join users, found once it found a way.
-    async fn server_admin(&self, view: &MatrixView) -> Result<ServerAdmin, AdminError> {
-        if let Some(known) = self.server_admin.get() {
-            return Ok(known.clone());
-        }
-        let found = ServerAdmin::detect(view).await?;
-        match &found {
-            ServerAdmin::None(why) => tracing::warn!(why = %why, "guard: users will be invited, not force-joined"),
-            other => {
-                let _ = self.server_admin.set(other.clone());
-            }
-        }
-        Ok(found)
     }
 }

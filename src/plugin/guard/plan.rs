@@ -109,10 +109,15 @@ pub fn plan(wanted: &Wanted, members: &[Member], memory: &Memory<'_>) -> (Vec<St
                 member,
                 "left, declined the invite or withdrew their knock: their choice (an operator can clear it)".into(),
             ),
+            "leave" if member.sender == memory.bot => skip(
+                &mut skips,
+                member,
+                "removed by the bot's account outside this guard: a human's choice (an operator can clear it)".into(),
+            ),
             "leave" => skip(
                 &mut skips,
                 member,
-                format!("removed by {}, not by the guard: their choice (an operator can clear it)", member.sender),
+                format!("removed by {}: their choice (an operator can clear it)", member.sender),
             ),
             other => skip(&mut skips, member, format!("membership {other:?} is not one the guard knows")),
         }
@@ -227,7 +232,7 @@ mod tests {
         assert!(reasons["@left:x"].contains("their choice"));
         assert!(reasons["@kicked:x"].contains("removed by @admin:x"));
         assert!(reasons["@banned:x"].contains("bans are never touched"));
-        assert!(reasons["@bot-account:x"].contains("removed by @guard:x, not by the guard"), "{reasons:?}");
+        assert!(reasons["@bot-account:x"].contains("removed by the bot's account outside this guard"), "{reasons:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::bootstrap::{ADMIN_POWER, Rooms};
 use crate::plugin::http::{HttpRequest, HttpResponse};
 use crate::plugin::room_ops::{MemberChange, Outcome};
 use crate::plugin::server_admin::{AdminError, ServerAdmin};
-use crate::plugin::{MatrixView, PluginContext, PluginError};
+use crate::plugin::{PluginContext, PluginError};
 
 /// The plugin database's schema: deferred calls, one per user and axis; the roster (`roster.rs`).
 pub const MIGRATIONS: &[&str] = &[
@@ -307,23 +307,6 @@ impl Space {
             .map_err(|e| PluginError::transient(format!("cannot update the deferred calls: {e}")))
     }
 
-    /// How the homeserver lets the bot administer users: found once, except that finding no way is asked
-    /// again on the next call (the operator may make the bot an admin meanwhile).
-    async fn server_admin(&self, view: &MatrixView) -> Result<ServerAdmin, AdminError> {
-        if let Some(known) = self.server_admin.get() {
-            return Ok(known.clone());
-        }
-        let found = ServerAdmin::detect(view).await?;
-        match &found {
-            ServerAdmin::None(why) => tracing::warn!(why = %why, "users will be invited, not joined"),
-            other => {
-                tracing::info!(way = ?other, "administering users on the homeserver");
-                let _ = self.server_admin.set(other.clone());
-            }
-        }
-        Ok(found)
-    }
-
     async fn carry_out(
         &self,
         context: &PluginContext,
@@ -333,7 +316,7 @@ impl Space {
         txn: &str,
     ) -> Result<Done, AdminError> {
         let view = context.matrix.paced_by_homeserver();
-        let admin = self.server_admin(&view).await?;
+        let admin = self.server_admin.get(&view).await?;
         let community: Vec<&OwnedRoomId> = std::iter::once(&rooms.space).chain(&rooms.public).collect();
         let mut changed = Vec::new();
         let mut note = None;

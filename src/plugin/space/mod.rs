@@ -5,7 +5,8 @@
 //! The bootstrap runs beside the sync loop when the bot starts, waiting for a homeserver that is not up yet
 //! (`homeserver_wait_seconds`). Lifecycle calls that arrive before it finished are answered with success and
 //! kept in the plugin's database (the last action per user wins), then carried out in order once it is done.
-//! Who is a member and who an admin is kept too (`roster.rs`) and published for `guard` instances.
+//! Who is a member and who an admin is kept too (`roster.rs`) and published for `guard` instances once the
+//! rooms are ready.
 
 pub mod bootstrap;
 pub mod config;
@@ -51,7 +52,7 @@ impl PluginType for SpaceType {
             rooms: watch::Sender::new(None),
             database: OnceLock::new(),
             one_at_a_time: tokio::sync::Mutex::new(()),
-            server_admin: tokio::sync::OnceCell::new(),
+            server_admin: Default::default(),
         }))
     }
 }
@@ -64,7 +65,7 @@ pub struct Space {
     /// Lifecycle actions are carried out one at a time, in the order they came.
     one_at_a_time: tokio::sync::Mutex<()>,
     /// How this homeserver lets the bot force-join and deactivate users (detected once).
-    server_admin: tokio::sync::OnceCell<super::server_admin::ServerAdmin>,
+    server_admin: super::server_admin::Detected,
 }
 
 /// The first wait after the homeserver could not be reached; doubled up to [`LONGEST_RETRY`].
@@ -133,7 +134,7 @@ impl Plugin for Space {
         let database =
             context.open_database(lifecycle::MIGRATIONS).await.map_err(|e| PluginError::permanent(e.to_string()))?;
         let _ = self.database.set(database);
-        self.publish(context).await
+        Ok(())
     }
 
     async fn on_event(&self, _context: &PluginContext, _event: &Event) -> Result<Vec<super::Action>, PluginError> {
@@ -153,7 +154,8 @@ impl Plugin for Space {
         // Deferred calls are carried out before the gate opens, so that a call arriving meanwhile comes after them.
         let _one = self.one_at_a_time.lock().await;
         self.drain_deferred(context, &rooms).await?;
-        self.rooms.send_replace(Some(rooms));
+        self.rooms.send_replace(Some(rooms.clone()));
+        self.seed_and_publish(context, &rooms.space).await?;
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 //! directory (`crate::plugin::directory`) for `guard` instances that name this one in their policy.
 //!
 //! A call is recorded when it is accepted (carried out at once or kept for later): the roster says who
-//! should be a member and who an admin, whether or not the homeserver has caught up yet.
+//! should be a member and who an admin, whether or not the homeserver has caught up yet. A role call for a user
+//! with no account call yet says nothing about membership (`member` stays unknown). The roster is published
+//! only once the bootstrap finished and the Space's current members were added (those the API never named
+//! are members too): before that, a `guard` sees no roster and leaves its rooms alone.
 
 use super::Space;
 use super::lifecycle::LifecycleAction;
@@ -12,7 +15,7 @@ use crate::plugin::{PluginContext, PluginError};
 /// The roster's table: migration 2 of the plugin database.
 pub const MIGRATION: &str = "CREATE TABLE roster (
         user_id TEXT PRIMARY KEY NOT NULL,
-        member INTEGER NOT NULL,
+        member INTEGER,
         admin INTEGER NOT NULL
     )";
 
@@ -35,19 +38,56 @@ impl Space {
         self.database()?
             .call(move |conn| {
                 conn.execute(
-                    "INSERT INTO roster (user_id, member, admin) VALUES (?1, coalesce(?2, 0), coalesce(?3, 0))
+                    "INSERT INTO roster (user_id, member, admin) VALUES (?1, ?2, coalesce(?3, 0))
                      ON CONFLICT (user_id) DO UPDATE SET member = coalesce(?2, member), admin = coalesce(?3, admin)",
                     rusqlite::params![user, member, admin],
                 )
             })
             .await
             .map_err(|e| PluginError::transient(format!("cannot record the call in the roster: {e}")))?;
+        if self.rooms.borrow().is_some() {
+            self.publish(context).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the Space's joined and invited members the roster does not know as members, then publishes it.
+    pub(super) async fn seed_and_publish(
+        &self,
+        context: &PluginContext,
+        space: &matrix_sdk::ruma::RoomId,
+    ) -> Result<(), PluginError> {
+        let members = context
+            .matrix
+            .paced_by_homeserver()
+            .members(space)
+            .await
+            .map_err(|e| PluginError::transient(format!("cannot read the Space's members: {e}")))?;
+        let present: Vec<String> = members
+            .into_iter()
+            .filter(|m| matches!(m.membership.as_str(), "join" | "invite") && m.user_id != context.user_id)
+            .map(|m| m.user_id)
+            .collect();
+        self.database()?
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for user in &present {
+                    tx.execute(
+                        "INSERT INTO roster (user_id, member, admin) VALUES (?1, 1, 0)
+                         ON CONFLICT (user_id) DO UPDATE SET member = coalesce(member, 1)",
+                        [user],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(|e| PluginError::transient(format!("cannot record the Space's members: {e}")))?;
         self.publish(context).await
     }
 
     /// Publishes the roster as the database has it.
     pub(super) async fn publish(&self, context: &PluginContext) -> Result<(), PluginError> {
-        let rows: Vec<(String, bool, bool)> = self
+        let rows: Vec<(String, Option<bool>, bool)> = self
             .database()?
             .call(|conn| {
                 let mut statement = conn.prepare("SELECT user_id, member, admin FROM roster")?;
@@ -58,11 +98,16 @@ impl Space {
             .map_err(|e| PluginError::transient(format!("cannot read the roster: {e}")))?;
         let mut users = SpaceUsers::default();
         for (user, member, admin) in rows {
-            if member {
-                users.members.insert(user.clone());
-                if admin {
-                    users.admins.insert(user.clone());
+            match member {
+                Some(true) => {
+                    users.members.insert(user.clone());
+                    if admin {
+                        users.admins.insert(user.clone());
+                    }
                 }
+                Some(false) => {}
+                // Only a role call so far: neither a member nor revoked.
+                None => continue,
             }
             users.known.insert(user);
         }
