@@ -227,6 +227,11 @@ pub trait Plugin: Send + Sync {
     async fn stop(&self) {}
 }
 
+/// Seconds since the epoch (what plugins keep in their databases and reports).
+pub fn unix_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Deserializes a plugin config, reporting the path of the first problem.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &serde_json::Value) -> Result<T, ConfigProblem> {
     serde_path_to_error::deserialize(config).map_err(|e| {

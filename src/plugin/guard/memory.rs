@@ -23,8 +23,13 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE removed_by_guard (
         PRIMARY KEY (room_id, user_id)
     );"];
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+use crate::plugin::unix_seconds as now;
+
+/// Forgets what is remembered of `user` in `room`.
+fn forget_user(conn: &rusqlite::Connection, room: &str, user: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM cleared WHERE room_id = ?1 AND user_id = ?2", [room, user])?;
+    conn.execute("DELETE FROM removed_by_guard WHERE room_id = ?1 AND user_id = ?2", [room, user])?;
+    Ok(())
 }
 
 impl Guard {
@@ -55,18 +60,14 @@ impl Guard {
         self.db()?
             .call(move |conn| {
                 match change {
-                    Change::Remove => conn.execute(
-                        "INSERT OR REPLACE INTO removed_by_guard (room_id, user_id, at) VALUES (?1, ?2, ?3)",
-                        rusqlite::params![room, user, now()],
-                    )?,
-                    Change::Invite => {
-                        conn.execute("DELETE FROM cleared WHERE room_id = ?1 AND user_id = ?2", [&room, &user])?;
+                    Change::Remove => {
                         conn.execute(
-                            "DELETE FROM removed_by_guard WHERE room_id = ?1 AND user_id = ?2",
-                            [&room, &user],
-                        )?
+                            "INSERT OR REPLACE INTO removed_by_guard (room_id, user_id, at) VALUES (?1, ?2, ?3)",
+                            rusqlite::params![room, user, now()],
+                        )?;
                     }
-                };
+                    Change::Invite => forget_user(conn, &room, &user)?,
+                }
                 Ok(())
             })
             .await
@@ -80,8 +81,7 @@ impl Guard {
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 for user in &users {
-                    tx.execute("DELETE FROM cleared WHERE room_id = ?1 AND user_id = ?2", [&room, user])?;
-                    tx.execute("DELETE FROM removed_by_guard WHERE room_id = ?1 AND user_id = ?2", [&room, user])?;
+                    forget_user(&tx, &room, user)?;
                 }
                 tx.commit()
             })

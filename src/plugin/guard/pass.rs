@@ -25,7 +25,7 @@ pub struct PassReport {
     pub trigger: String,
     pub dry_run: bool,
     /// Unix seconds.
-    pub started_at: u64,
+    pub started_at: i64,
     pub seconds: f64,
     /// Requests made to the homeserver (alias lookups, member lists, changes).
     pub requests: u64,
@@ -63,10 +63,6 @@ impl PassReport {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
 impl Guard {
     /// Reconciles the rooms of `policy` (those in `only`, when given).
     pub(super) async fn pass(
@@ -83,7 +79,7 @@ impl Guard {
             pass,
             trigger: trigger.to_owned(),
             dry_run: self.config.dry_run,
-            started_at: unix_now(),
+            started_at: crate::plugin::unix_seconds(),
             seconds: 0.0,
             requests: 0,
             rooms: Vec::new(),
@@ -220,7 +216,7 @@ impl Guard {
             Change::Invite => {
                 if self.config.join == JoinMode::ForceJoin {
                     let admin = self.server_admin.get(view).await?;
-                    let txn = format!("guard-join-{room}-{user}-{}", unix_now());
+                    let txn = format!("guard-join-{room}-{user}-{}", crate::plugin::unix_seconds());
                     return admin.let_in(view, room, &user, step.membership.as_deref(), &txn).await;
                 }
                 view.change_membership(room, &user, MemberChange::Invite, None).await.map_err(AdminError::from)
