@@ -15,7 +15,7 @@ use crate::harness::bot::{BotEnv, BotInstance};
 use crate::harness::client::TestUser;
 use crate::harness::daemon::Daemon;
 use crate::harness::pki::Pki;
-use crate::harness::synapse::{Synapse, synapse};
+use crate::harness::synapse::{SERVER_NAME, Synapse, synapse};
 use crate::harness::{eventually, unique};
 use crate::space::{CALLER, call, space_env};
 
@@ -254,6 +254,24 @@ async fn the_guard_invites_and_removes_as_its_policy_says_and_never_against_a_pe
     assert!(
         report["rooms"][0]["done"][0]["reason"].as_str().unwrap().contains("a member of the space instance `space`")
     );
+
+    // The policy file names the same room once more, by an alias: the room is reconciled once (by its first
+    // entry), and the report says why the other is not used and how to mend it.
+    let alias = format!("#{}:{SERVER_NAME}", unique("guarded-"));
+    let alias_id = matrix_sdk::ruma::OwnedRoomAliasId::try_from(alias.as_str()).unwrap();
+    owner.client.create_room_alias(&alias_id, &room_id).await.unwrap();
+    std::fs::write(&policy_file, format!(r#"{{"rooms": {{"{alias}": {{"users": ["{}"]}}}}}}"#, id("frank"))).unwrap();
+    let report = wait_report(&api, "the pass of the policy naming the room twice", |r| {
+        r["trigger"] == "policy_file" && r["rooms"].as_array().is_some_and(|rooms| rooms.len() == 2)
+    })
+    .await;
+    let twice = report["rooms"].as_array().unwrap().iter().find(|room| room["room"] == alias.as_str()).unwrap();
+    let error = twice["error"].as_str().unwrap_or_default();
+    assert!(error.contains("names this room twice") && error.contains("merge the two entries"), "{report}");
+    assert!(twice["done"].as_array().unwrap().is_empty(), "{report}");
+    let (status, body) =
+        operator(&api, reqwest::Method::POST, "/clear", Some(json!({"room": alias, "user_id": id("bob")}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_managed")), "{body}");
 
     assert_eq!(daemon.stop().code(), Some(0));
     assert!(daemon.log().contains("guard pass finished instance=guard"), "{}", daemon.log());

@@ -228,6 +228,11 @@ impl Plugin for Guard {
                     if why.is_some() {
                         policy = policy::merged(&self.config.rooms, file.as_ref());
                         spaces = watch_spaces(&policy, &context.directory);
+                        // A room dropped from the policy is no longer managed: no passes, no `/clear`.
+                        self.managed
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|_, name| policy.contains_key(name));
                     }
                     for (id, receiver) in &mut spaces {
                         if receiver.has_changed().unwrap_or(false) {

@@ -57,6 +57,17 @@ pub struct Failed {
     pub error: String,
 }
 
+/// What one pass carries from room to room.
+struct PassRun<'a> {
+    context: &'a PluginContext,
+    view: MatrixView,
+    shutdown: &'a tokio::sync::watch::Receiver<bool>,
+    /// The rooms reconciled so far, by the policy's name for them. A room the policy names twice (by its id
+    /// and by an alias, or by two aliases) is reconciled once, by the first entry: two lists for one room
+    /// would undo each other's changes.
+    seen: BTreeMap<OwnedRoomId, String>,
+}
+
 impl PassReport {
     fn count(&self, of: impl Fn(&RoomReport) -> usize) -> usize {
         self.rooms.iter().map(of).sum()
@@ -84,7 +95,7 @@ impl Guard {
             requests: 0,
             rooms: Vec::new(),
         };
-        let view = context.matrix.paced_by_homeserver();
+        let mut run = PassRun { context, view: context.matrix.paced_by_homeserver(), shutdown, seen: BTreeMap::new() };
         for (room, room_policy) in policy {
             if only.is_some_and(|only| !only.contains(room)) {
                 continue;
@@ -93,7 +104,7 @@ impl Guard {
                 break;
             }
             let mut room_report = RoomReport { room: room.clone(), ..Default::default() };
-            if let Err(error) = self.reconcile(context, &view, room, room_policy, &mut room_report, shutdown).await {
+            if let Err(error) = self.reconcile(&mut run, room, room_policy, &mut room_report).await {
                 room_report.error = Some(error);
             }
             report.requests += room_report.requests;
@@ -134,16 +145,22 @@ impl Guard {
     /// One room: resolve it, read its members, plan, and (unless a dry run) carry the plan out.
     async fn reconcile(
         &self,
-        context: &PluginContext,
-        view: &MatrixView,
+        run: &mut PassRun<'_>,
         room: &str,
         room_policy: &RoomPolicy,
         report: &mut RoomReport,
-        shutdown: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), String> {
+        let (context, view, shutdown) = (run.context, &run.view, run.shutdown);
         let wanted = policy::wanted(room_policy, &context.directory)?;
         let room_id = self.resolve(view, room, &mut report.requests).await?;
         report.room_id = Some(room_id.to_string());
+        if let Some(first) = run.seen.get(&room_id) {
+            return Err(format!(
+                "the policy names this room twice, as {first:?} and as {room:?} (both are {room_id}): it is \
+                 reconciled by {first:?} only; merge the two entries into one"
+            ));
+        }
+        run.seen.insert(room_id.clone(), room.to_owned());
         self.managed.write().unwrap_or_else(|p| p.into_inner()).insert(room_id.clone(), room.to_owned());
         report.requests += 1;
         let members = view.members(&room_id).await.map_err(|e| {
