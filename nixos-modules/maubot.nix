@@ -41,6 +41,7 @@ let
     "exec"
     "space"
     "guard"
+    "github"
   ];
 
   # The homeserver the top-level options describe, by its key in `homeservers`.
@@ -102,6 +103,22 @@ let
 
   # Credential name of a listener's private key.
   listenerKeyCredential = id: index: "${id}-listener-${toString index}-key";
+  # Credential name of the public listener's private key.
+  publicListenerKeyCredential = "public-listener-key";
+
+  # A listener as the daemon's config writes it; `keyCredential` names its private key's credential.
+  renderListener =
+    keyCredential: listener:
+    {
+      inherit (listener) address port;
+    }
+    // optionalAttrs (listener.tls != null) {
+      tls = {
+        certificate = toString listener.tls.certificateFile;
+        private_key = credential keyCredential;
+      }
+      // optionalAttrs (listener.tls.clientCaFile != null) { client_ca = toString listener.tls.clientCaFile; };
+    };
 
   instanceModule =
     { name, ... }:
@@ -195,6 +212,9 @@ let
   runCredentials =
     optionalAttrs (cfg.adminPasswordHashFile != null) { "admin-${cfg.adminUser}" = cfg.adminPasswordHashFile; }
     // optionalAttrs (cfg.secretKeyFile != null) { secret-key = cfg.secretKeyFile; }
+    // optionalAttrs (cfg.publicListener != null && cfg.publicListener.tls != null && cfg.publicListener.tls.keyFile != null) {
+      ${publicListenerKeyCredential} = cfg.publicListener.tls.keyFile;
+    }
     // concatMapAttrs (
       id: instance: lib.mapAttrs' (key: file: lib.nameValuePair "${id}-${key}" file) instance.secretFiles
     ) cfg.instances
@@ -233,7 +253,11 @@ let
       hostname = cfg.listenAddress;
       inherit (cfg) port;
     }
-    // optionalAttrs (cfg.secretKeyFile != null) { secret_key = credential "secret-key"; };
+    // optionalAttrs (cfg.secretKeyFile != null) { secret_key = credential "secret-key"; }
+    // optionalAttrs (cfg.publicListener != null) {
+      public_listener = renderListener publicListenerKeyCredential cfg.publicListener;
+    }
+    // optionalAttrs (cfg.trustedProxies != [ ]) { trusted_proxies = cfg.trustedProxies; };
     admins = optionalAttrs (cfg.adminPasswordHashFile != null) {
       ${cfg.adminUser} = credential "admin-${cfg.adminUser}";
     };
@@ -260,19 +284,7 @@ let
         homeserver = if instance.homeserver == null then homeserverKey else instance.homeserver;
       }
       // optionalAttrs (instance.listeners != [ ]) {
-        listeners = lib.imap0 (
-          index: listener:
-          {
-            inherit (listener) address port;
-          }
-          // optionalAttrs (listener.tls != null) {
-            tls = {
-              certificate = toString listener.tls.certificateFile;
-              private_key = credential (listenerKeyCredential id index);
-            }
-            // optionalAttrs (listener.tls.clientCaFile != null) { client_ca = toString listener.tls.clientCaFile; };
-          }
-        ) instance.listeners;
+        listeners = lib.imap0 (index: renderListener (listenerKeyCredential id index)) instance.listeners;
       }
       // optionalAttrs instance.serverAdmin { server_admin = true; }
       // optionalAttrs (instance.deviceName != null) { device_name = instance.deviceName; }
@@ -333,6 +345,7 @@ let
     "registration_token"
     "registration_shared_secret"
     "secret_key"
+    "secret"
     "webhook_secret"
   ];
   isReference = value: builtins.isAttrs value && (value ? credential || value ? file);
@@ -375,13 +388,15 @@ let
     ++ optionals (tuwunel.enable or false) (asList (tuwunel.settings.global.port or 6167))
     ++ optionals (conduit.enable or false) [ (conduit.settings.global.port or 6167) ];
 
-  # Every bot listener, with the option path that names it.
-  botListeners = lib.concatLists (
-    mapAttrsToList (
-      id: instance:
-      lib.imap0 (index: listener: listener // { name = "instances.${id}.listeners.${toString index}"; }) instance.listeners
-    ) cfg.instances
-  );
+  # Every listener (the public one and the bots' own), with the option path that names it.
+  botListeners =
+    optional (cfg.publicListener != null) (cfg.publicListener // { name = "publicListener"; })
+    ++ lib.concatLists (
+      mapAttrsToList (
+        id: instance:
+        lib.imap0 (index: listener: listener // { name = "instances.${id}.listeners.${toString index}"; }) instance.listeners
+      ) cfg.instances
+    );
   # Ports taken on this host: the management API, the homeservers, and every bot listener.
   takenPorts =
     [ { name = "port (the management API)"; port = cfg.port; } ]
@@ -615,6 +630,24 @@ in
       description = "Open `port` in the firewall.";
     };
 
+    publicListener = mkOption {
+      type = types.nullOr (types.submodule listenerModule);
+      default = null;
+      example = literalExpression ''{ address = "0.0.0.0"; port = 8090; openFirewall = true; }'';
+      description = ''
+        A listener that serves plugins' routes only (`/_plugins/<instance>/...`, e.g. the `github` plugin's
+        webhook), reachable from outside while the management API stays on loopback. Plain HTTP behind a
+        reverse proxy with TLS, or TLS of its own (`tls`, without `clientCaFile`).
+      '';
+    };
+
+    trustedProxies = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "127.0.0.1" ];
+      description = "Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed for plugins' requests.";
+    };
+
     dataDir = mkOption {
       type = types.str;
       default = "/var/lib/maubot";
@@ -735,6 +768,10 @@ in
             + concatStringsSep " and " (map (t: t.name) (lib.filter (t: t.port == l.port && t.name != l.name) takenPorts))
             + "; give each listener a port of its own."
           ) portClashes;
+        }
+        {
+          assertion = cfg.publicListener == null || cfg.publicListener.tls == null || cfg.publicListener.tls.clientCaFile == null;
+          message = "services.maubot.publicListener.tls.clientCaFile is set, but the public listener serves every bot's routes and asks for no client certificates; give the instance that needs them a listener of its own (instances.<id>.listeners).";
         }
         {
           assertion = lib.all (l: l.tls == null || l.tls.keyFile != null) botListeners;

@@ -7,6 +7,7 @@ pub mod hashing;
 pub mod limits;
 pub mod metrics;
 pub mod plugins;
+pub mod public;
 pub mod serve;
 pub mod throttle;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub error_window: std::time::Duration,
     /// The running instances whose plugins serve HTTP.
     pub endpoints: crate::plugin::http::Endpoints,
+    /// Reverse proxies whose `X-Forwarded-For` is believed for plugins' requests (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 impl AppState {
@@ -217,5 +220,5 @@ pub async fn bind(hostname: &str, port: u16) -> std::io::Result<tokio::net::TcpL
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: Limits, stop: watch::Receiver<bool>) {
-    serve::serve(listener, router(state, limits), limits, stop).await
+    serve::serve(listener, router(state, limits), limits, None, "management API", stop).await
 }

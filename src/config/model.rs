@@ -73,6 +73,27 @@ pub struct ServerConfig {
     /// Time a whole request may take (the body included) before it is answered 408.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// A listener that serves plugins' routes only (`/_plugins/<id>/...`), on an address the world can reach
+    /// (a webhook from GitHub), while the management API stays on loopback. No client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_listener: Option<ListenerConfig>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed for plugins' requests.
+    /// Empty: the client's address is the socket's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `trusted_proxies` as networks (a bare address is a network of one); entries that do not parse are left
+    /// out (the config check refuses them).
+    pub fn trusted_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| {
+                p.parse::<ipnet::IpNet>().ok().or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -392,6 +413,9 @@ impl Config {
             if let Some(s) = hs.registration_shared_secret.as_mut() {
                 out.push((format!("homeservers.{name}.registration_shared_secret"), s));
             }
+        }
+        if let Some(tls) = self.server.public_listener.as_mut().and_then(|l| l.tls.as_mut()) {
+            out.push(("server.public_listener.tls.private_key".to_owned(), &mut tls.private_key));
         }
         for (id, instance) in &mut self.instances {
             if let Some(s) = instance.password.as_mut() {

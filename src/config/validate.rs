@@ -149,6 +149,14 @@ fn check_server(config: &Config, findings: &mut Findings) {
     if !(1..=600).contains(&server.request_timeout_secs) {
         findings.error("server.request_timeout_secs", "must be between 1 and 600 seconds; the default is 30");
     }
+    for (index, proxy) in server.trusted_proxies.iter().enumerate() {
+        if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err() {
+            findings.error(
+                format!("server.trusted_proxies.{index}"),
+                format!("`{proxy}` is not an IP address or network, like 127.0.0.1 or 10.0.0.0/8"),
+            );
+        }
+    }
     if !(60..=86400).contains(&server.token_ttl_secs) {
         findings.error("server.token_ttl_secs", "must be between 60 seconds and a day (86400)");
     }
@@ -357,8 +365,8 @@ fn check_notifications(config: &Config, findings: &mut Findings) {
     }
 }
 
-/// Every instance listener: a usable address and port, absolute PEM paths, and no port used twice (by another
-/// listener or the management server) on overlapping addresses.
+/// Every listener (the public one and the instances' own): a usable address and port, absolute PEM paths, and
+/// no port used twice (by another listener or the management server) on overlapping addresses.
 fn check_listeners(config: &Config, findings: &mut Findings) {
     let server_ip = config.server.hostname.parse::<std::net::IpAddr>().ok();
     let mut taken: Vec<(std::net::IpAddr, u16, String)> = Vec::new();
@@ -366,9 +374,24 @@ fn check_listeners(config: &Config, findings: &mut Findings) {
         taken.push((ip, config.server.port, "the management server (server.port)".to_owned()));
     }
     let overlap = |a: &std::net::IpAddr, b: &std::net::IpAddr| a == b || a.is_unspecified() || b.is_unspecified();
+    let mut listeners: Vec<(String, &crate::config::model::ListenerConfig)> = Vec::new();
+    if let Some(public) = &config.server.public_listener {
+        listeners.push(("server.public_listener".to_owned(), public));
+        if public.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()) {
+            findings.error(
+                "server.public_listener.tls.client_ca",
+                "the public listener serves every plugin and asks for no client certificates; give the instance \
+                 that needs them a listener of its own (`instances.<id>.listeners`)",
+            );
+        }
+    }
     for (id, instance) in &config.instances {
         for (index, listener) in instance.listeners.iter().enumerate() {
-            let key = format!("instances.{id}.listeners.{index}");
+            listeners.push((format!("instances.{id}.listeners.{index}"), listener));
+        }
+    }
+    for (key, listener) in listeners {
+        {
             if listener.port == 0 {
                 findings.error(format!("{key}.port"), "0 is not a usable port");
             }

@@ -33,6 +33,8 @@ pub enum RunError {
          `server.port` (or `server.hostname`)"
     )]
     Bind { address: String, source: std::io::Error },
+    #[error(transparent)]
+    Public(#[from] api::public::PublicError),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
 }
@@ -40,7 +42,7 @@ pub enum RunError {
 impl RunError {
     /// Whether the fix is in the config or the state (exit code 78, no restart loop).
     pub fn is_config_or_state(&self) -> bool {
-        matches!(self, RunError::State(_))
+        matches!(self, RunError::State(_) | RunError::Public(api::public::PublicError::Config(_)))
     }
 }
 
@@ -81,6 +83,10 @@ pub async fn run(
     let listener = api::bind(&config.server.hostname, config.server.port)
         .await
         .map_err(|source| RunError::Bind { address, source })?;
+    let public = match &config.server.public_listener {
+        Some(listener) => Some(api::public::Public::bind(listener).await?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(notifications) = &config.notifications {
@@ -121,8 +127,13 @@ pub async fn run(
         schema_version: db.schema_version().await?,
         error_window: Duration::from_secs(config.host.error_window_secs),
         endpoints: shared.endpoints.clone(),
+        trusted_proxies: Arc::new(config.server.trusted_networks()),
     };
     let limits = api::limits::Limits::from_config(&config.server);
+    if let Some(public) = public {
+        tracing::info!(address = %public.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving plugins' routes on the public listener");
+        tokio::spawn(public.serve(api_state.clone(), limits, stop_rx.clone()));
+    }
     let api_task = tokio::spawn(api::serve(listener, api_state, limits, stop_rx.clone()));
 
     let ready_deadline = tokio::time::Instant::now() + Duration::from_secs(config.host.ready_timeout_secs);

@@ -13,6 +13,7 @@ pub mod directory;
 pub mod event;
 pub mod exec;
 pub mod file;
+pub mod github;
 pub mod guard;
 pub mod http;
 pub mod invites;

@@ -2,8 +2,13 @@
 
 use super::PluginType;
 
-static TYPES: &[&dyn PluginType] =
-    &[&super::ping::PingType, &super::exec::ExecType, &super::space::SpaceType, &super::guard::GuardType];
+static TYPES: &[&dyn PluginType] = &[
+    &super::ping::PingType,
+    &super::exec::ExecType,
+    &super::space::SpaceType,
+    &super::guard::GuardType,
+    &super::github::GithubType,
+];
 
 /// The plugin type registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn PluginType> {

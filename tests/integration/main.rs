@@ -8,6 +8,7 @@ mod catch_up;
 mod check_config;
 mod config_layers;
 mod exec;
+mod github;
 mod guard;
 mod host_api;
 mod hostile_api;

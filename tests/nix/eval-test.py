@@ -296,6 +296,38 @@ def main():
               "rooms": {"#fleet-general:maubot.test": {"spaces": ["community"]}}},
           error or (result or {}).get("failedAssertions") or rendered)
 
+    github = ('{ services.maubot.publicListener = { address = "0.0.0.0"; port = 8090; openFirewall = true; }; '
+              'services.maubot.trustedProxies = [ "127.0.0.1" ]; '
+              'services.maubot.instances.gh = { type = "github"; user = "@gh:maubot.test"; passwordFile = "/run/g"; '
+              'secretFiles.webhook = "/run/secrets/gh-webhook"; config = { secret = %s; '
+              'routes = [ { repository = "octo/app"; room = "!r:maubot.test"; } ]; }; }; }')
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(github % '{ credential = "gh-webhook"; }'))
+    settings = json.loads(result["settings"]) if result else {}
+    check("a github instance deploys behind the public listener: its secret a credential, the port opened",
+          result is not None and result["failedAssertions"] == []
+          and settings["server"].get("public_listener") == {"address": "0.0.0.0", "port": 8090}
+          and settings["server"].get("trusted_proxies") == ["127.0.0.1"]
+          and settings["instances"]["gh"]["config"]["secret"] == {"credential": "gh-webhook"}
+          and 8090 in result["firewall"]
+          and "LoadCredential=gh-webhook:/run/secrets/gh-webhook" in result["unit"]
+          and any("publicListener serves plain HTTP" in w for w in result["warnings"]),
+          error or (result or {}).get("failedAssertions") or settings)
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(github % '"hunter2"'))
+    check("a webhook secret written inline is refused (it would be in the Nix store)",
+          result is not None and any("instances.gh.config.secret" in a for a in result["failedAssertions"]),
+          error or (result or {}).get("failedAssertions"))
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.publicListener = { address = "0.0.0.0"; port = 8090; tls = { certificateFile = "/c.pem"; '
+        'keyFile = "/run/secrets/k"; clientCaFile = "/ca.pem"; }; }; }'))
+    check("the public listener takes no client certificates",
+          result is not None and any("publicListener.tls.clientCaFile" in a for a in result["failedAssertions"]),
+          error or (result or {}).get("failedAssertions"))
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.publicListener = { port = 29316; }; }'))
+    check("the public listener's port may not be the management API's",
+          result is not None and any("publicListener.port = 29316" in a for a in result["failedAssertions"]),
+          error or (result or {}).get("failedAssertions"))
+
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
           result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]

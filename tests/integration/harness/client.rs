@@ -11,11 +11,13 @@ use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
 };
-use matrix_sdk::ruma::{OwnedEventId, OwnedUserId, UserId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships};
 use tokio::task::JoinHandle;
 
@@ -24,6 +26,7 @@ use super::synapse::{Synapse, register_with_secret};
 
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub room_id: OwnedRoomId,
     pub event_id: OwnedEventId,
     pub sender: OwnedUserId,
     pub body: String,
@@ -31,6 +34,8 @@ pub struct Seen {
     pub encrypted: bool,
     /// The homeserver's timestamp, in milliseconds since the epoch.
     pub ts_ms: u64,
+    /// The HTML body (`formatted_body`) of a text or notice message that has one.
+    pub html: Option<String>,
 }
 
 pub struct TestUser {
@@ -68,12 +73,14 @@ impl TestUser {
         client.matrix_auth().login_username(&localpart, password).send().await.unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let sink = seen.clone();
-        client.add_event_handler(move |event: OriginalSyncRoomMessageEvent, encryption: Option<EncryptionInfo>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(to_seen(&event, encryption.is_some()));
-            }
-        });
+        client.add_event_handler(
+            move |event: OriginalSyncRoomMessageEvent, room: Room, encryption: Option<EncryptionInfo>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(to_seen(room.room_id(), &event, encryption.is_some()));
+                }
+            },
+        );
         client.sync_once(every_event()).await.unwrap();
         let syncing = client.clone();
         let sync = tokio::spawn(async move {
@@ -146,7 +153,7 @@ impl TestUser {
                     SyncMessageLikeEvent::Original(message),
                 ))) = event.raw().deserialize()
                 {
-                    out.push(to_seen(&message, encrypted));
+                    out.push(to_seen(room.room_id(), &message, encrypted));
                 }
             }
             if page.chunk.is_empty() || page.end.is_none() {
@@ -177,12 +184,19 @@ fn every_event() -> SyncSettings {
     SyncSettings::default().filter(Filter::FilterDefinition(filter))
 }
 
-fn to_seen(event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
+fn to_seen(room_id: &RoomId, event: &OriginalSyncRoomMessageEvent, encrypted: bool) -> Seen {
     let in_reply_to = match &event.content.relates_to {
         Some(Relation::Reply(reply)) => Some(reply.in_reply_to.event_id.clone()),
         _ => None,
     };
+    let formatted = match &event.content.msgtype {
+        MessageType::Notice(notice) => notice.formatted.as_ref(),
+        MessageType::Text(text) => text.formatted.as_ref(),
+        _ => None,
+    };
     Seen {
+        room_id: room_id.to_owned(),
+        html: formatted.map(|f| f.body.clone()),
         event_id: event.event_id.clone(),
         sender: event.sender.clone(),
         body: event.content.body().to_owned(),
