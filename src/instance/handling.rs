@@ -388,9 +388,13 @@ pub(super) fn to_send(
             );
             (room, derived(index), "m.room.message", json(&content))
         }
-        Action::Send { room_id, content, key } => {
+        Action::Send { room_id, content, key, link_previews } => {
             let txn_id = key.map(|k| keyed_transaction_id(&k).to_string()).unwrap_or_else(|| derived(index));
-            (room_id.to_string(), txn_id, "m.room.message", json(&content))
+            let mut content = serde_json::to_value(&content).expect("event content serializes");
+            if !link_previews {
+                crate::plugin::without_link_previews(&mut content);
+            }
+            (room_id.to_string(), txn_id, "m.room.message", content.to_string())
         }
         Action::React { to, reaction } => {
             let content = matrix_sdk::ruma::events::reaction::ReactionEventContent::new(

@@ -94,7 +94,8 @@ pub enum Action {
     /// Send this content as a reply to the event (the host adds the reply relation).
     Reply(RoomMessageEventContent),
     /// Send this content to a room the bot is joined to. `key`: the idempotency key (required outside an event).
-    Send { room_id: OwnedRoomId, content: RoomMessageEventContent, key: Option<String> },
+    /// `link_previews: false` asks clients not to preview the message's links (a bot's notices full of links).
+    Send { room_id: OwnedRoomId, content: RoomMessageEventContent, key: Option<String>, link_previews: bool },
     /// React to an event in the room of the event being answered.
     React { to: OwnedEventId, reaction: String },
     /// Replace the content of an earlier message of this bot (`to`, in the room of the event being answered):
@@ -226,6 +227,15 @@ pub trait Plugin: Send + Sync {
 
     /// Called when the instance stops. Default: nothing to stop.
     async fn stop(&self) {}
+}
+
+/// The keys that ask clients not to preview a message's links: Element's (`uk.half-shot.unstable.show_url_previews`,
+/// honoured since mid-2026) and Beeper's (`com.beeper.linkpreviews`, MSC4095: the message's previews, none).
+pub fn without_link_previews(content: &mut serde_json::Value) {
+    if let Some(map) = content.as_object_mut() {
+        map.insert("uk.half-shot.unstable.show_url_previews".into(), serde_json::Value::Bool(false));
+        map.insert("com.beeper.linkpreviews".into(), serde_json::Value::Array(Vec::new()));
+    }
 }
 
 /// Seconds since the epoch (what plugins keep in their databases and reports).

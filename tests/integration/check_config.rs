@@ -69,20 +69,28 @@ async fn listener_problems_name_the_key_and_the_tls_key_is_never_printed() {
     let kept_b = env.instances[1].extra.len();
     env.instances[1].extra.extend(["listeners:".to_owned(), "  - {address: 0.0.0.0, port: 8444}".to_owned()]);
     env.write_credential("a-tls-key", "-----BEGIN PRIVATE KEY-----\nplanted-key-material\n-----END PRIVATE KEY-----\n");
+    env.server_extra.extend([
+        "public_listener: {address: 0.0.0.0, port: 8444, tls: {certificate: /etc/c.pem, private_key: {credential: a-tls-key}, client_ca: /etc/ca.pem}}".to_owned(),
+        "trusted_proxies: [127.0.0.1, 10.0.0.0/8, proxy.example.org]".to_owned(),
+    ]);
     env.write_config();
     let output = env.output(&["check-config"]);
     assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
     let err = String::from_utf8_lossy(&output.stderr);
     for expected in [
+        "server.public_listener.tls.client_ca: the public listener serves every plugin and asks for no client certificates",
+        "instances.a.listeners.2.port: port 8444 is also used by server.public_listener",
+        "server.trusted_proxies.2: `proxy.example.org` is not an IP address or network",
         &format!("instances.a.listeners.0.port: port {api_port} is also used by the management server"),
         "instances.a.listeners.1.address: `example.org` is not an IP address",
         "instances.a.listeners.2.tls.certificate: `cert.pem` must be an absolute path",
-        "instances.b.listeners.0.port: port 8444 is also used by instances.a.listeners.2",
+        "instances.b.listeners.0.port: port 8444 is also used by server.public_listener",
     ] {
         assert!(err.contains(expected), "{expected:?} in:\n{err}");
     }
 
     // Valid listeners: printed with the key's source, never the key; plain HTTP beyond loopback is warned of.
+    env.server_extra.clear();
     let kept = env.instances[0].extra.len() - 4;
     env.instances[0].extra.truncate(kept);
     env.instances[1].extra.truncate(kept_b);
@@ -101,4 +109,32 @@ async fn listener_problems_name_the_key_and_the_tls_key_is_never_printed() {
         warned.contains("instances.b.listeners.0.tls: the listener on 0.0.0.0 serves plain HTTP beyond this machine"),
         "{warned}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_bot_with_its_secret_written_into_the_config_is_refused() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["gh"]).await;
+    env.plugins.insert(
+        "gh".into(),
+        (
+            "github".into(),
+            vec![
+                "secret: the-secret-itself".into(),
+                "routes: [{repository: octo, room: \"#dev:example.org\", branches: [\"(\"]}]".into(),
+            ],
+        ),
+    );
+    env.write_config();
+    let output = env.output(&["check-config"]);
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
+    let err = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "instances.gh.config.secret: the webhook secret must come from a credential or a file",
+        "instances.gh.config.routes.0.repository: `octo` should be `owner/name`",
+        "instances.gh.config.routes.0.room: `#dev:example.org` is not a room id",
+        "instances.gh.config.routes.0.branches.0: `(` is not a regular expression",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
 }

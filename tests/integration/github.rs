@@ -200,6 +200,12 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     );
     let html = main[0].html.as_deref().unwrap_or_default();
     assert!(html.contains("<a href=\"https://github.com/octo/app/compare/a...b\">pushed 3 commits</a>"), "{html}");
+    // A notice full of links asks clients not to preview them.
+    let raw: Value =
+        serde_json::from_str(room.event(&main[0].event_id, None).await.unwrap().raw().json().get()).unwrap();
+    assert_eq!(raw["content"]["msgtype"], "m.notice", "{raw}");
+    assert_eq!(raw["content"]["uk.half-shot.unstable.show_url_previews"], false, "{raw}");
+    assert_eq!(raw["content"]["com.beeper.linkpreviews"], json!([]), "{raw}");
     let posted_docs = wait_posted(&person, &bot, &docs, 1).await;
     assert!(posted_docs[0].encrypted, "the docs room is encrypted, and so is the notice");
     assert!(

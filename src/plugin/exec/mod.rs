@@ -588,9 +588,12 @@ fn to_action(answer: FromProgram, handling: &str, data_dir: &std::path::Path) ->
             }
             Ok(Action::Reply(content(body, html, notice)))
         }
-        FromProgram::Send { room_id: room, body, key, html, notice } => {
-            Ok(Action::Send { room_id: room_id(&room)?, content: content(body, html, notice), key })
-        }
+        FromProgram::Send { room_id: room, body, key, html, notice } => Ok(Action::Send {
+            room_id: room_id(&room)?,
+            content: content(body, html, notice),
+            key,
+            link_previews: true,
+        }),
         FromProgram::React { to, reaction } => Ok(Action::React { to: event_id(&to)?, reaction }),
         FromProgram::Edit { to, body, html, notice } => {
             Ok(Action::Edit { to: event_id(&to)?, content: content(body, html, notice) })

@@ -272,6 +272,7 @@ impl Plugin for Github {
             room_id: post.room_id,
             content: RoomMessageEventContent::notice_html(post.body, post.html),
             key: Some(job.key.clone()),
+            link_previews: false,
         }])
     }
 
