@@ -1,30 +1,47 @@
 //! The `github` plugin against a real Synapse: signed webhook deliveries (good, bad, missing signature), the
 //! quiet defaults (a feature branch, a comment, a bot's pull request are not posted), a path filter into an
 //! encrypted room, a digest of a burst of label changes, a redelivery recognised after a restart, a delivery
-//! accepted just before a `kill -9` posted once after it, and the public listener serving plugins' routes only.
+//! accepted just before a `kill -9` posted once after it, and the public listener (over TLS) serving plugins'
+//! routes only.
 //! What is asserted is what a person in the rooms sees.
 
 use std::time::Duration;
 
 use matrix_sdk::Room;
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 
 use crate::harness::bot::BotEnv;
 use crate::harness::client::{Seen, TestUser};
 use crate::harness::eventually;
+use crate::harness::pki::Pki;
 use crate::harness::synapse::{free_port, synapse};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SECRET: &str = "a webhook secret only GitHub and the bot know";
 
 /// Sends a delivery to `url` signed with `secret` (or unsigned); the answer's status and JSON.
-async fn deliver(url: &str, secret: Option<&str>, event: &str, id: &str, payload: &Value) -> (u16, Value) {
+async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    secret: Option<&str>,
+    event: &str,
+    id: &str,
+    payload: &Value,
+) -> (u16, Value) {
     let body = serde_json::to_vec(payload).unwrap();
-    post_raw(url, secret, event, id, body).await
+    post_raw(http, url, secret, event, id, body).await
 }
 
-async fn post_raw(url: &str, secret: Option<&str>, event: &str, id: &str, body: Vec<u8>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
+async fn post_raw(
+    http: &reqwest::Client,
+    url: &str,
+    secret: Option<&str>,
+    event: &str,
+    id: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = http
         .post(url)
         .header("content-type", "application/json")
         .header("x-github-event", event)
@@ -91,8 +108,16 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     let docs = person.create_room(true, &[&bot]).await;
     let tracker = person.create_room(false, &[&bot]).await;
     env.write_credential("github-webhook", SECRET);
+    // The public listener with a certificate of its own (GitHub would reach it over TLS).
+    let pki = Pki::new("github test CA");
+    let (certificate, key) = pki.issue("bots.test", &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    std::fs::write(env.dir.path().join("public.pem"), &certificate).unwrap();
+    env.write_credential("public-key", &key);
     let public_port = free_port();
-    env.server_extra.push(format!("public_listener: {{address: 127.0.0.1, port: {public_port}}}"));
+    env.server_extra.push(format!(
+        "public_listener: {{address: 127.0.0.1, port: {public_port}, tls: {{certificate: {}, private_key: {{credential: public-key}}}}}}",
+        env.dir.path().join("public.pem").display()
+    ));
     env.plugins.insert(
         "gh".into(),
         (
@@ -118,25 +143,27 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     }
     daemon.wait_for_log("serving plugins' routes on the public listener", TIMEOUT);
     let hook = format!("{}/_plugins/gh/webhook", env.api_url());
-    let public_hook = format!("http://127.0.0.1:{public_port}/_plugins/gh/webhook");
+    let public_hook = format!("https://localhost:{public_port}/_plugins/gh/webhook");
+    let (http, https) = (reqwest::Client::new(), pki.client(None));
 
     // Unsigned, or signed with another secret: 401, nothing posted.
     let main_push = push("octo/app", "main", &["src/lib.rs"], 3);
-    let (status, answer) = deliver(&hook, None, "push", "d-unsigned", &main_push).await;
+    let (status, answer) = deliver(&http, &hook, None, "push", "d-unsigned", &main_push).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("missing_signature")), "{answer}");
-    let (status, answer) = deliver(&hook, Some("guessed"), "push", "d-forged", &main_push).await;
+    let (status, answer) = deliver(&http, &hook, Some("guessed"), "push", "d-forged", &main_push).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("bad_signature")), "{answer}");
     // Signed but not JSON: 400 naming the problem.
-    let (status, answer) = post_raw(&hook, Some(SECRET), "push", "d-broken", b"{\"ref\": ".to_vec()).await;
+    let (status, answer) = post_raw(&http, &hook, Some(SECRET), "push", "d-broken", b"{\"ref\": ".to_vec()).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{answer}");
     // GitHub's ping when the hook is made.
     let (status, answer) =
-        deliver(&hook, Some(SECRET), "ping", "d-ping", &json!({"zen": "Design for failure.", "hook_id": 4242})).await;
+        deliver(&http, &hook, Some(SECRET), "ping", "d-ping", &json!({"zen": "Design for failure.", "hook_id": 4242}))
+            .await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("pong")), "{answer}");
 
     // A push to the default branch, through the public listener: queued, and posted.
-    let (status, answer) = deliver(&public_hook, Some(SECRET), "push", "d-push-main", &main_push).await;
+    let (status, answer) = deliver(&https, &public_hook, Some(SECRET), "push", "d-push-main", &main_push).await;
     assert_eq!(
         (status, answer["status"].as_str(), answer["notices"].as_u64()),
         (202, Some("queued"), Some(1)),
@@ -169,27 +196,34 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
         ),
     ];
     for (i, (event, payload, why)) in quiet.iter().enumerate() {
-        let (status, answer) = deliver(&hook, Some(SECRET), event, &format!("d-quiet-{i}"), payload).await;
+        let (status, answer) = deliver(&http, &hook, Some(SECRET), event, &format!("d-quiet-{i}"), payload).await;
         assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{event}: {answer}");
         assert!(answer["reason"].as_str().unwrap().contains(why), "{event}: {answer}");
     }
     // The docs route: a push that changes no docs is not posted; one that does is, into the encrypted room.
     let (status, answer) =
-        deliver(&hook, Some(SECRET), "push", "d-docs-src", &push("octo/docs-site", "main", &["src/x.rs"], 1)).await;
-    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
-    let (status, _) =
-        deliver(&hook, Some(SECRET), "push", "d-docs-md", &push("octo/docs-site", "main", &["docs/guide/setup.md"], 1))
+        deliver(&http, &hook, Some(SECRET), "push", "d-docs-src", &push("octo/docs-site", "main", &["src/x.rs"], 1))
             .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    let (status, _) = deliver(
+        &http,
+        &hook,
+        Some(SECRET),
+        "push",
+        "d-docs-md",
+        &push("octo/docs-site", "main", &["docs/guide/setup.md"], 1),
+    )
+    .await;
     assert_eq!(status, 202);
     // A burst of label changes on one issue: one message; a label the route excludes keeps its delivery out.
     for (i, label) in ["bug", "parser", "help wanted"].iter().enumerate() {
         let payload = issue("octo/tracker", "labeled", 7, json!({"label": {"name": label}}));
-        let (status, answer) = deliver(&hook, Some(SECRET), "issues", &format!("d-label-{i}"), &payload).await;
+        let (status, answer) = deliver(&http, &hook, Some(SECRET), "issues", &format!("d-label-{i}"), &payload).await;
         assert_eq!((status, answer["status"].as_str()), (202, Some("queued")), "{answer}");
     }
     let mut spam = issue("octo/tracker", "opened", 8, json!({}));
     spam["issue"]["labels"] = json!([{"name": "Spam"}]);
-    let (status, answer) = deliver(&hook, Some(SECRET), "issues", "d-spam", &spam).await;
+    let (status, answer) = deliver(&http, &hook, Some(SECRET), "issues", "d-spam", &spam).await;
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
 
     let main = wait_posted(&person, &bot, &room, 1).await;
@@ -221,12 +255,12 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     );
 
     // A redelivery (GitHub's "Redeliver" button) is recognised.
-    let (status, answer) = deliver(&hook, Some(SECRET), "push", "d-push-main", &main_push).await;
+    let (status, answer) = deliver(&http, &hook, Some(SECRET), "push", "d-push-main", &main_push).await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{answer}");
 
     // Accepted, then the daemon is killed inside the digest window: posted once after the restart.
     let opened = issue("octo/app", "opened", 12, json!({}));
-    let (status, answer) = deliver(&hook, Some(SECRET), "issues", "d-before-crash", &opened).await;
+    let (status, answer) = deliver(&http, &hook, Some(SECRET), "issues", "d-before-crash", &opened).await;
     assert_eq!((status, answer["status"].as_str()), (202, Some("queued")), "{answer}");
     daemon.crash();
     let mut daemon = env.spawn_run();
@@ -238,7 +272,7 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     );
     // After the restart, the first push's redelivery is still recognised.
     let (status, answer) = eventually(TIMEOUT, "the webhook to answer after the restart", || async {
-        let (status, answer) = deliver(&hook, Some(SECRET), "push", "d-push-main", &main_push).await;
+        let (status, answer) = deliver(&http, &hook, Some(SECRET), "push", "d-push-main", &main_push).await;
         (status != 503).then_some((status, answer))
     })
     .await;
@@ -246,7 +280,7 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     // One more, to know that everything before it had its chance to arrive: then count.
     let release = json!({"action": "published", "repository": repository("octo/app"), "sender": {"login": "carol", "type": "User"},
                          "release": {"tag_name": "v1.0.0", "name": "v1.0.0", "html_url": "https://github.com/octo/app/releases/v1.0.0", "body": ""}});
-    let (status, _) = deliver(&hook, Some(SECRET), "release", "d-release", &release).await;
+    let (status, _) = deliver(&http, &hook, Some(SECRET), "release", "d-release", &release).await;
     assert_eq!(status, 202);
     let main = wait_posted(&person, &bot, &room, 3).await;
     assert_eq!(main[2].body, "[octo/app] carol published release v1.0.0 <https://github.com/octo/app/releases/v1.0.0>");
@@ -256,10 +290,7 @@ async fn github_deliveries_are_verified_filtered_digested_and_posted_once_across
     assert_eq!(person.room_history(&tracker).await.iter().filter(|s| s.sender.as_str() == bot).count(), 1);
 
     // The public listener serves plugins' routes and nothing else.
-    let (status, _) = {
-        let response = reqwest::get(format!("http://127.0.0.1:{public_port}/api/v1/instances")).await.unwrap();
-        (response.status().as_u16(), ())
-    };
-    assert_eq!(status, 404);
+    let response = https.get(format!("https://localhost:{public_port}/api/v1/instances")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
     daemon.stop();
 }
