@@ -42,6 +42,7 @@ let
     "space"
     "guard"
     "github"
+    "media"
   ];
 
   # The homeserver the top-level options describe, by its key in `homeservers`.

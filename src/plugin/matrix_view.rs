@@ -153,6 +153,41 @@ impl MatrixView {
         self.guarded(|| room_ops::ensure_power_level(&self.client, room, user, level)).await
     }
 
+    /// Whether `room` is encrypted (asked of the homeserver when the client does not know yet); a room the bot
+    /// is not in is `Invalid`.
+    pub async fn is_encrypted(&self, room: &RoomId) -> Result<bool, RoomOpError> {
+        let room =
+            self.client.get_room(room).ok_or_else(|| RoomOpError::Invalid(format!("the bot is not in {room}")))?;
+        Ok(self.guarded(|| async { Ok(room.latest_encryption_state().await?) }).await?.is_encrypted())
+    }
+
+    /// The homeserver's upload limit in bytes (`m.upload.size`; asked once, then remembered by the client).
+    pub async fn max_upload_size(&self) -> Result<u64, RoomOpError> {
+        Ok(self.guarded(|| async { Ok(self.client.load_or_fetch_max_upload_size().await?) }).await?.into())
+    }
+
+    /// Uploads `data` to the media repository, encrypted (the homeserver sees only ciphertext; the key goes into
+    /// the message) or not, and says where it is. Not deduplicated: an upload made again is a second copy.
+    pub async fn upload(
+        &self,
+        data: &[u8],
+        mimetype: &mime::Mime,
+        encrypted: bool,
+    ) -> Result<matrix_sdk::ruma::events::room::MediaSource, RoomOpError> {
+        use matrix_sdk::ruma::events::room::MediaSource;
+        self.guarded(|| async {
+            if encrypted {
+                let mut reader = std::io::Cursor::new(data);
+                let file = self.client.upload_encrypted_file(&mut reader).await?;
+                Ok(MediaSource::Encrypted(Box::new(file)))
+            } else {
+                let response = self.client.media().upload(mimetype, data.to_vec(), None).await?;
+                Ok(MediaSource::Plain(response.content_uri))
+            }
+        })
+        .await
+    }
+
     /// A request to the homeserver's own admin API (Synapse's `/_synapse/admin/...`: force-join, deactivate)
     /// with the bot's access token: the status and the JSON body (`null` when it is not JSON). A "too many
     /// requests" is waited out as for every call. `Err`: the homeserver could not be reached.

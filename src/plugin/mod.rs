@@ -19,6 +19,7 @@ pub mod http;
 pub mod invites;
 pub mod job;
 pub mod matrix_view;
+pub mod media;
 pub mod ping;
 pub mod rate_limit;
 pub mod registry;
@@ -236,6 +237,15 @@ pub fn without_link_previews(content: &mut serde_json::Value) {
         map.insert("uk.half-shot.unstable.show_url_previews".into(), serde_json::Value::Bool(false));
         map.insert("com.beeper.linkpreviews".into(), serde_json::Value::Array(Vec::new()));
     }
+}
+
+/// Whether a value of a plugin's config as written (what `check_config` sees) is a secret reference,
+/// `{ credential: NAME }` or `{ file: PATH }`, rather than a value written into the config. Built, the plugin
+/// gets the secret's text in its place.
+pub fn is_secret_reference(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(|map| {
+        map.len() == 1 && map.iter().all(|(key, value)| (key == "credential" || key == "file") && value.is_string())
+    })
 }
 
 /// Seconds since the epoch (what plugins keep in their databases and reports).

@@ -37,26 +37,34 @@ impl RateLimiter {
         }
     }
 
+    /// The calls per minute it allows once the burst is spent.
+    pub fn per_minute(&self) -> u32 {
+        (self.per_second * 60.0).round() as u32
+    }
+
     /// Waits until one more call may be made. Returns how long it waited.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
-        loop {
-            let wait = {
-                let mut bucket = self.bucket.lock().await;
-                let now = Instant::now();
-                let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-                bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-                bucket.refilled = now;
-                match bucket.blocked_until {
-                    Some(until) if until > now => until - now,
-                    _ if bucket.tokens >= 1.0 => {
-                        bucket.tokens -= 1.0;
-                        return started.elapsed();
-                    }
-                    _ => Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second),
-                }
-            };
+        while let Err(wait) = self.try_acquire().await {
             tokio::time::sleep(wait).await;
+        }
+        started.elapsed()
+    }
+
+    /// Takes a call's token if there is one now; otherwise says how long until there would be (nothing taken).
+    pub async fn try_acquire(&self) -> Result<(), Duration> {
+        let mut bucket = self.bucket.lock().await;
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.refilled = now;
+        match bucket.blocked_until {
+            Some(until) if until > now => Err(until - now),
+            _ if bucket.tokens >= 1.0 => {
+                bucket.tokens -= 1.0;
+                Ok(())
+            }
+            _ => Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second)),
         }
     }
 
@@ -103,6 +111,17 @@ mod tests {
         limiter.acquire().await;
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(600) && waited < Duration::from_millis(750), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_a_token_or_says_how_long_to_wait() {
+        let limiter = RateLimiter::new(6, 2, Duration::from_secs(30));
+        assert_eq!(limiter.try_acquire().await, Ok(()));
+        assert_eq!(limiter.try_acquire().await, Ok(()));
+        let wait = limiter.try_acquire().await.unwrap_err();
+        assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(10), "{wait:?}");
+        limiter.back_off(None).await;
+        assert!(limiter.try_acquire().await.unwrap_err() > Duration::from_secs(29));
     }
 
     #[test]

@@ -8,6 +8,7 @@ static TYPES: &[&dyn PluginType] = &[
     &super::space::SpaceType,
     &super::guard::GuardType,
     &super::github::GithubType,
+    &super::media::MediaType,
 ];
 
 /// The plugin type registered under `name`.

@@ -14,6 +14,7 @@ mod host_api;
 mod hostile_api;
 mod hostile_config;
 mod lifecycle;
+mod media;
 mod notify;
 mod plugin_events;
 mod plugin_http;

@@ -108,7 +108,7 @@ impl GithubConfig {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
-        if !is_secret_reference(&self.secret) {
+        if !crate::plugin::is_secret_reference(&self.secret) {
             problem(
                 "secret".into(),
                 "the webhook secret must come from a credential or a file, like `secret: { credential: github-webhook }` \
@@ -188,14 +188,6 @@ impl Route {
         }
         problems
     }
-}
-
-/// Whether `value` is a secret reference as the config's secret syntax writes one (`{ credential: NAME }` or
-/// `{ file: PATH }`), not a value written into the config.
-fn is_secret_reference(value: &serde_json::Value) -> bool {
-    value.as_object().is_some_and(|map| {
-        map.len() == 1 && map.iter().all(|(key, value)| (key == "credential" || key == "file") && value.is_string())
-    })
 }
 
 /// The room id a route names, if it is one.

@@ -163,7 +163,7 @@ impl BotEnv {
             ));
             yaml.push_str("    config:\n");
             // Types that create their rooms themselves (`space`) take no invites.
-            if kind == "ping" || kind == "exec" || kind == "guard" || kind == "github" {
+            if ["ping", "exec", "guard", "github", "media"].contains(&kind.as_str()) {
                 let globs: Vec<String> = self.allow_invites_from.iter().map(|g| format!("\"{g}\"")).collect();
                 yaml.push_str(&format!("      allow_invites_from: [{}]\n", globs.join(", ")));
             }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod bot;
 pub mod client;
 pub mod daemon;
+pub mod media_server;
 pub mod pki;
 pub mod proxy;
 pub mod synapse;
