@@ -206,6 +206,14 @@ let
             description = "For `type = \"exec\"`: the program's arguments (`config.args`).";
           };
         };
+        media = {
+          ytDlpPackage = lib.mkPackageOption pkgs "yt-dlp" { } // {
+            description = "For `type = \"media\"`: the yt-dlp that fetches links (`config.yt_dlp`, unless set there).";
+          };
+          ffmpegPackage = lib.mkPackageOption pkgs "ffmpeg-headless" { nullable = true; } // {
+            description = "For `type = \"media\"`: ffmpeg and ffprobe for thumbnails and the media's size and length (`config.ffmpeg`, `config.ffprobe`); null posts without thumbnails.";
+          };
+        };
       };
     };
 
@@ -275,7 +283,16 @@ let
       {
         inherit (instance) type user;
         config =
-          instance.config
+          optionalAttrs (instance.type == "media") (
+            {
+              yt_dlp = lib.getExe' instance.media.ytDlpPackage "yt-dlp";
+            }
+            // optionalAttrs (instance.media.ffmpegPackage != null) {
+              ffmpeg = lib.getExe' instance.media.ffmpegPackage "ffmpeg";
+              ffprobe = lib.getExe' instance.media.ffmpegPackage "ffprobe";
+            }
+          )
+          // instance.config
           // optionalAttrs (instance.exec.package != null) {
             command = lib.getExe instance.exec.package;
             inherit (instance.exec) args;

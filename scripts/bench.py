@@ -180,7 +180,7 @@ class Person:
             response = self.api.sync(self.since, timeout_ms=1000)
             now = time.monotonic()
             self.since = response["next_batch"]
-            for sender, target, _ in replies_in(response, room):
+            for sender, target, _, _ in replies_in(response, room):
                 if sender == bot and target in wanted and target not in arrived:
                     arrived[target] = now
         return arrived

@@ -86,10 +86,10 @@ def room_events(api, room, limit=1000):
 
 
 def replies_in(sync_response, room):
-    """(sender, replied-to event id, body) of every reply in a room's timeline of a sync response."""
+    """(sender, replied-to event id, body, msgtype) of every reply in a room's timeline of a sync response."""
     joined = sync_response.get("rooms", {}).get("join", {}).get(room, {})
     for event in joined.get("timeline", {}).get("events", []):
         content = event.get("content", {})
         target = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
         if target:
-            yield event["sender"], target, content.get("body", "")
+            yield event["sender"], target, content.get("body", ""), content.get("msgtype", "")

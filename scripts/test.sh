@@ -6,6 +6,7 @@
 #   4. tests/nix/eval-test.py: the NixOS module evaluated on nixpkgs' lib (skipped, and said so, without a lib tree);
 #   5. tests/systemd/nspawn-test.py: the unit the module renders, under a real systemd in systemd-nspawn.
 # A step that exits 77 was skipped: it is listed as such, and does not count as passed.
+# Synapse, yt-dlp (PyPI) and ffmpeg (Debian) are installed first when missing (scripts/install-*.sh).
 # One build profile (release) serves the tests, the demo, the benchmark and the nspawn test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 bash scripts/install-synapse.sh >/dev/null || exit 1
+bash scripts/install-media-tools.sh >/dev/null || exit 1
 
 failures=()
 skipped=()

@@ -328,6 +328,27 @@ def main():
           result is not None and any("publicListener.port = 29316" in a for a in result["failedAssertions"]),
           error or (result or {}).get("failedAssertions"))
 
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances.clips = { type = "media"; user = "@clips:maubot.test"; passwordFile = "/run/m"; '
+        'secretFiles.cookies = "/run/secrets/instagram-cookies"; '
+        'config = { cookies = { credential = "clips-cookies"; }; max_file_size = 20000000; }; }; }'))
+    clips = json.loads(result["settings"])["instances"]["clips"]["config"] if result else {}
+    check("a media instance gets nixpkgs' yt-dlp and ffmpeg by store path, its cookies as a credential",
+          result is not None and result["failedAssertions"] == [] and clips == {
+              "yt_dlp": "/nix/store/0yt0d1p0000000000000000000000000-yt-dlp-2026.11.23/bin/yt-dlp",
+              "ffmpeg": "/nix/store/0ffmpeg00000000000000000000000000-ffmpeg-headless-7.1/bin/ffmpeg",
+              "ffprobe": "/nix/store/0ffmpeg00000000000000000000000000-ffmpeg-headless-7.1/bin/ffprobe",
+              "cookies": {"credential": "clips-cookies"}, "max_file_size": 20000000}
+          and "LoadCredential=clips-cookies:/run/secrets/instagram-cookies" in result["unit"]
+          and "IPAddressDeny" not in result["unit"],
+          error or (result or {}).get("failedAssertions") or clips)
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.instances.clips = { type = "media"; user = "@clips:maubot.test"; passwordFile = "/run/m"; '
+        'media.ffmpegPackage = null; config.yt_dlp = "/opt/yt-dlp"; }; }'))
+    clips = json.loads(result["settings"])["instances"]["clips"]["config"] if result else {}
+    check("... a yt_dlp set in config wins, and without ffmpeg none is named",
+          clips == {"yt_dlp": "/opt/yt-dlp"}, error or clips)
+
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
           result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]

@@ -45,6 +45,8 @@ in
     coreutils = {
       outPath = "/usr";
     };
+    yt-dlp = fakeDerivation "0yt0d1p0000000000000000000000000" "yt-dlp-2026.11.23" { meta.mainProgram = "yt-dlp"; };
+    ffmpeg-headless = fakeDerivation "0ffmpeg00000000000000000000000000" "ffmpeg-headless-7.1" { };
     # Enough of callPackage for nixos-modules/package.nix (the module's default package), with a builder that
     # builds nothing.
     callPackage =

@@ -6,7 +6,8 @@ module would (the golden unit, settings and maubot-setup from tests/systemd/gold
 package path the unit names, the `maubot` system user, secrets where sops-nix puts them), and checks what an
 operator would see: exit 78 and no restart without state, `maubot-setup` under the same sandbox, READY and STATUS,
 credentials, the watchdog, hardening that is enforced and does not break the daemon, a real `!ping` answered,
-journald fields, a clean stop, and the unit's `systemd-analyze security` exposure.
+journald fields, a `media` bot whose yt-dlp and ffmpeg run under the unit's hardening, a clean stop, and the
+unit's `systemd-analyze security` exposure.
 
 Run as root (CI is). Prints `N passed, N failed`.
 """
@@ -31,6 +32,12 @@ BOT = "@pingbot:maubot.test"
 # Where the example exec bot is in the container.
 EXEC_PROGRAM = "/usr/local/lib/maubot/echo-bot.py"
 SECOND_BOT = "@secondbot:maubot.test"
+MEDIA_BOT = "@mediabot:maubot.test"
+# yt-dlp in the container: the PyPI wheel (pure Python), run by the container's python3 through a wrapper, as
+# nixpkgs' wrapper runs pkgs.yt-dlp.
+YT_DLP_VERSION = "2026.11.23"
+YT_DLP_DIR = "/opt/yt-dlp"
+YT_DLP = "/usr/local/bin/yt-dlp"
 MAX_EXPOSURE = 1.0
 
 
@@ -134,6 +141,7 @@ def main():
         raise SystemExit(f"nspawn-test: {BINARY} is missing; run `cargo build --release` first")
     rootfs = run(["bash", os.path.join(ROOT, "scripts", "nspawn-rootfs.sh")], check=True).stdout.strip()
     venv = run(["bash", os.path.join(ROOT, "scripts", "install-synapse.sh")], check=True).stdout.strip()
+    wheels = yt_dlp_wheel()
 
     unit_text = read(os.path.join(GOLDEN, "maubot.service"))
     package_path = re.search(r"^ExecStart=(\S+)/bin/maubot ", unit_text, re.M).group(1)
@@ -150,6 +158,7 @@ def main():
             (os.path.join(GOLDEN, "maubot-setup"), "/usr/local/bin/maubot-setup"),
             (os.path.join(GOLDEN, "maubot-ctl"), "/usr/local/bin/maubot-ctl"),
             (os.path.join(ROOT, "examples", "echo-bot.py"), EXEC_PROGRAM),
+            (wheels, YT_DLP_DIR),
         ]
         container = Container(rootfs, binds, os.path.join(work, "console.log"))
         run_tests(container, venv, secret, port)
@@ -169,6 +178,27 @@ def main():
           match is not None and float(match.group(1)) <= MAX_EXPOSURE, match.group(0) if match else exposure.stderr)
 
     return summary()
+
+
+def yt_dlp_wheel():
+    """A directory with yt-dlp's wheel from PyPI (downloaded once, cached)."""
+    cache = os.path.join(os.environ.get("MAUBOT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "maubot-dev"), f"yt-dlp-wheel-{YT_DLP_VERSION}")
+    if not any(name.endswith(".whl") for name in (os.listdir(cache) if os.path.isdir(cache) else [])):
+        os.makedirs(cache, exist_ok=True)
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--only-binary", ":all:", "-d", cache, f"yt-dlp=={YT_DLP_VERSION}"], check=True)
+    return cache
+
+
+def serve_media(c):
+    """A video made by the container's ffmpeg, served from the host on a free loopback port: (server, url)."""
+    c.sh("mkdir -p /srv/media && ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=duration=2:size=320x240:rate=10 "
+         "-f lavfi -i sine=duration=2 -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest /srv/media/clip.mp4", timeout=120)
+    media_port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(media_port), "--bind", "127.0.0.1",
+                               "--directory", f"{c.root}/srv/media"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, f"http://127.0.0.1:{media_port}/clip.mp4"
 
 
 def write_settings(c, port, extra_instances=None):
@@ -299,6 +329,40 @@ def run_tests(c, venv, secret, port):
     check("the new bot, an exec program under the unit's hardening, answers !ping",
           client.returncode == 0 and "pong (took" in client.stdout, client.stdout + client.stderr)
 
+    # 5b. A `media` bot: yt-dlp (a Python program) and ffprobe/ffmpeg (thumbnail) as children of the daemon,
+    # under the unit's hardening (MemoryDenyWriteExecute=, the system call filter, PrivateUsers=...).
+    wheel = next(name for name in os.listdir(f"{c.root}{YT_DLP_DIR}") if name.endswith(".whl"))
+    with open(f"{c.root}{YT_DLP}", "w") as f:
+        f.write(f"#!/bin/sh\nPYTHONPATH={YT_DLP_DIR}/{wheel} exec /usr/bin/python3 -m yt_dlp \"$@\"\n")
+    c.sh(f"chmod 0755 {YT_DLP}")
+    media = {"type": "media", "user": MEDIA_BOT, "enabled": True, "homeserver": "default", "room_subscriptions": [],
+             "config": {"hosts": ["127.0.0.1"], "yt_dlp": YT_DLP, "ffmpeg": "/usr/bin/ffmpeg",
+                        "ffprobe": "/usr/bin/ffprobe", "allow_invites_from": ["@*:maubot.test"]}}
+    write_settings(c, port, {"second": second, "media": media})
+    c.sh("systemctl reload maubot.service", timeout=60)
+    added = c.sh("bash /usr/local/bin/maubot-setup < /dev/null", timeout=180)
+    check("maubot-setup adds the media bot", added.returncode == 0 and "Setting up 1 bot: media (new)." in added.stdout,
+          added.stdout + added.stderr)
+    synced = wait_until(lambda: "3/3 bots syncing" in status_text(c), 60)
+    check("... which starts (yt-dlp found)", synced, status_text(c) + "\n" + "\n".join(c.journal("maubot").splitlines()[-15:]))
+    server, clip = serve_media(c)
+    try:
+        client = run([os.path.join(venv, "bin", "python"), os.path.join(ROOT, "scripts", "demo_client.py"),
+                      f"http://127.0.0.1:{port}", secret, MEDIA_BOT, f"look: {clip}"], timeout=150)
+    finally:
+        server.terminate()
+        server.wait()
+    journal = c.journal("maubot")
+    fetched = [json.loads(line) for line in c.sh("journalctl -o json --no-pager SYSLOG_IDENTIFIER=maubot").stdout.splitlines()
+               if "fetched and uploaded" in line]
+    check("a link is fetched by yt-dlp, probed and thumbnailed by ffprobe and ffmpeg under the unit's hardening, and "
+          "posted as an m.video reply", client.returncode == 0 and "(m.video;" in client.stdout
+          and any(e.get("THUMBNAIL") == "true" and e.get("PROBED") == "true" for e in fetched),
+          (client.stdout + client.stderr, fetched, "\n".join(journal.splitlines()[-20:])))
+    check("... with nothing left in the fetch directory",
+          c.sh("ls -A /var/lib/maubot/instances/media/data/fetches 2>/dev/null").stdout.strip() == "",
+          c.sh("ls -lR /var/lib/maubot/instances/media/data").stdout)
+
     # 6. The watchdog is fed while healthy: each WATCHDOG=1 (every 30 s) moves systemd's watchdog timestamp.
     fed = wait_until(lambda: c.show("maubot", "WatchdogTimestampMonotonic").get("WatchdogTimestampMonotonic")
                      not in (None, "0", watchdog_at_start), 45)
@@ -332,7 +396,7 @@ def run_tests(c, venv, secret, port):
     c.sh("mv /var/lib/maubot/maubot.db.aside /var/lib/maubot/maubot.db; systemctl reset-failed maubot.service")
     restarted = c.sh("systemctl start maubot.service", timeout=150)
     check("with the state restored it runs again", restarted.returncode == 0
-          and "2/2 bots syncing" in status_text(c), restarted.stderr)
+          and "3/3 bots syncing" in status_text(c), restarted.stderr)
 
 
 if __name__ == "__main__":

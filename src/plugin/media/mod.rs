@@ -232,9 +232,12 @@ impl Media {
             None => None,
         };
         let name = file_name(title.as_deref(), &path);
+        let thumbnailed = thumbnail.is_some();
         let content = media_message(kind, name, source, mimetype, size, width, height, duration, thumbnail);
         tracing::info!(
             instance = %context.instance,
+            thumbnail = thumbnailed,
+            probed = probed != probe::Probed::default(),
             host = %url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
             bytes = size,
             encrypted,
