@@ -365,6 +365,7 @@ let
     "secret_key"
     "secret"
     "webhook_secret"
+    "cookies"
   ];
   isReference = value: builtins.isAttrs value && (value ? credential || value ? file);
   inlineSecretPaths =

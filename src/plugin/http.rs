@@ -18,6 +18,10 @@ use super::{Plugin, PluginContext, UnpromptedSink};
 
 /// Largest body limit a plugin may ask for (GitHub's webhook payloads are capped at 25 MB).
 pub const MAX_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// Bodies of plugin requests being read at once, process-wide, in KiB: 64 connections each sending a 25 MB body
+/// (before any signature can be checked) wait their turn instead of holding 1.6 GB.
+const BODIES_IN_FLIGHT_KIB: usize = 64 * 1024;
+static BODY_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BODIES_IN_FLIGHT_KIB);
 
 /// What a plugin asks for when it serves HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +117,16 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    // A share of the process-wide budget, by what the body may be, held while it is read.
+    let may_be = declared.unwrap_or(limit as u64).min(limit as u64);
+    let kib = (may_be / 1024 + 1).min(BODIES_IN_FLIGHT_KIB as u64) as u32;
+    let _reading = BODY_BUDGET
+        .acquire_many(kib)
+        .await
+        .map_err(|_| HttpResponse::error(503, "shutting_down", "the host is shutting down"))?;
     let body = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes().to_vec(),
+        // Handed over without a copy.
+        Ok(collected) => Vec::from(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
         Err(e) => return Err(HttpResponse::error(400, "bad_request", &format!("cannot read the body: {e}"))),
     };

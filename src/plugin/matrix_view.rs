@@ -170,22 +170,26 @@ impl MatrixView {
     /// the message) or not, and says where it is. Not deduplicated: an upload made again is a second copy.
     pub async fn upload(
         &self,
-        data: &[u8],
+        data: Vec<u8>,
         mimetype: &mime::Mime,
         encrypted: bool,
     ) -> Result<matrix_sdk::ruma::events::room::MediaSource, RoomOpError> {
         use matrix_sdk::ruma::events::room::MediaSource;
-        self.guarded(|| async {
-            if encrypted {
-                let mut reader = std::io::Cursor::new(data);
+        if encrypted {
+            self.guarded(|| async {
+                let mut reader = std::io::Cursor::new(data.as_slice());
                 let file = self.client.upload_encrypted_file(&mut reader).await?;
                 Ok(MediaSource::Encrypted(Box::new(file)))
-            } else {
-                let response = self.client.media().upload(mimetype, data.to_vec(), None).await?;
+            })
+            .await
+        } else {
+            // matrix-sdk takes the bytes by value: each try gets a copy (a rate-limited upload is tried again).
+            self.guarded(|| async {
+                let response = self.client.media().upload(mimetype, data.clone(), None).await?;
                 Ok(MediaSource::Plain(response.content_uri))
-            }
-        })
-        .await
+            })
+            .await
+        }
     }
 
     /// A request to the homeserver's own admin API (Synapse's `/_synapse/admin/...`: force-join, deactivate)

@@ -239,6 +239,30 @@ pub fn without_link_previews(content: &mut serde_json::Value) {
     }
 }
 
+/// A secret in a plugin's config: as written, a reference (`{ credential: NAME }`); once built, the secret's
+/// text. Its `Debug` never shows the value.
+#[derive(Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub serde_json::Value);
+
+impl SecretValue {
+    /// The secret's text (once built; `None` while it is still a reference).
+    pub fn text(&self) -> Option<&str> {
+        self.0.as_str()
+    }
+
+    /// Whether it is written as a reference, as it must be in a config as written.
+    pub fn is_reference(&self) -> bool {
+        is_secret_reference(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_reference() { write!(f, "{}", self.0) } else { f.write_str("<secret>") }
+    }
+}
+
 /// Whether a value of a plugin's config as written (what `check_config` sees) is a secret reference,
 /// `{ credential: NAME }` or `{ file: PATH }`, rather than a value written into the config. Built, the plugin
 /// gets the secret's text in its place.

@@ -4,7 +4,7 @@
 //! the upload; tracking parameters are taken off and the cookies file is used; too large, too long and
 //! unsupported links are answered with the reason; the rate limit is answered as such; a fetch cut by
 //! `kill -9` is finished once after the restart; the job directories are gone after every case; a bot whose
-//! yt-dlp is missing fails alone, naming it.
+//! yt-dlp is missing fails alone, naming it; without the generic extractor (the default) nothing is fetched.
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,7 +59,7 @@ async fn links_are_fetched_with_yt_dlp_posted_encrypted_where_the_room_is_and_fa
     let clip = std::fs::read(site.dir.path().join("clip.mp4")).unwrap();
     assert!(std::fs::metadata(site.dir.path().join("big.mp4")).unwrap().len() > 300_000, "big.mp4 is big");
 
-    let mut env = BotEnv::with_ping_bots(synapse, &["media", "broken"]).await;
+    let mut env = BotEnv::with_ping_bots(synapse, &["media", "broken", "strict"]).await;
     let bot = env.user_id("media");
     env.write_credential("media-cookies", COOKIES);
     env.plugins.insert(
@@ -68,6 +68,8 @@ async fn links_are_fetched_with_yt_dlp_posted_encrypted_where_the_room_is_and_fa
             "media".into(),
             vec![
                 "hosts: [127.0.0.1]".into(),
+                // Direct links to files: yt-dlp's generic extractor, off by default.
+                "extractors: [default]".into(),
                 format!("yt_dlp: {}", yt_dlp().display()),
                 "max_file_size: 300000".into(),
                 "max_duration_secs: 4".into(),
@@ -79,18 +81,31 @@ async fn links_are_fetched_with_yt_dlp_posted_encrypted_where_the_room_is_and_fa
     );
     env.instances[0].extra.push("rate_limit: {max_requests_per_minute: 1, burst_size: 4}".into());
     env.plugins.insert("broken".into(), ("media".into(), vec!["yt_dlp: /nonexistent/yt-dlp".into()]));
+    // The defaults but the host: no generic extractor, so a direct link to a file is nothing to post.
+    env.plugins.insert(
+        "strict".into(),
+        ("media".into(), vec!["hosts: [127.0.0.1]".into(), format!("yt_dlp: {}", yt_dlp().display())]),
+    );
     env.write_config();
     env.setup();
     let person = TestUser::new(synapse, "mia-").await;
     let plain = person.create_room(false, &[&bot]).await;
     let secret = person.create_room(true, &[&bot]).await;
+    let strict_bot = env.user_id("strict");
+    let strict = person.create_room(false, &[&strict_bot]).await;
     let mut daemon = env.spawn_run();
     person.wait_for_join(&plain, &bot).await;
     person.wait_for_join(&secret, &bot).await;
+    person.wait_for_join(&strict, &strict_bot).await;
     let fetches = env.state_dir().join("instances/media/data/fetches");
 
     // A bot whose yt-dlp is not there fails alone, saying where it looked; the other one works.
     daemon.wait_for_log("yt-dlp is not at `/nonexistent/yt-dlp`", TIMEOUT);
+
+    // 0. By default yt-dlp's generic extractor is off: it would follow a page anywhere (loopback included).
+    let asked = person.send_text(&strict, &format!("{}/clip.mp4", site.url)).await;
+    assert_eq!(reply_to(&person, &strict_bot, &asked).await.body, "There is nothing this bot can post from that link.");
+    assert_eq!(site.requests_for("/clip.mp4"), 0, "nothing was fetched");
 
     // 1. A link in a plain room: the video as a reply, with its info and a thumbnail; tracking taken off, the
     // cookies file used.

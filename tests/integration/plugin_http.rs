@@ -85,6 +85,8 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
             dir.join("ca.pem").display()
         ),
     ]);
+    let public_port = free_port();
+    env.server_extra.push(format!("public_listener: {{address: 127.0.0.1, port: {public_port}}}"));
     env.enable_api_login();
     env.write_config();
     env.setup();
@@ -121,6 +123,16 @@ async fn plugin_routes_and_a_tls_listener_with_client_certificates_answer_and_ac
         (&serde_json::Value::Null, &serde_json::json!(["Bearer not-an-admin"])),
         "{seen}"
     );
+    // On the public listener an admin's token makes no operator (and is still not passed on); only plugins'
+    // routes are served there.
+    let public = format!("http://127.0.0.1:{public_port}");
+    let (status, seen) =
+        status_of(http.get(format!("{public}/_plugins/hooks/echo")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen.get("operator").is_none() && seen.get("authorization").is_none(), "no operator, no token: {seen}");
+    let (status, _) =
+        status_of(http.get(format!("{public}/api/v1/instances")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(status, 404, "the management API is not on the public listener");
     let (status, _) =
         status_of(http.post(format!("{api}/_plugins/hooks/echo")).body(vec![b'x'; 2048]).send().await.unwrap()).await;
     assert_eq!(status, 413, "the plugin's own body limit (1024 bytes) holds");

@@ -336,7 +336,7 @@ def run_tests(c, venv, secret, port):
         f.write(f"#!/bin/sh\nPYTHONPATH={YT_DLP_DIR}/{wheel} exec /usr/bin/python3 -m yt_dlp \"$@\"\n")
     c.sh(f"chmod 0755 {YT_DLP}")
     media = {"type": "media", "user": MEDIA_BOT, "enabled": True, "homeserver": "default", "room_subscriptions": [],
-             "config": {"hosts": ["127.0.0.1"], "yt_dlp": YT_DLP, "ffmpeg": "/usr/bin/ffmpeg",
+             "config": {"hosts": ["127.0.0.1"], "extractors": ["default"], "yt_dlp": YT_DLP, "ffmpeg": "/usr/bin/ffmpeg",
                         "ffprobe": "/usr/bin/ffprobe", "allow_invites_from": ["@*:maubot.test"]}}
     write_settings(c, port, {"second": second, "media": media})
     c.sh("systemctl reload maubot.service", timeout=60)

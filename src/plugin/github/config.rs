@@ -14,7 +14,7 @@ pub const MAX_DIGEST_SECS: u64 = 3600;
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// The webhook's secret: `{ credential: NAME }` or `{ file: PATH }` in the config, its text once built.
-    pub secret: serde_json::Value,
+    pub secret: crate::plugin::SecretValue,
     /// Where each repository's events go, and which of them.
     pub routes: Vec<Route>,
     /// Events about the same thing (a pull request, an issue, pushes to one branch) in a room within this many
@@ -108,7 +108,7 @@ impl GithubConfig {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
-        if !crate::plugin::is_secret_reference(&self.secret) {
+        if !self.secret.is_reference() {
             problem(
                 "secret".into(),
                 "the webhook secret must come from a credential or a file, like `secret: { credential: github-webhook }` \

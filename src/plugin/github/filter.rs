@@ -99,8 +99,8 @@ fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// Routes one delivery (`event`: the `X-GitHub-Event` header) through the routes, in their order; a room that
-/// two routes name gets the first route's notice only.
+/// Routes one delivery (`event`: the `X-GitHub-Event` header) through the routes, in their order; a room gets
+/// one notice at most, from the first of its routes that lets the delivery through.
 pub fn route(routes: &[CompiledRoute], event: &str, payload: &Value) -> Routed {
     let repository = text(payload, "/repository/full_name");
     if repository.is_empty() {

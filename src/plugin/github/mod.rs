@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matrix_sdk::ruma::OwnedRoomId;
+use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +37,8 @@ use super::{
 const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 /// How often deliveries past their time are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The wait after the database failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 pub struct GithubType;
 
@@ -58,7 +61,7 @@ impl PluginType for GithubType {
 
     fn build(&self, config: &serde_json::Value) -> Result<Box<dyn Plugin>, ConfigProblem> {
         let config: GithubConfig = parse_config(config)?;
-        let secret = config.secret.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| ConfigProblem {
+        let secret = config.secret.text().map(|s| s.as_bytes().to_vec()).ok_or_else(|| ConfigProblem {
             key: "secret".into(),
             message: "the webhook secret was not read: name it as `{ credential: NAME }`".into(),
         })?;
@@ -102,37 +105,38 @@ fn now_ms() -> i64 {
 }
 
 impl Github {
-    /// Hands the due notices to the host, one job per room and group; `false` when the instance is stopping.
-    async fn post_due(&self, database: &PluginDatabase, unprompted: &UnpromptedSink, instance: &str) -> bool {
+    /// Hands the due notices to the host, one job per room and group.
+    async fn post_due(&self, database: &PluginDatabase, unprompted: &UnpromptedSink, instance: &str) -> Round {
         let flushes = match queue::claim_due(database, now_ms()).await {
             Ok(flushes) => flushes,
             Err(e) => {
                 tracing::error!(instance = %instance, error = %e, "cannot read the notices waiting to be posted");
-                return true;
+                return Round::Failed;
             }
         };
         for flush in flushes {
             let (body, html) = render::message(&flush.items);
-            let (accepted, kept) = oneshot::channel();
-            let job = Unprompted::Job {
-                key: format!("post {}", flush.id),
-                payload: json!({"room_id": flush.room_id, "body": body, "html": html}),
-                accepted: Some(accepted),
-            };
-            if unprompted.send(job).is_err() {
-                return false;
-            }
-            // Kept (or kept before a crash): the host posts it once; the notices can go.
-            match kept.await {
-                Ok(_) => {
-                    if let Err(e) = queue::done(database, flush.id).await {
-                        tracing::error!(instance = %instance, error = %e, "cannot forget notices already handed over; they are handed over again (and posted once)");
-                    }
+            let key = format!("post {}", flush.id);
+            let payload = json!({"room_id": flush.room_id, "body": body, "html": html});
+            if let Err(e) = super::job::check(&key, &payload) {
+                // Cannot happen with the message caps of render.rs; said loudly if they ever change.
+                tracing::error!(instance = %instance, error = %e, "a digest cannot be posted; dropped");
+            } else {
+                let (accepted, kept) = oneshot::channel();
+                if unprompted.send(Unprompted::Job { key, payload, accepted: Some(accepted) }).is_err() {
+                    return Round::Stopping;
                 }
-                Err(_) => return false,
+                // Kept now, or kept before a crash under the same key: the host posts it once.
+                if kept.await.is_err() {
+                    return Round::Stopping;
+                }
+            }
+            if let Err(e) = queue::done(database, flush.id).await {
+                tracing::error!(instance = %instance, error = %e, "cannot forget notices already handed over; they are handed over again (and posted once)");
+                return Round::Failed;
             }
         }
-        true
+        Round::Done
     }
 
     /// Answers one webhook delivery.
@@ -193,6 +197,16 @@ impl Github {
     }
 }
 
+/// How a round of posting went.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    Done,
+    /// The database failed: the next round waits a little.
+    Failed,
+    /// The instance is stopping.
+    Stopping,
+}
+
 /// Resolves when the instance stops.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -245,7 +259,8 @@ impl Plugin for Github {
                 }
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
             }
-            if !self.post_due(database, &unprompted, &context.instance).await {
+            let round = self.post_due(database, &unprompted, &context.instance).await;
+            if round == Round::Stopping {
                 return Ok(());
             }
             let wait = match queue::next_due(database).await {
@@ -253,9 +268,11 @@ impl Plugin for Github {
                 Ok(None) => PRUNE_EVERY,
                 Err(e) => {
                     tracing::error!(instance = %context.instance, error = %e, "cannot read when notices are due");
-                    Duration::from_secs(5)
+                    RETRY_AFTER_FAILURE
                 }
             };
+            // A database that fails is not asked again at once (no busy loop on a full disk).
+            let wait = if round == Round::Failed { wait.max(RETRY_AFTER_FAILURE) } else { wait };
             let until = (tokio::time::Instant::now() + wait).min(next_prune);
             tokio::select! {
                 () = stopped(&mut shutdown) => return Ok(()),
@@ -268,12 +285,10 @@ impl Plugin for Github {
     async fn run_job(&self, _context: &PluginContext, job: &Job) -> Result<Vec<Action>, PluginError> {
         let post: Post = serde_json::from_value(job.payload.clone())
             .map_err(|e| PluginError::permanent(format!("a post job that cannot be read: {e}")))?;
-        Ok(vec![Action::Send {
-            room_id: post.room_id,
-            content: RoomMessageEventContent::notice_html(post.body, post.html),
-            key: Some(job.key.clone()),
-            link_previews: false,
-        }])
+        // No one is mentioned: an issue titled "@room ..." or with someone's name pings nobody (an empty
+        // `m.mentions` turns off the homeserver's matching of the body).
+        let content = RoomMessageEventContent::notice_html(post.body, post.html).add_mentions(Mentions::new());
+        Ok(vec![Action::Send { room_id: post.room_id, content, key: Some(job.key.clone()), link_previews: false }])
     }
 
     fn http(&self) -> Option<http::HttpSpec> {
@@ -287,5 +302,76 @@ impl Plugin for Github {
         _unprompted: &UnpromptedSink,
     ) -> http::HttpResponse {
         self.receive(context, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::github::filter::Notice;
+    use crate::plugin::github::render::{Item, Line};
+
+    fn notice(text: &str) -> Notice {
+        let line = Line { text: text.into(), html: text.into() };
+        let item = Item {
+            repo: "o/r".into(),
+            repo_url: "https://github.com/o/r".into(),
+            title: None,
+            summary: line.clone(),
+            short: line,
+            details: vec![],
+        };
+        Notice { room: "!a:x".try_into().unwrap(), group: "g".into(), item }
+    }
+
+    /// A host that keeps jobs: answers each with `kept` and records the keys.
+    fn host(kept: bool) -> (UnpromptedSink, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let (sink, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Unprompted>();
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = keys.clone();
+        tokio::spawn(async move {
+            while let Some(Unprompted::Job { key, accepted, .. }) = jobs.recv().await {
+                seen.lock().unwrap().push(key);
+                let _ = accepted.unwrap().send(kept);
+            }
+        });
+        (sink, keys)
+    }
+
+    #[tokio::test]
+    async fn a_flush_claimed_before_a_crash_is_handed_over_again_under_its_key_and_then_forgotten() {
+        let config = json!({"secret": "s", "routes": [{"repository": "o/r", "room": "!a:x"}], "digest_secs": 0});
+        let built = GithubType.build(&config).unwrap();
+        let github = Github {
+            config: parse_config(&config).unwrap(),
+            secret: b"s".to_vec(),
+            routes: vec![],
+            database: OnceLock::new(),
+            wake: Notify::new(),
+        };
+        drop(built);
+        let dir = tempfile::tempdir().unwrap();
+        let db = PluginDatabase::open(&dir.path().join("plugin.db"), queue::MIGRATIONS).unwrap();
+        queue::record(&db, "h", "d1", "push", &[notice("one")], now_ms(), 0).await.unwrap();
+        let (sink, keys) = host(true);
+        assert_eq!(github.post_due(&db, &sink, "gh").await, Round::Done);
+        assert_eq!(*keys.lock().unwrap(), ["post 1"]);
+        assert_eq!(queue::claim_due(&db, now_ms()).await.unwrap(), vec![], "handed over, then forgotten");
+
+        // Claimed, then the process died before handing it over: the next round hands over the same flush
+        // under the same key, which the host already has (`false`), and forgets it.
+        queue::record(&db, "h", "d2", "push", &[notice("two")], now_ms(), 0).await.unwrap();
+        let claimed = queue::claim_due(&db, now_ms()).await.unwrap();
+        let (sink, keys) = host(false);
+        assert_eq!(github.post_due(&db, &sink, "gh").await, Round::Done);
+        assert_eq!(*keys.lock().unwrap(), [format!("post {}", claimed[0].id)]);
+        assert_eq!(queue::claim_due(&db, now_ms()).await.unwrap(), vec![]);
+
+        // A host that is going away: the notices stay for the next run.
+        queue::record(&db, "h", "d3", "push", &[notice("three")], now_ms(), 0).await.unwrap();
+        let (sink, jobs) = tokio::sync::mpsc::unbounded_channel::<Unprompted>();
+        drop(jobs);
+        assert_eq!(github.post_due(&db, &sink, "gh").await, Round::Stopping);
+        assert_eq!(queue::claim_due(&db, now_ms()).await.unwrap().len(), 1);
     }
 }

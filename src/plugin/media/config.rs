@@ -43,7 +43,11 @@ pub struct MediaConfig {
     pub format: String,
     /// A cookies file (Netscape format) for sites that need a login: `{ credential: NAME }`, its text once built.
     #[serde(default)]
-    pub cookies: Option<serde_json::Value>,
+    pub cookies: Option<crate::plugin::SecretValue>,
+    /// yt-dlp's extractors (`--use-extractors`): by default every site's own, but not the generic one, which
+    /// follows any page's links and embeds, wherever they point (the host's own network too).
+    #[serde(default = "default_extractors")]
+    pub extractors: Vec<String>,
     /// User ID globs whose invites the bot accepts.
     #[serde(default)]
     pub allow_invites_from: Vec<String>,
@@ -75,6 +79,9 @@ fn default_max_urls_per_message() -> usize {
 }
 fn default_max_wait_secs() -> u64 {
     30
+}
+fn default_extractors() -> Vec<String> {
+    vec!["default".into(), "-generic".into()]
 }
 /// One file with video and sound, MP4 where there is one (no merging, which would need ffmpeg).
 fn default_format() -> String {
@@ -127,8 +134,19 @@ impl MediaConfig {
         if self.format.trim().is_empty() || self.format.starts_with('-') {
             problem("format", format!("`{}` is not a yt-dlp format selection like `b[ext=mp4]/b`", self.format));
         }
+        if self.extractors.is_empty() {
+            problem("extractors", "name at least one, like `default` (yt-dlp's `--use-extractors`)".into());
+        }
+        for extractor in &self.extractors {
+            let valid = !extractor.is_empty()
+                && !extractor.starts_with("--")
+                && extractor.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*+?".contains(&b));
+            if !valid {
+                problem("extractors", format!("`{extractor}` is not an extractor name like `instagram` or `-generic`"));
+            }
+        }
         if let Some(cookies) = &self.cookies
-            && !crate::plugin::is_secret_reference(cookies)
+            && !cookies.is_reference()
         {
             problem(
                 "cookies",

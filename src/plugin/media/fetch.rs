@@ -39,7 +39,13 @@ pub enum Failure {
 }
 
 /// The arguments of one fetch (the link last, after `--`).
-pub fn arguments<'a>(format: &'a str, max_bytes: &'a str, cookies: Option<&'a Path>, url: &'a str) -> Vec<&'a OsStr> {
+pub fn arguments<'a>(
+    format: &'a str,
+    extractors: &'a str,
+    max_bytes: &'a str,
+    cookies: Option<&'a Path>,
+    url: &'a str,
+) -> Vec<&'a OsStr> {
     let mut args: Vec<&OsStr> = [
         "--ignore-config",
         "--no-cache-dir",
@@ -59,6 +65,7 @@ pub fn arguments<'a>(format: &'a str, max_bytes: &'a str, cookies: Option<&'a Pa
     .map(OsStr::new)
     .collect();
     args.push(OsStr::new(format));
+    args.extend([OsStr::new("--use-extractors"), OsStr::new(extractors)]);
     args.extend([OsStr::new("--max-filesize"), OsStr::new(max_bytes)]);
     if let Some(cookies) = cookies {
         args.extend([OsStr::new("--cookies"), cookies.as_os_str()]);
@@ -68,9 +75,11 @@ pub fn arguments<'a>(format: &'a str, max_bytes: &'a str, cookies: Option<&'a Pa
 }
 
 /// Runs yt-dlp in `dir` (empty, the job's own).
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     yt_dlp: &Path,
     format: &str,
+    extractors: &str,
     max_bytes: u64,
     cookies: Option<&Path>,
     url: &str,
@@ -78,7 +87,7 @@ pub async fn fetch(
     timeout: Duration,
 ) -> Result<Fetched, Failure> {
     let max = max_bytes.to_string();
-    let args = arguments(format, &max, cookies, url);
+    let args = arguments(format, extractors, &max, cookies, url);
     match process::run(yt_dlp, &args, dir, timeout).await {
         Ended::NotStarted(e) => Err(Failure::Missing(format!("cannot run {}: {e}", yt_dlp.display()))),
         Ended::TimedOut => Err(Failure::TimedOut),
@@ -132,10 +141,9 @@ pub fn classify(stdout: &str, stderr: &str) -> Failure {
     if errors.contains("http error 429") || errors.contains("too many requests") {
         return Failure::RateLimited;
     }
-    if ["unsupported url", "no video formats found", "no media found", "there is no video"]
-        .iter()
-        .any(|w| errors.contains(w))
-    {
+    let nothing =
+        ["unsupported url", "no suitable extractor", "no video formats found", "no media found", "there is no video"];
+    if nothing.iter().any(|w| errors.contains(w)) {
         return Failure::Unsupported;
     }
     let last = stderr
@@ -161,6 +169,7 @@ mod tests {
                          required. Use --cookies, --cookies-from-browser, --username and --password";
         assert_eq!(classify("", instagram), Failure::LoginRequired);
         assert_eq!(classify("", "ERROR: Unsupported URL: http://127.0.0.1:1/page.html"), Failure::Unsupported);
+        assert_eq!(classify("", "ERROR: No suitable extractor found for URL http://x/a.mp4"), Failure::Unsupported);
         assert_eq!(classify("", "ERROR: [generic] x: HTTP Error 429: Too Many Requests"), Failure::RateLimited);
         assert_eq!(
             classify("", "WARNING: x\nERROR: [generic] x: Unable to download webpage: [Errno 111] Connection refused"),
@@ -170,10 +179,11 @@ mod tests {
 
     #[test]
     fn the_link_comes_last_after_a_double_dash() {
-        let args = arguments("b", "100", Some(Path::new("/tmp/j/cookies.txt")), "--exec=rm -rf /");
+        let args = arguments("b", "default,-generic", "100", Some(Path::new("/tmp/j/cookies.txt")), "--exec=rm -rf /");
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(&args[args.len() - 2..], ["--", "--exec=rm -rf /"]);
         assert!(args.windows(2).any(|w| w == ["--cookies", "/tmp/j/cookies.txt"]));
         assert!(args.windows(2).any(|w| w == ["--max-filesize", "100"]));
+        assert!(args.windows(2).any(|w| w == ["--use-extractors", "default,-generic"]));
     }
 }

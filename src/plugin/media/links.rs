@@ -82,9 +82,8 @@ pub fn links(text: &str, max: usize, wanted: impl Fn(&str) -> bool) -> Vec<Url> 
     found
 }
 
-/// Where the next `http://` or `https://` starts (case-insensitively).
-fn find_scheme(text: &str) -> Option<usize> {
-    let lower = text.to_ascii_lowercase();
+/// Where the next `http://` or `https://` starts in lower-case `text`.
+fn find_scheme(lower: &str) -> Option<usize> {
     match (lower.find("https://"), lower.find("http://")) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -107,6 +106,14 @@ mod tests {
         let found: Vec<String> = links(text, 5, instagram).iter().map(Url::to_string).collect();
         assert_eq!(found, ["https://www.instagram.com/reel/Cx1/", "https://www.instagram.com/p/Zz9/?img_index=2"]);
         assert_eq!(links(text, 1, instagram).len(), 1, "at most max");
+    }
+
+    #[test]
+    fn a_long_message_is_read_in_linear_time() {
+        let text = "http://x ".repeat(8000);
+        let started = std::time::Instant::now();
+        assert!(links(&text, 3, |_| false).is_empty());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
     }
 
     #[test]

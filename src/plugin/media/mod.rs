@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use matrix_sdk::ruma::UInt;
+use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::room::message::{
     AudioInfo, AudioMessageEventContent, ImageMessageEventContent, MessageType, RoomMessageEventContent, VideoInfo,
     VideoMessageEventContent,
@@ -67,13 +68,10 @@ impl PluginType for MediaType {
         let config: MediaConfig = parse_config(config)?;
         let cookies = match &config.cookies {
             None => None,
-            Some(serde_json::Value::String(text)) => Some(text.clone()),
-            Some(_) => {
-                return Err(ConfigProblem {
-                    key: "cookies".into(),
-                    message: "the cookies file was not read: name it as `{ credential: NAME }`".into(),
-                });
-            }
+            Some(secret) => Some(secret.text().map(str::to_owned).ok_or_else(|| ConfigProblem {
+                key: "cookies".into(),
+                message: "the cookies file was not read: name it as `{ credential: NAME }`".into(),
+            })?),
         };
         Ok(Box::new(Media {
             config,
@@ -124,8 +122,9 @@ impl Drop for JobDir {
     }
 }
 
+/// A short answer; it mentions no one (the link it repeats may hold an `@`).
 fn notice(text: impl Into<String>) -> Vec<Action> {
-    vec![Action::Reply(RoomMessageEventContent::notice_plain(text))]
+    vec![Action::Reply(RoomMessageEventContent::notice_plain(text).add_mentions(Mentions::new()))]
 }
 
 /// A length as people say it: seconds below two minutes, minutes above.
@@ -148,8 +147,13 @@ impl Media {
         self.tools.get().ok_or_else(|| PluginError::transient("the media plugin has not started"))
     }
 
-    /// Waits for the instance's rate limit, up to `max_wait_secs`; beyond it, how long it would take.
-    async fn take_turn(&self, context: &PluginContext) -> Result<(), Duration> {
+    /// Waits for the instance's rate limit, up to `max_wait_secs`; beyond it, how long it would take. A job tried
+    /// again (after the site said "too many requests", which stopped the limiter) waits as long as it takes.
+    async fn take_turn(&self, context: &PluginContext, attempt: u32) -> Result<(), Duration> {
+        if attempt > 1 {
+            context.limiter.acquire().await;
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
         loop {
             match context.limiter.try_acquire().await {
@@ -181,9 +185,11 @@ impl Media {
         };
         let timeout = Duration::from_secs(self.config.timeout_secs);
         let started = Instant::now();
-        let fetched = fetch::fetch(&tools.yt_dlp, &self.config.format, limit, cookies.as_deref(), url, dir, timeout)
-            .await
-            .map_err(|failure| Answer::Failed(failure, url.to_owned()))?;
+        let extractors = self.config.extractors.join(",");
+        let fetched =
+            fetch::fetch(&tools.yt_dlp, &self.config.format, &extractors, limit, cookies.as_deref(), url, dir, timeout)
+                .await
+                .map_err(|failure| Answer::Failed(failure, url.to_owned()))?;
         let Fetched { path, title, duration_secs, width, height } = fetched;
         let Some((mimetype, kind)) = probe::mime_of(&path) else {
             return Err(Answer::Failed(Failure::Unsupported, url.to_owned()));
@@ -211,17 +217,17 @@ impl Media {
         let matrix = context.matrix.paced_by_homeserver();
         let mime: mime::Mime = mimetype.parse().expect("a known MIME type");
         let source = matrix
-            .upload(&data, &mime, encrypted)
+            .upload(data, &mime, encrypted)
             .await
             .map_err(|e| Answer::Retry(format!("the upload failed: {e}")))?;
         let thumbnail = match thumbnail {
             Some(jpeg) => {
                 let jpeg_size = jpeg.len() as u64;
+                let dimensions = image_size(&jpeg);
                 let source = matrix
-                    .upload(&jpeg, &mime::IMAGE_JPEG, encrypted)
+                    .upload(jpeg, &mime::IMAGE_JPEG, encrypted)
                     .await
                     .map_err(|e| Answer::Retry(format!("the thumbnail's upload failed: {e}")))?;
-                let dimensions = image_size(&jpeg);
                 let mut info = ThumbnailInfo::new();
                 info.mimetype = Some("image/jpeg".into());
                 info.size = UInt::new(jpeg_size);
@@ -410,12 +416,16 @@ impl Plugin for Media {
         };
         let database = self.database.get().ok_or_else(|| PluginError::transient("the plugin database is not open"))?;
         let last_try = job.attempt >= super::job::MAX_ATTEMPTS;
-        let encrypted = context
-            .matrix
-            .paced_by_homeserver()
-            .is_encrypted(&origin.room_id)
-            .await
-            .map_err(|e| PluginError::transient(format!("cannot tell whether the room is encrypted: {e}")))?;
+        let encrypted = match context.matrix.paced_by_homeserver().is_encrypted(&origin.room_id).await {
+            Ok(encrypted) => encrypted,
+            Err(e) => {
+                return self.retry_or_give_up(
+                    context,
+                    format!("cannot tell whether the room is encrypted: {e}"),
+                    last_try,
+                );
+            }
+        };
         match cache::find(database, url, encrypted).await {
             Ok(Some(content)) => match serde_json::from_value::<RoomMessageEventContent>(content) {
                 Ok(content) => return Ok(vec![Action::Reply(content)]),
@@ -429,7 +439,7 @@ impl Plugin for Media {
             }
         }
         let _turn = self.fetches.acquire().await.map_err(|_| PluginError::transient("stopping"))?;
-        if let Err(wait) = self.take_turn(context).await {
+        if let Err(wait) = self.take_turn(context, job.attempt).await {
             return Ok(notice(format!(
                 "Too many links at once: this bot fetches {} a minute. Post it again in {} s.",
                 context_rate(context),
@@ -443,8 +453,12 @@ impl Plugin for Media {
                 self.config.max_file_size
             }
         };
-        let dir = JobDir::create(&context.data_dir.join(FETCH_DIR), &job.key)
-            .map_err(|e| PluginError::transient(format!("cannot make the fetch's directory: {e}")))?;
+        let dir = match JobDir::create(&context.data_dir.join(FETCH_DIR), &job.key) {
+            Ok(dir) => dir,
+            Err(e) => {
+                return self.retry_or_give_up(context, format!("cannot make the fetch's directory: {e}"), last_try);
+            }
+        };
         let answer = self.fetch_and_upload(context, url, encrypted, &dir.0, limit).await;
         drop(dir);
         match answer {
@@ -467,11 +481,7 @@ impl Plugin for Media {
                 length(secs),
                 length(self.config.max_duration_secs as f64)
             ))),
-            Err(Answer::Retry(why)) if last_try => {
-                tracing::error!(instance = %context.instance, error = %why, "gave up posting a link's media");
-                Ok(notice("Sorry, that could not be posted (the upload failed). Try again later."))
-            }
-            Err(Answer::Retry(why)) => Err(PluginError::transient(why)),
+            Err(Answer::Retry(why)) => self.retry_or_give_up(context, why, last_try),
         }
     }
 }
@@ -482,6 +492,21 @@ fn context_rate(context: &PluginContext) -> String {
 }
 
 impl Media {
+    /// A failure that may pass: tried again, or, on the last try, answered (and logged at ERROR).
+    fn retry_or_give_up(
+        &self,
+        context: &PluginContext,
+        why: String,
+        last_try: bool,
+    ) -> Result<Vec<Action>, PluginError> {
+        if last_try {
+            tracing::error!(instance = %context.instance, error = %why, "gave up posting a link's media");
+            Ok(notice("Sorry, that could not be posted. Try again later."))
+        } else {
+            Err(PluginError::transient(why))
+        }
+    }
+
     /// The answer for a fetch that failed, logged as what it means for the operator.
     async fn answer_failure(
         &self,

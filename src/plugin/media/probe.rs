@@ -12,6 +12,10 @@ use super::process::{self, Ended};
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The thumbnail's largest side.
 const THUMBNAIL_SIDE: u32 = 640;
+/// What ffprobe and ffmpeg may open: local files only, as one of these containers (a file from the web that is
+/// really a playlist, say, is refused instead of followed to other files or addresses).
+const PROTOCOLS: &str = "file";
+const FORMATS: &str = "mov,mp4,m4a,matroska,webm,mp3,ogg,wav,flac,aac,image2,jpeg_pipe,png_pipe,webp_pipe,gif,mjpeg";
 
 /// The kind of message a file becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,10 @@ pub async fn probe(ffprobe: &Path, file: &Path, dir: &Path) -> Option<Probed> {
         OsStr::new("json"),
         OsStr::new("-show_streams"),
         OsStr::new("-show_format"),
+        OsStr::new("-protocol_whitelist"),
+        OsStr::new(PROTOCOLS),
+        OsStr::new("-format_whitelist"),
+        OsStr::new(FORMATS),
         OsStr::new("-i"),
         file.as_os_str(),
     ];
@@ -81,6 +89,10 @@ pub async fn thumbnail(ffmpeg: &Path, video: &Path, dir: &Path) -> Option<Vec<u8
         OsStr::new("error"),
         OsStr::new("-nostdin"),
         OsStr::new("-y"),
+        OsStr::new("-protocol_whitelist"),
+        OsStr::new(PROTOCOLS),
+        OsStr::new("-format_whitelist"),
+        OsStr::new(FORMATS),
         OsStr::new("-i"),
         video.as_os_str(),
         OsStr::new("-frames:v"),
