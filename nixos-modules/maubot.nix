@@ -660,6 +660,29 @@ in
       '';
     };
 
+    backup = {
+      enable = mkEnableOption "backups of the bots' state (`maubot backup`) from a timer, while the bots run";
+      directory = mkOption {
+        type = types.str;
+        default = "/var/backup/maubot";
+        description = ''
+          Where the archives go (mode 0700, owned by maubot). They hold access tokens and E2EE keys: back this
+          directory up (restic, borg), not the live state directory.
+        '';
+      };
+      schedule = mkOption {
+        type = types.str;
+        default = "daily";
+        example = "*-*-* 03:30:00";
+        description = "When to take a backup (systemd `OnCalendar=`); a missed run is made up at boot (`Persistent=`).";
+      };
+      keep = mkOption {
+        type = types.ints.positive;
+        default = 7;
+        description = "How many archives to keep; older ones are deleted after each new backup.";
+      };
+    };
+
     trustedProxies = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -789,6 +812,10 @@ in
           ) portClashes;
         }
         {
+          assertion = !cfg.backup.enable || (hasPrefix "/" cfg.backup.directory && cfg.backup.directory != cfg.dataDir && !(hasPrefix "${cfg.dataDir}/" cfg.backup.directory));
+          message = "services.maubot.backup.directory = \"${cfg.backup.directory}\" must be an absolute path outside ${cfg.dataDir} (a backup inside the state it copies would be copied again, and lost with it).";
+        }
+        {
           assertion = cfg.publicListener == null || cfg.publicListener.tls == null || cfg.publicListener.tls.clientCaFile == null;
           message = "services.maubot.publicListener.tls.clientCaFile is set, but the public listener serves every bot's routes and asks for no client certificates; give the instance that needs them a listener of its own (instances.<id>.listeners).";
         }
@@ -873,6 +900,38 @@ in
 
     networking.firewall.allowedTCPPorts =
       optional cfg.openFirewall cfg.port ++ map (l: l.port) (lib.filter (l: l.openFirewall) botListeners);
+
+    # Backups with the service's identity and sandbox, beside the running service (the bots keep answering).
+    systemd.tmpfiles.rules = optional cfg.backup.enable "d ${cfg.backup.directory} 0700 maubot maubot - -";
+    systemd.services.maubot-backup = mkIf cfg.backup.enable {
+      description = "maubot backup";
+      documentation = [ "https://github.com/maubot/maubot" ];
+      after = [ "maubot.service" ];
+      # One archive, then the oldest beyond `keep` go.
+      script = ''
+        dir=${escapeShellArg cfg.backup.directory}
+        ${cfg.package}/bin/maubot --override ${settingsPath} backup --to "$dir/maubot-$(date -u +%Y%m%dT%H%M%SZ).tar"
+        ls -1 "$dir" | grep -E '^maubot-[0-9]{8}T[0-9]{6}Z\.tar$' | sort -r | tail -n +${toString (cfg.backup.keep + 1)} \
+          | while read -r old; do rm -f -- "$dir/$old"; done
+      '';
+      path = [
+        pkgs.coreutils
+        pkgs.gnugrep
+      ];
+      serviceConfig = sandbox { } // {
+        Type = "oneshot";
+        ReadWritePaths = [ cfg.backup.directory ];
+      };
+    };
+    systemd.timers.maubot-backup = mkIf cfg.backup.enable {
+      description = "maubot backup";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.backup.schedule;
+        Persistent = true;
+        RandomizedDelaySec = "10min";
+      };
+    };
 
     systemd.services.maubot = {
       description = "maubot Matrix bot host";

@@ -1,4 +1,4 @@
-//! Command-line interface: one binary, three modes.
+//! Command-line interface: one binary, its modes.
 
 use std::path::PathBuf;
 
@@ -25,6 +25,30 @@ pub enum Command {
     Run,
     /// Validate the merged config and print it (secrets redacted) with the layer each value came from.
     CheckConfig,
+    /// Write a consistent backup of the state (or of one bot) to a new archive file; the bots keep running.
+    Backup(BackupArgs),
+    /// Restore a backup: the whole host into an empty state directory, or one bot into existing state.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The archive to write (a new file; mode 0600). It holds access tokens and E2EE keys.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Only this bot, to move it to another host: it is disabled here once the archive is written.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive to restore.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Only this bot, into the existing state of this host, where it must not exist yet.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

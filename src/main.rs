@@ -6,7 +6,7 @@ use maubot::config::{self, Sources, provenance};
 use maubot::setup::{KeyFile, Plan, RecoveryKey, Report, SetupError, SetupOptions};
 use maubot::systemd::{Notifier, logging};
 use maubot::telemetry::Telemetry;
-use maubot::{EXIT_CONFIG, daemon, error_chain, setup, state};
+use maubot::{EXIT_CONFIG, backup, daemon, error_chain, setup, state};
 
 fn main() -> ExitCode {
     // State files hold access tokens and E2EE keys: nothing this process creates is for other users.
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Run => config::Purpose::Run,
         Command::Setup(_) => config::Purpose::Setup,
         Command::CheckConfig => config::Purpose::Check,
+        Command::Backup(_) | Command::Restore(_) => config::Purpose::Maintenance,
     };
     let loaded = match config::load(&sources, purpose) {
         Ok(loaded) => loaded,
@@ -44,6 +45,12 @@ fn main() -> ExitCode {
         }
         print!("{}", provenance::render(&loaded.config, &loaded.figment));
         return ExitCode::SUCCESS;
+    }
+
+    match &cli.command {
+        Command::Backup(args) => return backup_mode(&loaded.config, args),
+        Command::Restore(args) => return restore_mode(&loaded.config, args),
+        _ => {}
     }
 
     // Secrets known from the config are scrubbed from whatever is printed from here on (run adds the bots'
@@ -72,7 +79,7 @@ fn main() -> ExitCode {
     };
 
     match cli.command {
-        Command::CheckConfig => unreachable!("handled above"),
+        Command::CheckConfig | Command::Backup(_) | Command::Restore(_) => unreachable!("handled above"),
         Command::Setup(args) => {
             let options =
                 SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
@@ -113,6 +120,79 @@ fn main() -> ExitCode {
                     if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
                 }
             }
+        }
+    }
+}
+
+/// `maubot backup`: the archive, and what it means for a bot moved away.
+fn backup_mode(config: &config::Config, args: &maubot::cli::BackupArgs) -> ExitCode {
+    match backup::backup(config, &args.to, args.instance.as_deref()) {
+        Ok(written) => {
+            let ids: Vec<&str> = written.manifest.instances.iter().map(|i| i.id.as_str()).collect();
+            println!(
+                "Backup written to {} ({} bytes, mode 0600): {} bot{} ({}), database schema {}.",
+                written.path.display(),
+                written.bytes,
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                ids.join(", "),
+                written.manifest.schema_version
+            );
+            println!("It holds the bots' access tokens and E2EE keys: keep it as safe as the state directory.");
+            for path in &written.skipped {
+                println!("Left out (not a regular file): {}", path.display());
+            }
+            if let Some(id) = &written.disabled_here {
+                println!(
+                    "Bot `{id}` is now disabled here: one device must not run on two hosts. Reload maubot                      (`systemctl reload maubot`, or SIGHUP) so that it stops here, remove it from this host's config,                      then on the other host: `maubot restore --instance {id} --from {}`.",
+                    written.path.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("maubot backup: {}", for_terminal(&error_chain(&e)));
+            if e.is_operator_error() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+/// `maubot restore`: the state back, and what to do next.
+fn restore_mode(config: &config::Config, args: &maubot::cli::RestoreArgs) -> ExitCode {
+    match backup::restore(config, &args.from, args.instance.as_deref()) {
+        Ok(restored) => {
+            let bots: Vec<String> = restored
+                .instances
+                .iter()
+                .map(|i| format!("{} ({}, device {})", i.id, i.user_id, i.device_id))
+                .collect();
+            println!(
+                "Restored {} into {} from {} (written by {}, database schema {}).",
+                bots.join(", "),
+                config.state_dir.display(),
+                args.from.display(),
+                restored.manifest.written_by,
+                restored.manifest.schema_version
+            );
+            let unconfigured: Vec<&str> = restored
+                .instances
+                .iter()
+                .map(|i| i.id.as_str())
+                .filter(|id| !config.instances.contains_key(*id))
+                .collect();
+            if !unconfigured.is_empty() {
+                println!("Not in this config yet (add them to run them): {}.", unconfigured.join(", "));
+            }
+            if args.instance.is_some() {
+                println!("Reload maubot (`systemctl reload maubot`, or SIGHUP) to start it.");
+            } else {
+                println!("Start maubot (`maubot run`).");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("maubot restore: {}", for_terminal(&error_chain(&e)));
+            if e.is_operator_error() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
 }

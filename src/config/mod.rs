@@ -59,12 +59,19 @@ pub enum Purpose {
     Setup,
     /// `check-config`: every secret, as setup would read them.
     Check,
+    /// `backup` and `restore`: no secret is needed (the state holds what it holds); those at hand are read for
+    /// scrubbing only.
+    Maintenance,
 }
 
 impl Purpose {
     /// Whether a secret must be readable for this purpose.
     fn reads(self, key: &str) -> bool {
-        self != Purpose::Run || !model::is_setup_only_secret(key)
+        match self {
+            Purpose::Run => !model::is_setup_only_secret(key),
+            Purpose::Setup | Purpose::Check => true,
+            Purpose::Maintenance => false,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod backup;
 mod catch_up;
 mod check_config;
 mod config_layers;

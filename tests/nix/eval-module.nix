@@ -75,4 +75,17 @@ in
   users = builtins.attrNames config.users.users;
   packageName = config.services.maubot.package.name;
   firewall = config.networking.firewall.allowedTCPPorts;
+  backup =
+    let
+      backupService = config.systemd.services.maubot-backup or null;
+    in
+    if backupService == null then
+      null
+    else
+      {
+        service = backupService.serviceConfig;
+        inherit (backupService) script;
+        timer = config.systemd.timers.maubot-backup.timerConfig;
+        tmpfiles = config.systemd.tmpfiles.rules;
+      };
 }

@@ -349,6 +349,30 @@ def main():
     check("... a yt_dlp set in config wins, and without ffmpeg none is named",
           clips == {"yt_dlp": "/opt/yt-dlp"}, error or clips)
 
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.backup = { enable = true; keep = 3; schedule = "*-*-* 03:30:00"; }; }'))
+    backup = (result or {}).get("backup") or {}
+    service = backup.get("service", {})
+    check("backup.enable: a timer runs `maubot backup` with the service's user and sandbox into its own directory, "
+          "keeping the newest 3",
+          result is not None and result["failedAssertions"] == []
+          and backup.get("timer") == {"OnCalendar": "*-*-* 03:30:00", "Persistent": True, "RandomizedDelaySec": "10min"}
+          and service.get("User") == "maubot" and service.get("ProtectSystem") == "strict"
+          and service.get("ReadWritePaths") == ["/var/backup/maubot"] and service.get("Type") == "oneshot"
+          and service.get("LoadCredential") == []
+          and "backup --to \"$dir/maubot-$(date -u +%Y%m%dT%H%M%SZ).tar\"" in backup.get("script", "")
+          and "tail -n +4" in backup.get("script", "")
+          and backup.get("tmpfiles") == ["d /var/backup/maubot 0700 maubot maubot - -"],
+          error or backup)
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.backup = { enable = true; directory = "/var/lib/maubot/backups"; }; }'))
+    check("a backup directory inside the state directory is refused",
+          result is not None and any("backup.directory" in a for a in result["failedAssertions"]),
+          error or (result or {}).get("failedAssertions"))
+    default, _ = evaluate(lib, "{ lib, ... }: " + module_with("{ }"))
+    check("... and without backup.enable there is no backup unit", default is not None and default["backup"] is None,
+          default and default.get("backup"))
+
     result, _ = evaluate(lib, "{ lib, ... }: " + module_with('{ services.maubot.allowWritableExecutableMemory = true; }'))
     check("allowWritableExecutableMemory turns off MemoryDenyWriteExecute, with a warning",
           result is not None and "\nMemoryDenyWriteExecute=false\n" in result["unit"]

@@ -69,6 +69,9 @@ in
     writeShellScriptBin =
       name: text:
       fakeDerivation "0wr1s3sh3llscr1p0000000000000000" name { inherit text; };
+    gnugrep = {
+      outPath = "/usr";
+    };
   };
 
   # The package the golden unit refers to; tests/systemd/nspawn-test.sh installs the real binary there.
@@ -111,6 +114,14 @@ in
         systemd.services = mkOption {
           type = types.attrsOf types.anything;
           default = { };
+        };
+        systemd.timers = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+        };
+        systemd.tmpfiles.rules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
         };
         # Homeservers the module looks for on the same host.
         services.matrix-synapse = mkOption {
