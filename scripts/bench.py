@@ -6,7 +6,8 @@ Measures process RSS with 1 and with N bots (each a separate bot user, all in on
 pong (a ping sent while the daemon was down), `!ping` -> `pong` round trip (median, p95) over sequential pings,
 the bot's CPU per pong and its turnaround in Synapse's access log, a burst of pings sent as fast as this client
 can (pongs per second, lost), several senders at once against 1 bot and 3 bots, the round trip through an `exec`
-bot, and a scale phase (--scale bots, a room each: RSS, memory per bot beyond N, READY after a restart).
+bot, a backup of N running bots (time, archive size) and its restore, and a scale phase (--scale bots, a room
+each: RSS, memory per bot beyond N, READY after a restart).
 --compare-maubot runs the same phases against Python maubot 0.6.0 in the same run.
 
 Usage: python3 scripts/bench.py [--instances 10] [--pings 50] [--burst 200] [--scale 100] [--memory-runs 3]
@@ -311,20 +312,40 @@ def sequential_phase(synapse, person, room, bot, pid, pings):
     }
 
 
+def backup_and_restore(deployment):
+    """`maubot backup` of a running deployment, then `maubot restore` of it into a new state directory:
+    {backup_s, archive_bytes, restore_s}."""
+    archive = os.path.join(deployment.dir, "backup.tar")
+    started = time.monotonic()
+    subprocess.run([BINARY, "--config", deployment.config, "backup", "--to", archive], check=True,
+                   env=deployment.env, stdout=subprocess.DEVNULL)
+    backup_s = time.monotonic() - started
+    override = os.path.join(deployment.dir, "restored.json")
+    with open(override, "w") as f:
+        json.dump({"state_dir": os.path.join(deployment.dir, "restored")}, f)
+    started = time.monotonic()
+    subprocess.run([BINARY, "--config", deployment.config, "--override", override, "restore", "--from", archive],
+                   check=True, env=deployment.env, stdout=subprocess.DEVNULL)
+    return {"backup_s": backup_s, "archive_bytes": os.path.getsize(archive), "restore_s": time.monotonic() - started}
+
+
 def fresh_bots_in_a_shared_room(work, synapse, person, count, runs):
     """`runs` fresh deployments of `count` bots (setup, start, the bots join one shared room, 3 s to settle),
     each measured and stopped: the memory of the run with the median VmRSS, with every run's VmRSS under
-    "runs", and the first run's seconds from exec to READY=1."""
-    measured, ready = [], None
+    "runs", the first run's seconds from exec to READY=1, and a backup of the first run taken while it runs
+    (then restored)."""
+    measured, ready, backup = [], None, None
     for _ in range(runs):
         many = Deployment(work, synapse, count)
         started = many.start()
         ready = started if ready is None else ready
         one_shared_room(person, many.users)
         measured.append(dict(memory_kib(many.proc.pid), **memory_metrics(many.api_port)))
+        if backup is None:
+            backup = backup_and_restore(many)
         many.stop()
     median = sorted(measured, key=lambda m: m["VmRSS"])[len(measured) // 2]
-    return dict(median, runs=[m["VmRSS"] for m in measured]), ready
+    return dict(median, runs=[m["VmRSS"] for m in measured]), ready, backup
 
 
 def memory_per_bot_beyond(results, n, many):
@@ -508,8 +529,9 @@ def main():
         program.stop()
 
         # N bots in one shared room: RSS as the median over fresh deployments.
-        memory, ready = fresh_bots_in_a_shared_room(work, synapse, person, args.instances, args.memory_runs)
+        memory, ready, backup = fresh_bots_in_a_shared_room(work, synapse, person, args.instances, args.memory_runs)
         results[f"ready_s_{args.instances}_bots"] = ready
+        results[f"backup_{args.instances}_bots"] = backup
         results[f"rss_kib_{args.instances}_bots"] = memory["VmRSS"]
         results[f"rss_kib_{args.instances}_bots_runs"] = memory.pop("runs")
         results[f"memory_kib_{args.instances}_bots"] = memory
@@ -551,6 +573,9 @@ def main():
          + " runs: " + ", ".join(f"{r / 1024:.1f}" for r in results[f"rss_kib_{n}_bots_runs"])),
         ("exec -> READY=1, 1 bot (median)", f"{results['ready_s_median'] * 1000:.0f} ms"),
         (f"exec -> READY=1, {n} bots", f"{results[f'ready_s_{n}_bots'] * 1000:.0f} ms"),
+        (f"backup of {n} running bots: time, archive; restore", "{:.0f} ms, {:.1f} MiB; {:.0f} ms".format(
+            results[f"backup_{n}_bots"]["backup_s"] * 1000, results[f"backup_{n}_bots"]["archive_bytes"] / 2**20,
+            results[f"backup_{n}_bots"]["restore_s"] * 1000)),
         ("exec -> first pong (median)", f"{results['first_pong_s_median'] * 1000:.0f} ms"
          if results["first_pong_s_median"] is not None else "none"),
         (f"round trip, {args.pings} sequential pings: median", f"{results['round_trip_ms_median']:.0f} ms"),

@@ -285,30 +285,52 @@ pub fn restore(config: &Config, from: &Path, instance: Option<&str>) -> Result<R
         Some(_) if !layout.database().is_file() => return Err(BackupError::NoTargetState { path: root }),
         Some(_) => {}
     }
-    let near = if instance.is_some() { layout.instances_dir().join("restoring") } else { root.clone() };
+    // Staged where the rename into place stays within one directory the process may write: beside a state
+    // directory that does not exist yet, inside an empty one (under systemd, `StateDirectory=` is all the
+    // sandbox may write, and it may not be removed), inside `instances/` for one bot.
+    let existing_root = root.is_dir();
+    let near = match instance {
+        Some(_) => layout.instances_dir().join("restoring"),
+        None if existing_root => root.join("restoring"),
+        None => root.clone(),
+    };
     if instance.is_some() {
         create_dirs(&layout.instances_dir())?;
+    } else if !existing_root && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
     }
     let staging = Staging::beside(&near, "restoring")?;
     let manifest = archive::read_checked(from, &staging.0)?;
     check_versions(from, &manifest)?;
     match instance {
         None => {
-            // Everything checked: the staged state becomes the state directory in one rename.
-            if root.exists() {
-                std::fs::remove_dir(&root).map_err(io(&root))?;
-            }
-            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                create_dirs(parent)?;
-            }
             let configured = layout.database();
             if configured.file_name().is_some_and(|n| n != DATABASE) {
                 std::fs::rename(staging.0.join(DATABASE), staging.0.join(configured.file_name().expect("named")))
                     .map_err(io(&configured))?;
             }
-            std::fs::rename(&staging.0, &root).map_err(io(&root))?;
-            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io(&root))?;
-            sync_dir(root.parent().unwrap_or(Path::new("/")));
+            if existing_root {
+                // Everything checked: each entry moves in, the database last (state without it is not used,
+                // so an interruption leaves nothing `run` would take for a host).
+                let database_name = configured.file_name().expect("named").to_owned();
+                let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&staging.0)
+                    .map_err(io(&staging.0))?
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| *n != database_name)
+                    .collect();
+                names.push(database_name);
+                for name in names {
+                    std::fs::rename(staging.0.join(&name), root.join(&name)).map_err(io(&root.join(&name)))?;
+                }
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io(&root))?;
+                sync_dir(&root);
+            } else {
+                // Everything checked: the staged state becomes the state directory in one rename.
+                std::fs::rename(&staging.0, &root).map_err(io(&root))?;
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io(&root))?;
+                sync_dir(root.parent().unwrap_or(Path::new("/")));
+            }
             Ok(Restored { instances: manifest.instances.clone(), manifest })
         }
         Some(id) => restore_instance(&layout, from, &manifest, &staging.0, id),

@@ -177,7 +177,9 @@ async fn a_backup_under_load_restores_with_the_same_device_and_history_and_bad_a
         !env.state_dir().exists() && tree(env.dir.path()).iter().all(|p| !p.to_string_lossy().contains("restoring"))
     );
 
-    // The archive restores into the new (absent) state directory: same device, and it answers.
+    // The archive restores into the new state directory (made empty beforehand, as systemd's
+    // `StateDirectory=` does): same device, and it answers.
+    std::fs::create_dir(env.state_dir()).unwrap();
     let output = env.output(&["restore", "--from", archive.to_str().unwrap()]);
     assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(std::fs::metadata(env.state_dir()).unwrap().permissions().mode() & 0o777, 0o700);

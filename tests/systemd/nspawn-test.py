@@ -398,6 +398,26 @@ def run_tests(c, venv, secret, port):
     check("with the state restored it runs again", restarted.returncode == 0
           and "3/3 bots syncing" in status_text(c), restarted.stderr)
 
+    # 9. Backup and restore under the unit's sandbox (maubot-ctl): a backup while the bots run, the state
+    # directory lost, the archive restored into the empty directory systemd makes, the bots back with their devices.
+    backup = c.sh("bash /usr/local/bin/maubot-ctl backup --to /var/lib/maubot/backup.tar < /dev/null", timeout=120)
+    check("maubot-ctl backup writes an archive while the service runs",
+          backup.returncode == 0 and "3 bots (media, ping, second)" in backup.stdout
+          and "3/3 bots syncing" in status_text(c), backup.stdout + backup.stderr)
+    recorded = ("python3 -c \"import sqlite3; print(sqlite3.connect('file:/var/lib/maubot/maubot.db?mode=ro', uri=True)"
+                ".execute('SELECT id, device_id FROM instances ORDER BY id').fetchall())\"")
+    devices = c.sh(recorded).stdout
+    c.sh("systemctl stop maubot.service; mv /var/lib/maubot /var/lib/maubot.lost")
+    restored = c.sh("bash /usr/local/bin/maubot-ctl restore --from /var/lib/maubot.lost/backup.tar < /dev/null",
+                    timeout=120)
+    check("maubot-ctl restore puts it back into the empty state directory of the sandbox",
+          restored.returncode == 0 and "Restored" in restored.stdout, restored.stdout + restored.stderr)
+    after = c.sh(recorded).stdout
+    started = c.sh("systemctl start maubot.service", timeout=150)
+    synced = wait_until(lambda: "3/3 bots syncing" in status_text(c), 60)
+    check("... and the bots run again with the same devices", started.returncode == 0 and synced
+          and after.strip() != "" and after == devices, (devices, after, status_text(c)))
+
 
 if __name__ == "__main__":
     sys.exit(main())
