@@ -59,6 +59,19 @@ pub struct SetupArgs {
     /// Write the recovery keys to this new file (mode 0400) instead of printing them.
     #[arg(long, value_name = "PATH")]
     pub recovery_key_file: Option<PathBuf>,
+    /// Recover a set-up bot whose E2EE store is lost, with its recovery key (read from a prompt, from standard
+    /// input, or from --recovery-key-credential; never an argument): a new device that gets the bot's identity
+    /// and message keys back. Needs the bot's password. Nothing else is changed.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["add_instance", "reset_identity"])]
+    pub recover: Option<String>,
+    /// Read the recovery key for --recover from this systemd credential (a file in $CREDENTIALS_DIRECTORY).
+    #[arg(long, value_name = "NAME", requires = "recover")]
+    pub recovery_key_credential: Option<String>,
+    /// Give a bot a new cross-signing identity, secret storage and key backup, with a new recovery key. Room
+    /// members see that the bot's identity changed; keys only the old backup held are lost. Only when the
+    /// recovery key is lost too.
+    #[arg(long, value_name = "ID", conflicts_with = "add_instance")]
+    pub reset_identity: Option<String>,
     /// Where the recovery key file ends up, for the message (the NixOS wrapper moves the file there).
     #[arg(long, value_name = "PATH", hide = true, requires = "recovery_key_file")]
     pub recovery_key_file_shown_as: Option<PathBuf>,

@@ -80,6 +80,9 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::CheckConfig | Command::Backup(_) | Command::Restore(_) => unreachable!("handled above"),
+        Command::Setup(args) if args.recover.is_some() || args.reset_identity.is_some() => {
+            repair_mode(&runtime, &loaded.config, &args)
+        }
         Command::Setup(args) => {
             let options =
                 SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
@@ -195,6 +198,106 @@ fn restore_mode(config: &config::Config, args: &maubot::cli::RestoreArgs) -> Exi
             if e.is_operator_error() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// `maubot setup --recover ID` / `--reset-identity ID`.
+fn repair_mode(runtime: &tokio::runtime::Runtime, config: &config::Config, args: &maubot::cli::SetupArgs) -> ExitCode {
+    let (id, repair) = match (&args.recover, &args.reset_identity) {
+        (Some(id), _) => match read_recovery_key(id, args.recovery_key_credential.as_deref()) {
+            Ok(key) => (id.clone(), setup::Repair::Recover { key }),
+            Err(message) => {
+                eprintln!("maubot setup: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, Some(id)) => {
+            eprintln!(
+                "maubot setup: resetting the E2EE identity of `{id}`. Room members will see that the bot's identity \
+                 changed (people who verified it must verify it again), and message keys that only the old key \
+                 backup held are gone for good. Use this only when the recovery key is lost too."
+            );
+            (id.clone(), setup::Repair::ResetIdentity)
+        }
+        (None, None) => unreachable!("checked by the caller"),
+    };
+    if let Some(path) = &args.recovery_key_file
+        && let Err(e) = setup::keys::check_key_file_path(path)
+    {
+        eprintln!("maubot setup: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut terminal = Terminal {
+        key_file: args.recovery_key_file.as_deref().map(KeyFile::new),
+        key_file_shown_as: args.recovery_key_file_shown_as.clone(),
+        shown: 0,
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = setup::recover::repair(config, &id, repair, &mut terminal) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    terminal.finish();
+    match result {
+        None => {
+            eprintln!("maubot setup: interrupted. Run the same command again: it resumes with the same new device.");
+            ExitCode::from(130)
+        }
+        Some(Ok(done)) => {
+            println!("`{}` ({}) now uses device {}.", done.id, done.user_id, done.device_id);
+            if args.recover.is_some() {
+                println!(
+                    "Its cross-signing identity was recovered and the device is signed by it; the keys of {} room{} \
+                     were restored from the key backup.",
+                    done.rooms_restored,
+                    if done.rooms_restored == 1 { "" } else { "s" }
+                );
+            }
+            if let Some(old) = &done.old_device {
+                if done.old_device_logout_failed {
+                    println!("The old device {old} could not be logged out: delete it from another client.");
+                } else {
+                    println!("The old device {old} was logged out.");
+                }
+            }
+            if let Some(kept) = &done.store_kept_at {
+                println!("The store that was in the way is kept at {}.", kept.display());
+            }
+            println!("Start or reload the service: the bot answers again.");
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("maubot setup: {}", for_terminal(&error_chain(&e)));
+            if e.is_config_or_state() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+/// The recovery key for `--recover ID`: from a credential, a prompt (no echo), or standard input. Never an
+/// argument (the process list and shell history would show it).
+fn read_recovery_key(id: &str, credential: Option<&str>) -> Result<String, String> {
+    use std::io::{IsTerminal as _, Read as _};
+    let (text, from) = if let Some(name) = credential {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .ok_or_else(|| format!("--recovery-key-credential {name}: $CREDENTIALS_DIRECTORY is not set"))?;
+        let path = std::path::Path::new(&dir).join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        (text, path.display().to_string())
+    } else if std::io::stdin().is_terminal() {
+        let text = rpassword::prompt_password(format!("Recovery key for `{id}` (not shown): "))
+            .map_err(|e| format!("cannot read the recovery key: {e}"))?;
+        (text, "the prompt".to_owned())
+    } else {
+        let mut text = String::new();
+        std::io::stdin().take(1 << 20).read_to_string(&mut text).map_err(|e| format!("standard input: {e}"))?;
+        (text, "standard input".to_owned())
+    };
+    setup::recover::key_from_input(id, &text).ok_or_else(|| {
+        format!(
+            "no recovery key for `{id}` in {from}: give the key setup printed (one line), or the key file setup wrote \
+             (its line for `{id}` is used), e.g. `maubot setup --recover {id} < recovery-keys.txt`"
+        )
+    })
 }
 
 /// The operator's terminal: the plan, then each recovery key once (stdout, never the log), or the key file.

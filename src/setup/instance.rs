@@ -334,7 +334,7 @@ fn generate_password() -> String {
 }
 
 /// `MAUBOT` and ten random upper-case letters and digits.
-fn generate_device_id() -> String {
+pub(super) fn generate_device_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let random: [u8; 10] = rand::random();
     let suffix: String = random.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
@@ -342,7 +342,7 @@ fn generate_device_id() -> String {
 }
 
 /// Whether the homeserver still takes `token` (`false` for an unknown or revoked one).
-async fn token_is_valid(homeserver: &str, token: &str) -> Result<bool, InstanceSetupError> {
+pub(super) async fn token_is_valid(homeserver: &str, token: &str) -> Result<bool, InstanceSetupError> {
     let response = whoami(homeserver, token).await?;
     match response.status().as_u16() {
         200 => Ok(true),
@@ -358,7 +358,7 @@ struct Whoami {
 }
 
 /// `GET /account/whoami` with `token`.
-async fn whoami(homeserver: &str, token: &str) -> Result<reqwest::Response, InstanceSetupError> {
+pub(super) async fn whoami(homeserver: &str, token: &str) -> Result<reqwest::Response, InstanceSetupError> {
     let url = format!("{}/_matrix/client/v3/account/whoami", homeserver.trim_end_matches('/'));
     reqwest::Client::new()
         .get(&url)

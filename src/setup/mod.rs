@@ -9,6 +9,7 @@
 
 mod instance;
 pub mod keys;
+pub mod recover;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use crate::state::{self, Database, Layout, StateError, StateLock};
 
 pub use self::instance::InstanceSetupError;
 pub use self::keys::{KeyFile, RecoveryKey};
+pub use self::recover::{Repair, RepairError, Repaired};
 
 /// What to set up.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +67,8 @@ pub enum SetupError {
     RecoveryKeyFile { path: PathBuf, source: std::io::Error },
     #[error("`{id}` is already set up; nothing changed. Bots that are set up are never touched by setup")]
     InstanceAlreadySetUp { id: String },
+    #[error("`{id}`: {error}")]
+    Repair { id: String, error: Box<RepairError> },
     #[error("{}", describe_failures(.failed, *.done))]
     Instances { failed: Vec<(String, InstanceSetupError)>, done: usize },
 }
@@ -92,6 +96,7 @@ impl SetupError {
             | SetupError::RecoveryKeyFileInSandbox { .. }
             | SetupError::InstanceAlreadySetUp { .. } => true,
             SetupError::Instances { failed, .. } => failed.iter().all(|(_, e)| e.is_config_or_state()),
+            SetupError::Repair { error, .. } => error.is_config_or_state(),
             SetupError::RecoveryKeyFile { .. } => false,
         }
     }

@@ -98,15 +98,16 @@ pub enum StateError {
     #[error("`{id}` is not a configured instance; add `instances.{id}` to the config first")]
     InstanceNotConfigured { id: String },
     #[error(
-        "instance `{id}`: the E2EE store {path} is missing. Restore it from a backup (the session alone cannot be \
-         used: a new store would create new device keys and break encrypted rooms)",
-        path = .path.display()
+        "instance `{id}`: the E2EE store {path} is missing. Restore it from a backup, or recover the bot with the key \
+         setup printed: `{cmd} --recover {id}` (a new device that gets the identity and message keys back). The \
+         session alone cannot be used: a new store would create new keys for an existing device",
+        path = .path.display(), cmd = setup_command()
     )]
     StoreMissing { id: String, path: PathBuf },
     #[error(
-        "instance `{id}`: the E2EE store holds no device keys ({path}). Restore it from a backup; `run` will not \
-         create new keys for an existing device",
-        path = .path.display()
+        "instance `{id}`: the E2EE store holds no device keys ({path}). Restore it from a backup, or recover the bot \
+         with the key setup printed: `{cmd} --recover {id}`; `run` will not create new keys for an existing device",
+        path = .path.display(), cmd = setup_command()
     )]
     StoreEmpty { id: String, path: PathBuf },
     #[error(

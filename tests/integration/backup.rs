@@ -8,25 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use matrix_sdk::authentication::matrix::MatrixSession;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId};
-use matrix_sdk::{Client, SessionMeta, SessionTokens};
-
 use crate::harness::api::Api;
 use crate::harness::bot::{BotEnv, BotInstance, describe};
 use crate::harness::client::TestUser;
 use crate::harness::eventually;
+use crate::harness::stores::{decrypted_with_store, session};
 use crate::harness::synapse::synapse;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// What the bot's record in a state directory says: (device id, access token).
-fn session(database: &Path, id: &str) -> (String, String) {
-    rusqlite::Connection::open(database)
-        .unwrap()
-        .query_row("SELECT device_id, access_token FROM instances WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-}
 
 /// Every file below `dir` (to show that nothing was written).
 fn tree(dir: &Path) -> Vec<PathBuf> {
@@ -42,35 +31,6 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// The body of `event` in `room`, as a client with the bot's restored store and session decrypts it.
-async fn decrypted_by_the_restored_store(
-    homeserver: &str,
-    store: &Path,
-    user: &str,
-    device: &str,
-    token: &str,
-    room: &OwnedRoomId,
-    event: &OwnedEventId,
-) -> String {
-    let client = Client::builder()
-        .homeserver_url(homeserver)
-        .respect_login_well_known(false)
-        .sqlite_store(store, None)
-        .build()
-        .await
-        .unwrap();
-    let session = MatrixSession {
-        meta: SessionMeta { user_id: user.try_into().unwrap(), device_id: device.into() },
-        tokens: SessionTokens { access_token: token.to_owned(), refresh_token: None },
-    };
-    client.restore_session(session).await.unwrap();
-    let room = client.get_room(room).expect("the restored state store knows the room");
-    let event = room.event(event, None).await.unwrap();
-    assert!(event.encryption_info().is_some(), "the event was encrypted");
-    let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).unwrap();
-    json["content"]["body"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +155,7 @@ async fn a_backup_under_load_restores_with_the_same_device_and_history_and_bad_a
         assert_eq!(person.replies_to(event, &bot).len(), 1, "nothing answered twice after the restore");
     }
     // The restored store still decrypts what was said before the backup.
-    let body = decrypted_by_the_restored_store(
+    let body = decrypted_with_store(
         &synapse.url,
         &env.state_dir().join("instances/keeper/store"),
         &bot,

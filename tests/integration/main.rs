@@ -19,6 +19,7 @@ mod media;
 mod notify;
 mod plugin_events;
 mod plugin_http;
+mod recovery;
 mod room_actions;
 mod sending;
 mod setup_run;

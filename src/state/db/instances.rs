@@ -87,6 +87,29 @@ impl Database {
         self.call(move |conn| insert(conn, &record, sync_token.as_deref())).await
     }
 
+    /// Points instance `record.id` at another device of the same user (`setup --recover`): device, tokens and
+    /// device key change; the sync position, the overrides and everything handled stay.
+    pub async fn replace_session(&self, record: &InstanceRecord) -> Result<(), StateError> {
+        let record = record.clone();
+        self.call(move |conn| {
+            let changed = conn.execute(
+                "UPDATE instances SET device_id = ?2, homeserver_url = ?3, access_token = ?4, refresh_token = ?5, \
+                 ed25519_key = ?6 WHERE id = ?1 AND user_id = ?7",
+                params![
+                    record.id,
+                    record.device_id,
+                    record.homeserver_url,
+                    record.access_token,
+                    record.refresh_token,
+                    record.ed25519_key,
+                    record.user_id
+                ],
+            )?;
+            if changed == 1 { Ok(()) } else { Err(rusqlite::Error::QueryReturnedNoRows) }
+        })
+        .await
+    }
+
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StateError> {
         let id = id.to_owned();
         self.call(move |conn| {

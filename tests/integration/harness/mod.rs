@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod media_server;
 pub mod pki;
 pub mod proxy;
+pub mod stores;
 pub mod synapse;
 
 use std::time::Duration;
