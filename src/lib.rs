@@ -14,6 +14,7 @@ pub mod instance;
 pub mod matrix;
 pub mod matrix_errors;
 pub mod memory;
+pub mod migration_backup;
 pub mod plugin;
 pub mod setup;
 pub mod state;

@@ -3,3 +3,4 @@
 pub mod client;
 pub mod e2ee;
 pub mod register;
+pub mod store_versions;

@@ -4,7 +4,8 @@
 //! The schema is a list of migrations, the n-th bringing the database to version n (`PRAGMA user_version`). Each
 //! runs in a transaction together with its version bump, so a migration that fails leaves the database at the
 //! version before it, with its data, and the plugin's start fails naming the migration. A database written by a
-//! newer version of the plugin (more migrations than this one knows) is refused, never downgraded.
+//! newer version of the plugin (more migrations than this one knows) is refused, never downgraded, naming the
+//! copy taken before the migration (`crate::migration_backup`, in `instances/<id>/migration-backups/`).
 //!
 //! SQLite calls block: `call` runs them on tokio's blocking pool, one at a time per database.
 
@@ -20,9 +21,12 @@ pub enum StorageError {
     Open { path: PathBuf, reason: String },
     #[error(
         "the plugin database {path} is at schema version {found}, but this plugin knows {known} migrations: a newer \
-         version of the plugin wrote it. Run that version again, or restore the state directory from a backup"
+         version of the plugin wrote it (a rollback past an upgrade). Run that version again, or stop maubot and \
+         restore {backups}"
     )]
-    Newer { path: PathBuf, found: u32, known: u32 },
+    Newer { path: PathBuf, found: u32, known: u32, backups: String },
+    #[error("{0}; nothing was migrated")]
+    Backup(String),
     #[error(
         "migration {version} of the plugin database {path} failed (the database stays at version {stays}): {source}"
     )]
@@ -85,8 +89,15 @@ pub fn schema_version(conn: &Connection) -> rusqlite::Result<u32> {
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StorageError> {
     let known = migrations.len() as u32;
     let found = schema_version(conn)?;
+    let backups = path.parent().unwrap_or(Path::new(".")).join(crate::migration_backup::DIR_NAME);
     if found > known {
-        return Err(StorageError::Newer { path: path.to_owned(), found, known });
+        let backups = crate::migration_backup::describe(path, &backups);
+        return Err(StorageError::Newer { path: path.to_owned(), found, known, backups });
+    }
+    if found > 0 && found < known {
+        let copy = crate::migration_backup::take(conn, path, &backups, &format!("schema-{found}"))
+            .map_err(|e| StorageError::Backup(e.to_string()))?;
+        tracing::info!(database = %path.display(), copy = %copy.display(), "copied the plugin database before migrating it");
     }
     for (index, sql) in migrations.iter().enumerate().skip(found as usize) {
         let version = index as u32 + 1;
@@ -148,12 +159,15 @@ mod tests {
     }
 
     #[test]
-    fn a_database_of_a_newer_plugin_is_refused() {
+    fn a_database_of_a_newer_plugin_is_refused_naming_the_copy_from_before_its_migration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plugin.db");
-        PluginDatabase::open(&path, &[V1, V2]).unwrap();
+        drop(PluginDatabase::open(&path, &[V1]).unwrap());
+        drop(PluginDatabase::open(&path, &[V1, V2]).unwrap());
+        let copy = std::fs::read_dir(dir.path().join("migration-backups")).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(schema_version(&Connection::open(&copy).unwrap()).unwrap(), 1, "the copy is the schema-1 database");
         let err = PluginDatabase::open(&path, &[V1]).err().unwrap();
         assert!(matches!(err, StorageError::Newer { found: 2, known: 1, .. }), "{err}");
-        assert!(err.to_string().contains("restore the state directory from a backup"), "{err}");
+        assert!(err.to_string().contains(copy.to_str().unwrap()), "{err}");
     }
 }

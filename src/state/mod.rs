@@ -26,6 +26,8 @@ use crate::config::Config;
 
 /// The file matrix-sdk keeps the E2EE keys in, inside a store directory.
 pub const CRYPTO_STORE_FILE: &str = "matrix-sdk-crypto.sqlite3";
+/// The file matrix-sdk keeps rooms, members and its sync position in, inside a store directory.
+pub const STATE_STORE_FILE: &str = "matrix-sdk-state.sqlite3";
 
 static SETUP_COMMAND: OnceLock<String> = OnceLock::new();
 
@@ -58,10 +60,10 @@ pub enum StateError {
     #[error(
         "database {path} has schema version {found} and needs maubot with schema >= {compat}, but this maubot knows \
          {supported}. This happens after a rollback (`nixos-rebuild --rollback`) past an incompatible upgrade: \
-         switch back to the newer generation, or restore the backup taken before the upgrade",
+         switch back to the newer generation, or restore {backups}",
         path = .path.display()
     )]
-    SchemaTooNew { path: PathBuf, found: u32, compat: u32, supported: u32 },
+    SchemaTooNew { path: PathBuf, found: u32, compat: u32, supported: u32, backups: String },
     #[error("database {path}: {source}", path = .path.display())]
     Database { path: PathBuf, source: rusqlite::Error },
     #[error("database {path}: its thread stopped", path = .path.display())]
@@ -116,6 +118,13 @@ pub enum StateError {
          both from the same backup"
     )]
     StoreMismatch { id: String, store_user: String, store_device: String, session_user: String, session_device: String },
+    #[error(
+        "instance `{id}`: the store {path} is at version {found}, written by a newer matrix-sdk than this maubot's \
+         (which knows {known}): a rollback past an upgrade. This bot stays stopped so that its store is not damaged; \
+         the others run. Switch back to the newer generation, or stop maubot and restore {backups}",
+        path = .path.display()
+    )]
+    StoreTooNew { id: String, path: PathBuf, found: u8, known: u8, backups: String },
     #[error("instance `{id}`: cannot open the E2EE store: {message}")]
     StoreUnreadable { id: String, message: String },
     #[error(
@@ -125,6 +134,8 @@ pub enum StateError {
     UserChanged { id: String, recorded: String, configured: String },
     #[error("{path}: {source}", path = .path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{message}; nothing was migrated. Free space or fix the permissions, then start again")]
+    MigrationBackup { message: String },
 }
 
 pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
@@ -168,6 +179,11 @@ impl Layout {
     }
 
     /// The plugin's private directory (files it keeps across restarts).
+    /// Where copies of a bot's databases taken before a migration are kept (`crate::migration_backup`).
+    pub fn migration_backups_dir(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join(crate::migration_backup::DIR_NAME)
+    }
+
     pub fn plugin_data_dir(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("data")
     }

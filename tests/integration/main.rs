@@ -20,6 +20,7 @@ mod notify;
 mod plugin_events;
 mod plugin_http;
 mod recovery;
+mod rollback;
 mod room_actions;
 mod sending;
 mod setup_run;

@@ -47,6 +47,11 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     move |source| StateError::Database { path: path.to_owned(), source }
 }
 
+/// Where the host database's copies from before a migration are kept: beside it, in the state directory.
+fn backups_dir(database: &Path) -> PathBuf {
+    database.parent().map(Path::to_owned).unwrap_or_default()
+}
+
 pub fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
@@ -102,7 +107,15 @@ impl Database {
                 "the database was written by a newer maubot; it declares itself compatible, using it as is"
             );
         } else if version < SCHEMA_VERSION {
-            tracing::info!(from = version, to = SCHEMA_VERSION, "migrating the database schema");
+            // The rollback's way back: the database as it was, taken before the migration touches it.
+            let copy = crate::migration_backup::take(&conn, path, &backups_dir(path), &format!("schema-{version}"))
+                .map_err(|e| StateError::MigrationBackup { message: e.to_string() })?;
+            tracing::info!(
+                from = version,
+                to = SCHEMA_VERSION,
+                copy = %copy.display(),
+                "migrating the database schema; a copy of it as it was is kept for a rollback"
+            );
             schema::migrate(&mut conn, version).map_err(sqlite(path))?;
         }
         Ok(Self::serve(path, conn))
@@ -130,6 +143,7 @@ impl Database {
                 found: version,
                 compat,
                 supported: SCHEMA_VERSION,
+                backups: crate::migration_backup::describe(path, &backups_dir(path)),
             });
         }
         Ok((version, compat))
@@ -276,5 +290,23 @@ mod tests {
         assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
         db.set_stopped("a", true).await.unwrap();
         assert!(db.overrides().await.unwrap()["a"].stopped);
+        drop(db);
+
+        // The database as it was is kept beside it, and an older maubot that cannot read the migrated one is
+        // told about that copy.
+        let copies: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("maubot.db.schema-1."))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let conn = Connection::open(&copies[0]).unwrap();
+        assert_eq!(schema::read_versions(&conn).unwrap().0, 1, "the copy is at schema 1");
+        let conn = Connection::open(&path).unwrap();
+        let by: String = conn.query_row("SELECT value FROM meta WHERE key = 'migrated_by'", [], |r| r.get(0)).unwrap();
+        assert_eq!(by, format!("maubot {}", env!("CARGO_PKG_VERSION")));
+        conn.execute("UPDATE meta SET value = '99' WHERE key IN ('schema_version', 'compat_version')", []).unwrap();
+        let refused = Database::open(&path).err().unwrap().to_string();
+        assert!(refused.contains(copies[0].to_str().unwrap()), "{refused}");
     }
 }

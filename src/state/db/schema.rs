@@ -1,4 +1,5 @@
-//! The host database's schema: forward migrations and the two version numbers every database records.
+//! The host database's schema: forward migrations, the two version numbers every database records, and the
+//! maubot that migrated it last (`migrated_by`).
 //!
 //! `schema_version` is the version that wrote the file; `compat_version` is the oldest reader that can still use
 //! it. A newer daemon migrates forward in one transaction; an older daemon opens a newer database only if that
@@ -110,10 +111,14 @@ pub fn migrate(conn: &mut Connection, from: u32) -> rusqlite::Result<()> {
     for sql in &MIGRATIONS[from as usize..] {
         tx.execute_batch(sql)?;
     }
-    for (key, value) in [("schema_version", SCHEMA_VERSION), ("compat_version", COMPAT_VERSION)] {
+    for (key, value) in [
+        ("schema_version", SCHEMA_VERSION.to_string()),
+        ("compat_version", COMPAT_VERSION.to_string()),
+        ("migrated_by", format!("maubot {}", env!("CARGO_PKG_VERSION"))),
+    ] {
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value.to_string()],
+            params![key, value],
         )?;
     }
     tx.commit()

@@ -1,0 +1,128 @@
+//! matrix-sdk's own store migrations, made safe for rollbacks.
+//!
+//! matrix-sdk's SQLite stores record a version (the `version` key of their `kv` table) and migrate forward when
+//! opened, but open a store newer than they know without a word and use it. A rollback to an older generation
+//! would then run an older matrix-sdk on a store a newer one migrated. Before a bot's client is built:
+//!
+//! - a store newer than this build's matrix-sdk writes is refused: that bot alone fails, naming both versions and
+//!   the copy to restore, and the others run;
+//! - a store older than that (the first start after an upgrade of matrix-sdk) is copied first, into
+//!   `instances/<id>/migration-backups/`, so that a rollback can restore it; the copy is named in the log.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::migration_backup;
+use crate::state::{CRYPTO_STORE_FILE, STATE_STORE_FILE, StateError};
+
+/// The store versions this build's matrix-sdk writes (checked against freshly made stores by a unit test, so a
+/// matrix-sdk upgrade that changes them cannot go unnoticed).
+pub const KNOWN_VERSIONS: &[(&str, u8)] = &[(STATE_STORE_FILE, 15), (CRYPTO_STORE_FILE, 17)];
+
+/// The version a matrix-sdk store records (`None`: no such file, or no version yet).
+pub fn version_of(database: &Path) -> rusqlite::Result<Option<u8>> {
+    if !database.is_file() {
+        return Ok(None);
+    }
+    let conn =
+        Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_kv: bool =
+        conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'kv'", [], |r| {
+            r.get(0)
+        })?;
+    if !has_kv {
+        return Ok(None);
+    }
+    let value: Option<Vec<u8>> =
+        conn.query_row("SELECT value FROM kv WHERE key = 'version'", [], |r| r.get(0)).optional()?;
+    Ok(value.and_then(|v| v.first().copied()))
+}
+
+/// Checks bot `id`'s stores in `store_dir` before matrix-sdk opens them; copies those it is about to migrate
+/// into `backups_dir`. Returns the copies taken.
+pub fn check(id: &str, store_dir: &Path, backups_dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| StateError::StoreUnreadable { id: id.to_owned(), message: e.to_string() };
+    let mut taken = Vec::new();
+    for (file, known) in KNOWN_VERSIONS {
+        let database = store_dir.join(file);
+        let Some(found) = version_of(&database).map_err(|e| unreadable(&format!("{}: {e}", database.display())))?
+        else {
+            continue;
+        };
+        if found > *known {
+            return Err(StateError::StoreTooNew {
+                id: id.to_owned(),
+                path: database.clone(),
+                found,
+                known: *known,
+                backups: migration_backup::describe(&database, backups_dir),
+            });
+        }
+        if found < *known {
+            let conn = Connection::open_with_flags(&database, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| unreadable(&format!("{}: {e}", database.display())))?;
+            let copy = migration_backup::take(&conn, &database, backups_dir, &format!("version-{found}"))
+                .map_err(|e| unreadable(&e))?;
+            tracing::warn!(
+                instance = %id,
+                store = %database.display(),
+                from = found,
+                to = *known,
+                copy = %copy.display(),
+                "matrix-sdk is about to migrate the store; a copy of it as it was is kept for a rollback"
+            );
+            taken.push(copy);
+        }
+    }
+    Ok(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use matrix_sdk::{SqliteCryptoStore, SqliteStateStore};
+
+    /// The stores this build's matrix-sdk makes carry the versions `KNOWN_VERSIONS` says. When this fails after
+    /// a matrix-sdk upgrade, update `KNOWN_VERSIONS`: the upgrade migrates stores, and the copies are what a
+    /// rollback needs.
+    #[tokio::test]
+    async fn the_known_versions_are_those_matrix_sdk_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SqliteStateStore::open(dir.path(), None).await.unwrap();
+        let crypto = SqliteCryptoStore::open(dir.path(), None).await.unwrap();
+        drop((state, crypto));
+        for (file, known) in KNOWN_VERSIONS {
+            assert_eq!(version_of(&dir.path().join(file)).unwrap(), Some(*known), "{file}");
+        }
+    }
+
+    fn set_version(database: &Path, version: u8) {
+        Connection::open(database)
+            .unwrap()
+            .execute("UPDATE kv SET value = ?1 WHERE key = 'version'", [vec![version]])
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_store_is_refused_and_an_older_one_copied_before_it_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let backups = dir.path().join("migration-backups");
+        drop(SqliteCryptoStore::open(&store, None).await.unwrap());
+        assert_eq!(check("a", &store, &backups).unwrap(), Vec::<PathBuf>::new(), "current: nothing to do");
+
+        let crypto = store.join(CRYPTO_STORE_FILE);
+        set_version(&crypto, 16);
+        let taken = check("a", &store, &backups).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(version_of(&taken[0]).unwrap(), Some(16), "the copy is the store as it was");
+
+        set_version(&crypto, 18);
+        let refused = check("a", &store, &backups).unwrap_err().to_string();
+        assert!(refused.contains("version 18") && refused.contains("knows 17"), "{refused}");
+        assert!(refused.contains(taken[0].to_str().unwrap()), "names the copy to restore: {refused}");
+    }
+}
