@@ -15,7 +15,9 @@
 }:
 let
   inherit (lib)
+    all
     concatMapAttrs
+    concatMapStrings
     concatStringsSep
     escapeShellArg
     filterAttrs
@@ -28,6 +30,7 @@ let
     mkOption
     optional
     optionalAttrs
+    optionalString
     optionals
     types
     ;
@@ -681,6 +684,16 @@ in
         default = 7;
         description = "How many archives to keep; older ones are deleted after each new backup.";
       };
+      encryptTo = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+        description = ''
+          age recipients (`age1…` public keys from `age-keygen`) the archives are encrypted to (`maubot backup
+          --encrypt-to`); they are then named `maubot-<time>.tar.age`. Public keys only: the identity that
+          decrypts them (`maubot restore --identity FILE`) stays off this machine.
+        '';
+      };
     };
 
     trustedProxies = mkOption {
@@ -816,6 +829,10 @@ in
           message = "services.maubot.backup.directory = \"${cfg.backup.directory}\" must be an absolute path outside ${cfg.dataDir} (a backup inside the state it copies would be copied again, and lost with it).";
         }
         {
+          assertion = all (r: hasPrefix "age1" r) cfg.backup.encryptTo;
+          message = "services.maubot.backup.encryptTo: ${concatStringsSep ", " (lib.filter (r: !(hasPrefix "age1" r)) cfg.backup.encryptTo)} is not an age X25519 recipient; give the `age1…` public key that `age-keygen` printed (never the AGE-SECRET-KEY identity).";
+        }
+        {
           assertion = cfg.publicListener == null || cfg.publicListener.tls == null || cfg.publicListener.tls.clientCaFile == null;
           message = "services.maubot.publicListener.tls.clientCaFile is set, but the public listener serves every bot's routes and asks for no client certificates; give the instance that needs them a listener of its own (instances.<id>.listeners).";
         }
@@ -910,8 +927,10 @@ in
       # One archive, then the oldest beyond `keep` go.
       script = ''
         dir=${escapeShellArg cfg.backup.directory}
-        ${cfg.package}/bin/maubot --override ${settingsPath} backup --to "$dir/maubot-$(date -u +%Y%m%dT%H%M%SZ).tar"
-        ls -1 "$dir" | grep -E '^maubot-[0-9]{8}T[0-9]{6}Z\.tar$' | sort -r | tail -n +${toString (cfg.backup.keep + 1)} \
+        ${cfg.package}/bin/maubot --override ${settingsPath} backup --to "$dir/maubot-$(date -u +%Y%m%dT%H%M%SZ).tar${
+          optionalString (cfg.backup.encryptTo != [ ]) ".age"
+        }"${concatMapStrings (r: " --encrypt-to ${escapeShellArg r}") cfg.backup.encryptTo}
+        ls -1 "$dir" | grep -E '^maubot-[0-9]{8}T[0-9]{6}Z\.tar(\.age)?$' | sort -r | tail -n +${toString (cfg.backup.keep + 1)} \
           | while read -r old; do rm -f -- "$dir/$old"; done
       '';
       path = [

@@ -39,6 +39,10 @@ pub struct BackupArgs {
     /// Only this bot, to move it to another host: it is disabled here once the archive is written.
     #[arg(long, value_name = "ID")]
     pub instance: Option<String>,
+    /// Encrypt the archive to this age recipient (an `age1…` public key from age-keygen; repeatable). Restore
+    /// then needs --identity with one of the matching identity files.
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +53,9 @@ pub struct RestoreArgs {
     /// Only this bot, into the existing state of this host, where it must not exist yet.
     #[arg(long, value_name = "ID")]
     pub instance: Option<String>,
+    /// The age identity file (age-keygen's output) that decrypts an archive written with --encrypt-to.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

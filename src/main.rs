@@ -129,7 +129,7 @@ fn main() -> ExitCode {
 
 /// `maubot backup`: the archive, and what it means for a bot moved away.
 fn backup_mode(config: &config::Config, args: &maubot::cli::BackupArgs) -> ExitCode {
-    match backup::backup(config, &args.to, args.instance.as_deref()) {
+    match backup::backup(config, &args.to, args.instance.as_deref(), &args.encrypt_to) {
         Ok(written) => {
             let ids: Vec<&str> = written.manifest.instances.iter().map(|i| i.id.as_str()).collect();
             println!(
@@ -141,13 +141,23 @@ fn backup_mode(config: &config::Config, args: &maubot::cli::BackupArgs) -> ExitC
                 ids.join(", "),
                 written.manifest.schema_version
             );
-            println!("It holds the bots' access tokens and E2EE keys: keep it as safe as the state directory.");
+            if args.encrypt_to.is_empty() {
+                println!("It holds the bots' access tokens and E2EE keys: keep it as safe as the state directory.");
+            } else {
+                println!(
+                    "It is encrypted to {} age recipient{}: restore it with `--identity FILE` (a matching identity).",
+                    args.encrypt_to.len(),
+                    if args.encrypt_to.len() == 1 { "" } else { "s" }
+                );
+            }
             for path in &written.skipped {
                 println!("Left out (not a regular file): {}", path.display());
             }
             if let Some(id) = &written.disabled_here {
                 println!(
-                    "Bot `{id}` is now disabled here: one device must not run on two hosts. Reload maubot                      (`systemctl reload maubot`, or SIGHUP) so that it stops here, remove it from this host's config,                      then on the other host: `maubot restore --instance {id} --from {}`.",
+                    "Bot `{id}` is now disabled here: one device must not run on two hosts. Reload maubot \
+                     (`systemctl reload maubot`, or SIGHUP) so that it stops here, remove it from this host's config, \
+                     then on the other host: `maubot restore --instance {id} --from {}`.",
                     written.path.display()
                 );
             }
@@ -162,7 +172,7 @@ fn backup_mode(config: &config::Config, args: &maubot::cli::BackupArgs) -> ExitC
 
 /// `maubot restore`: the state back, and what to do next.
 fn restore_mode(config: &config::Config, args: &maubot::cli::RestoreArgs) -> ExitCode {
-    match backup::restore(config, &args.from, args.instance.as_deref()) {
+    match backup::restore(config, &args.from, args.instance.as_deref(), args.identity.as_deref()) {
         Ok(restored) => {
             let bots: Vec<String> = restored
                 .instances

@@ -9,14 +9,21 @@ use std::path::Path;
 
 use sha2::Digest;
 
+use super::encryption::{self, Sink};
 use super::manifest::{self, Manifest};
 use super::{BackupError, io};
 
 /// Largest manifest read.
 const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Writes the archive of `staging` (the files `manifest` lists) to the new file `to`; returns its size.
-pub fn write(to: &Path, manifest: &Manifest, staging: &Path) -> Result<u64, BackupError> {
+/// Writes the archive of `staging` (the files `manifest` lists) to the new file `to`, encrypted to `recipients`
+/// when there are any; returns its size.
+pub fn write(
+    to: &Path,
+    manifest: &Manifest,
+    staging: &Path,
+    recipients: &[age::x25519::Recipient],
+) -> Result<u64, BackupError> {
     let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = to.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
@@ -27,14 +34,15 @@ pub fn write(to: &Path, manifest: &Manifest, staging: &Path) -> Result<u64, Back
         .open(&temporary)
         .map_err(io(&temporary))?;
     let result = (|| {
-        let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+        let sink = Sink::new(std::io::BufWriter::new(file), recipients)?;
+        let mut builder = tar::Builder::new(sink);
         let text = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
         append(&mut builder, manifest::NAME, text.len() as u64, manifest.created_at, &mut text.as_slice())?;
         for entry in &manifest.files {
             let mut file = std::fs::File::open(staging.join(&entry.path))?;
             append(&mut builder, &entry.path, entry.size, manifest.created_at, &mut file)?;
         }
-        let mut writer = builder.into_inner()?;
+        let mut writer = builder.into_inner()?.finish()?;
         writer.flush()?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -75,12 +83,17 @@ fn append<W: Write>(
     builder.append_data(&mut header, path, data.take(size))
 }
 
-/// Reads the archive `from` into `staging` (empty, private), checking every entry; returns the manifest.
-pub fn read_checked(from: &Path, staging: &Path) -> Result<Manifest, BackupError> {
+/// Reads the archive `from` into `staging` (empty, private), checking every entry; returns the manifest. An
+/// archive encrypted with age is decrypted with `identities` on the way (a damaged one fails its age tag).
+pub fn read_checked(
+    from: &Path,
+    staging: &Path,
+    identities: &[Box<dyn age::Identity>],
+) -> Result<Manifest, BackupError> {
     let not_an_archive = |reason: String| BackupError::NotAnArchive { path: from.to_owned(), reason };
     let corrupt = |reason: String| BackupError::Corrupt { path: from.to_owned(), reason };
     let file = std::fs::File::open(from).map_err(io(from))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut archive = tar::Archive::new(encryption::reader(from, std::io::BufReader::new(file), identities)?);
     let mut entries = archive.entries().map_err(|e| not_an_archive(e.to_string()))?;
     let mut first = match entries.next() {
         Some(Ok(entry)) => entry,

@@ -12,6 +12,7 @@
 //! that does not know that bot yet (its rows are copied in one transaction: `rows.rs`).
 
 pub mod archive;
+pub mod encryption;
 pub mod manifest;
 pub mod rows;
 pub mod snapshot;
@@ -79,6 +80,24 @@ pub enum BackupError {
         path = .path.display()
     )]
     NoTargetState { path: PathBuf },
+    #[error(
+        "--encrypt-to {recipient}: not an age X25519 recipient ({reason}); give the `age1…` public key age-keygen printed"
+    )]
+    BadRecipient { recipient: String, reason: String },
+    #[error("--identity {path}: {reason}", path = .path.display())]
+    BadIdentity { path: PathBuf, reason: String },
+    #[error(
+        "{path} is encrypted with age: give the identity file of one of its recipients with --identity FILE. \
+         Nothing was written",
+        path = .path.display()
+    )]
+    Encrypted { path: PathBuf },
+    #[error(
+        "{path} cannot be decrypted with the given identity ({reason}): it was encrypted to another recipient. \
+         Nothing was written",
+        path = .path.display()
+    )]
+    CannotDecrypt { path: PathBuf, reason: String },
     #[error("{what}: {source}")]
     Database { what: String, source: rusqlite::Error },
     #[error("{path}: {source}", path = .path.display())]
@@ -154,7 +173,13 @@ fn recorded_instances(conn: &Connection) -> rusqlite::Result<Vec<InstanceEntry>>
 }
 
 /// Takes a backup of the state `config` names (or of one bot) into the new file `to`.
-pub fn backup(config: &Config, to: &Path, instance: Option<&str>) -> Result<Written, BackupError> {
+pub fn backup(
+    config: &Config,
+    to: &Path,
+    instance: Option<&str>,
+    encrypt_to: &[String],
+) -> Result<Written, BackupError> {
+    let recipients = encryption::parse_recipients(encrypt_to)?;
     if to.exists() {
         return Err(BackupError::TargetExists { path: to.to_owned() });
     }
@@ -201,7 +226,7 @@ pub fn backup(config: &Config, to: &Path, instance: Option<&str>) -> Result<Writ
         instances,
         files,
     };
-    let bytes = archive::write(to, &manifest, &staging.0)?;
+    let bytes = archive::write(to, &manifest, &staging.0, &recipients)?;
     let disabled_here = match instance {
         Some(id) => {
             disable(&database, id, config.instances.get(id).is_none_or(|i| i.enabled))?;
@@ -273,7 +298,13 @@ pub struct Restored {
 
 /// Restores the archive `from` into the state `config` names: all of it into an empty state directory, or
 /// one bot into an existing one that does not know it.
-pub fn restore(config: &Config, from: &Path, instance: Option<&str>) -> Result<Restored, BackupError> {
+pub fn restore(
+    config: &Config,
+    from: &Path,
+    instance: Option<&str>,
+    identity: Option<&Path>,
+) -> Result<Restored, BackupError> {
+    let identities = identity.map(encryption::read_identities).transpose()?.unwrap_or_default();
     let layout = Layout::new(config);
     let root = layout.root().to_owned();
     match instance {
@@ -300,7 +331,7 @@ pub fn restore(config: &Config, from: &Path, instance: Option<&str>) -> Result<R
         create_dirs(parent)?;
     }
     let staging = Staging::beside(&near, "restoring")?;
-    let manifest = archive::read_checked(from, &staging.0)?;
+    let manifest = archive::read_checked(from, &staging.0, &identities)?;
     check_versions(from, &manifest)?;
     match instance {
         None => {

@@ -371,7 +371,8 @@ pub(super) fn to_send(
 ) -> Result<OutboxEntry, String> {
     let here = || {
         origin.map(|o| o.room_id.to_string()).ok_or_else(|| {
-            "a reply, reaction, edit or redaction needs an event to answer; this job was accepted outside one:              use a send with a room"
+            "a reply, reaction, edit or redaction needs an event to answer; this job was accepted outside one: \
+             use a send with a room"
                 .to_owned()
         })
     };

@@ -235,3 +235,56 @@ async fn one_bot_moves_to_another_host_and_is_disabled_at_the_source() {
     daemon.stop();
     assert_eq!(synapse.devices(&mover).await, vec![device], "still one device");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_encrypted_to_an_age_recipient_restores_only_with_its_identity() {
+    use age::secrecy::ExposeSecret;
+    let synapse = synapse();
+    let env = BotEnv::with_ping_bots(synapse, &["sealed"]).await;
+    env.write_config();
+    env.setup();
+    let bot = env.user_id("sealed");
+    let (device, token) = session(&env.database_path(), "sealed");
+    let identity = age::x25519::Identity::generate();
+    let key_file = env.dir.path().join("backup-key.txt");
+    std::fs::write(&key_file, format!("# maubot backups\n{}\n", identity.to_string().expose_secret())).unwrap();
+    let archive = env.dir.path().join("sealed.tar.age");
+
+    let output = env.output(&["backup", "--to", archive.to_str().unwrap(), "--encrypt-to", "age1nope"]);
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not an age X25519 recipient"), "{}", describe(&output));
+    assert!(!archive.exists());
+    let recipient = identity.to_public().to_string();
+    let output = env.output(&["backup", "--to", archive.to_str().unwrap(), "--encrypt-to", &recipient]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("encrypted to 1 age recipient"), "{}", describe(&output));
+    let bytes = std::fs::read(&archive).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
+    for clear in [token.as_bytes(), b"manifest.json".as_slice(), b"SQLite format 3".as_slice()] {
+        assert!(!bytes.windows(clear.len()).any(|w| w == clear), "nothing readable in the archive");
+    }
+
+    std::fs::rename(env.state_dir(), env.dir.path().join("state-before")).unwrap();
+    let output = env.output(&["restore", "--from", archive.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is encrypted with age"), "{}", describe(&output));
+    let other_key = env.dir.path().join("other-key.txt");
+    std::fs::write(&other_key, age::x25519::Identity::generate().to_string().expose_secret()).unwrap();
+    let output =
+        env.output(&["restore", "--from", archive.to_str().unwrap(), "--identity", other_key.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be decrypted"), "{}", describe(&output));
+    assert!(!env.state_dir().exists(), "nothing written");
+
+    let output =
+        env.output(&["restore", "--from", archive.to_str().unwrap(), "--identity", key_file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(session(&env.database_path(), "sealed").0, device, "the same device");
+    let person = TestUser::new(synapse, "sia-").await;
+    let room = person.create_room(true, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    let ping = person.send_text(&room, "!ping").await;
+    assert!(person.wait_for_reply(&ping, &bot, TIMEOUT).await.encrypted);
+    daemon.stop();
+}

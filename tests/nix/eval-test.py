@@ -369,6 +369,20 @@ def main():
     check("a backup directory inside the state directory is refused",
           result is not None and any("backup.directory" in a for a in result["failedAssertions"]),
           error or (result or {}).get("failedAssertions"))
+    recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.backup = { enable = true; encryptTo = [ "%s" ]; }; }' % recipient))
+    script = ((result or {}).get("backup") or {}).get("script", "")
+    check("backup.encryptTo: archives are encrypted to the recipients and named .tar.age, and pruning sees them",
+          result is not None and result["failedAssertions"] == []
+          and '.tar.age" --encrypt-to %s' % recipient in script and "\\.tar(\\.age)?$" in script,
+          error or script)
+    result, error = evaluate(lib, "{ lib, ... }: " + module_with(
+        '{ services.maubot.backup = { enable = true; encryptTo = [ "AGE-SECRET-KEY-1XYZ" ]; }; }'))
+    check("... an identity given as a recipient is refused, naming it",
+          result is not None and any("AGE-SECRET-KEY-1XYZ is not an age X25519 recipient" in a
+                                     for a in result["failedAssertions"]),
+          error or (result or {}).get("failedAssertions"))
     default, _ = evaluate(lib, "{ lib, ... }: " + module_with("{ }"))
     check("... and without backup.enable there is no backup unit", default is not None and default["backup"] is None,
           default and default.get("backup"))
