@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test:
-#   1. cargo test --release: unit tests, and integration tests against a real Synapse (installed if missing);
+#   1. cargo test --release: unit tests, and integration tests against a real Synapse (installed if missing),
+#      one of them with the previous release's binary (scripts/build-previous-release.sh, cached in target/);
 #   2. tests/nix/static-test.py: every .nix parses, flake.lock is sound, the sops test secrets decrypt;
 #   3. tests/nix/script-lint.py: what the VM tests embed passes the checks nixpkgs runs when it builds them;
 #   4. tests/nix/eval-test.py: the NixOS module evaluated on nixpkgs' lib (skipped, and said so, without a lib tree);
@@ -43,6 +44,7 @@ step() {
   fi
 }
 
+step "the previous release's maubot, for the rollback test (built once, then cached)" bash scripts/build-previous-release.sh
 step "cargo test --release (unit + integration against a real Synapse)" cargo test --release --locked
 step "Nix: parse, flake.lock, sops test secrets" python3 tests/nix/static-test.py
 step "Nix: VM test scripts as nixpkgs' writers and test driver check them" python3 tests/nix/script-lint.py

@@ -84,13 +84,9 @@ fn main() -> ExitCode {
             repair_mode(&runtime, &loaded.config, &args)
         }
         Command::Setup(args) => {
+            let mut terminal = Terminal::for_setup(&args);
             let options =
                 SetupOptions { add_instances: args.add_instance, recovery_key_file: args.recovery_key_file.clone() };
-            let mut terminal = Terminal {
-                key_file: args.recovery_key_file.as_deref().map(KeyFile::new),
-                key_file_shown_as: args.recovery_key_file_shown_as.clone(),
-                shown: 0,
-            };
             let result = runtime.block_on(async {
                 tokio::select! {
                     result = setup::setup(&loaded.config, &options, &mut terminal) => Some(result),
@@ -236,11 +232,7 @@ fn repair_mode(runtime: &tokio::runtime::Runtime, config: &config::Config, args:
         eprintln!("maubot setup: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let mut terminal = Terminal {
-        key_file: args.recovery_key_file.as_deref().map(KeyFile::new),
-        key_file_shown_as: args.recovery_key_file_shown_as.clone(),
-        shown: 0,
-    };
+    let mut terminal = Terminal::for_setup(args);
     let result = runtime.block_on(async {
         tokio::select! {
             result = setup::recover::repair(config, &id, repair, &mut terminal) => Some(result),
@@ -362,6 +354,15 @@ impl Report for Terminal {
 }
 
 impl Terminal {
+    /// Where `setup`'s recovery keys go: the key file of `--recovery-key-file`, or stdout.
+    fn for_setup(args: &maubot::cli::SetupArgs) -> Self {
+        Terminal {
+            key_file: args.recovery_key_file.as_deref().map(KeyFile::new),
+            key_file_shown_as: args.recovery_key_file_shown_as.clone(),
+            shown: 0,
+        }
+    }
+
     fn finish(&self) {
         if let Some(file) = self.key_file.as_ref().filter(|f| f.written()) {
             let path = self.key_file_shown_as.as_deref().unwrap_or(file.path());

@@ -3,7 +3,8 @@
 //!
 //! The schema is a list of migrations, the n-th bringing the database to version n (`PRAGMA user_version`). Each
 //! runs in a transaction together with its version bump, so a migration that fails leaves the database at the
-//! version before it, with its data, and the plugin's start fails naming the migration. A database written by a
+//! version before it, with its data, and the plugin's start fails naming the migration. Each migration records
+//! the maubot that applied it (`maubot_migrations`, in the same transaction). A database written by a
 //! newer version of the plugin (more migrations than this one knows) is refused, never downgraded, naming the
 //! copy taken before the migration (`crate::migration_backup`, in `instances/<id>/migration-backups/`).
 //!
@@ -81,6 +82,14 @@ impl PluginDatabase {
     }
 }
 
+/// Which maubot applied each migration, and when: kept in the plugin's database beside its own tables, written in
+/// the migration's transaction.
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS maubot_migrations (
+    version INTEGER PRIMARY KEY NOT NULL,
+    migrated_by TEXT NOT NULL,
+    migrated_at INTEGER NOT NULL
+);";
+
 /// The schema version the database is at.
 pub fn schema_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -105,6 +114,12 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
         let tx = conn.transaction().map_err(failed)?;
         tx.execute_batch(sql).map_err(failed)?;
         tx.pragma_update(None, "user_version", version).map_err(failed)?;
+        tx.execute_batch(MIGRATIONS_TABLE).map_err(failed)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO maubot_migrations (version, migrated_by, migrated_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![version, concat!("maubot ", env!("CARGO_PKG_VERSION")), crate::plugin::unix_seconds()],
+        )
+        .map_err(failed)?;
         tx.commit().map_err(failed)?;
         tracing::info!(database = %path.display(), version, "migrated the plugin database");
     }
@@ -135,6 +150,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((version, room.as_str()), (2, ""), "V1 was not run again (it would fail: the table exists)");
+        let by: Vec<(u32, String)> = db
+            .call(|c| {
+                let mut stmt = c.prepare("SELECT version, migrated_by FROM maubot_migrations ORDER BY version")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            })
+            .await
+            .unwrap();
+        let this = format!("maubot {}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(by, vec![(1, this.clone()), (2, this)], "each migration records the maubot that ran it");
     }
 
     #[tokio::test]

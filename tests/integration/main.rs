@@ -19,6 +19,7 @@ mod media;
 mod notify;
 mod plugin_events;
 mod plugin_http;
+mod previous_release;
 mod recovery;
 mod rollback;
 mod room_actions;

@@ -18,26 +18,13 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How many room keys of `room` the user's current key backup holds.
 async fn backed_up_keys(homeserver: &str, token: &str, room: &str) -> usize {
-    let http = reqwest::Client::new();
-    let version: serde_json::Value = http
-        .get(format!("{homeserver}/_matrix/client/v3/room_keys/version"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: String| async move {
+        let response = reqwest::Client::new().get(format!("{homeserver}{path}")).bearer_auth(token).send().await;
+        response.unwrap().json::<serde_json::Value>().await.unwrap()
+    };
+    let version = get("/_matrix/client/v3/room_keys/version".into()).await;
     let Some(version) = version["version"].as_str() else { return 0 };
-    let keys: serde_json::Value = http
-        .get(format!("{homeserver}/_matrix/client/v3/room_keys/keys/{room}?version={version}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = get(format!("/_matrix/client/v3/room_keys/keys/{room}?version={version}")).await;
     keys["sessions"].as_object().map_or(0, |s| s.len())
 }
 

@@ -195,7 +195,12 @@ impl BotEnv {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        self.command_of(Path::new(BIN), args)
+    }
+
+    /// As [`BotEnv::command`], with another `maubot` binary (e.g. the previous release).
+    pub fn command_of(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(self.config_path())

@@ -6,6 +6,7 @@ pub mod client;
 pub mod daemon;
 pub mod media_server;
 pub mod pki;
+pub mod previous;
 pub mod proxy;
 pub mod stores;
 pub mod synapse;
