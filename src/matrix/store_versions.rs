@@ -7,7 +7,8 @@
 //! - a store newer than this build's matrix-sdk writes is refused: that bot alone fails, naming both versions and
 //!   the copy to restore, and the others run;
 //! - a store older than that (the first start after an upgrade of matrix-sdk) is copied first, into
-//!   `instances/<id>/migration-backups/`, so that a rollback can restore it; the copy is named in the log.
+//!   `instances/<id>/migration-backups/`, so that a rollback can restore it; the copy is named in the log, and
+//!   which maubot let matrix-sdk migrate it is recorded beside the store (`maubot-migrations.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,40 @@ use crate::state::{CRYPTO_STORE_FILE, STATE_STORE_FILE, StateError};
 /// The store versions this build's matrix-sdk writes (checked against freshly made stores by a unit test, so a
 /// matrix-sdk upgrade that changes them cannot go unnoticed).
 pub const KNOWN_VERSIONS: &[(&str, u8)] = &[(STATE_STORE_FILE, 15), (CRYPTO_STORE_FILE, 17)];
+
+/// Which maubot migrated a store last (matrix-sdk's stores have no place for it): `<store>/maubot-migrations.json`,
+/// by file name, written (temp file and rename, 0600) when this maubot lets matrix-sdk migrate a store.
+const RECORD_FILE: &str = "maubot-migrations.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Migration {
+    pub from: u8,
+    pub version: u8,
+    pub migrated_by: String,
+    pub migrated_at: i64,
+}
+
+/// The migrations recorded beside `store_dir`'s stores (none when there is no readable record).
+pub fn read_record(store_dir: &Path) -> std::collections::BTreeMap<String, Migration> {
+    std::fs::read(store_dir.join(RECORD_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn write_record(
+    store_dir: &Path,
+    record: &std::collections::BTreeMap<String, Migration>,
+) -> Result<(), std::io::Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = store_dir.join(RECORD_FILE);
+    let temp = store_dir.join(format!("{RECORD_FILE}.new"));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+    file.write_all(&serde_json::to_vec_pretty(record).expect("plain data"))?;
+    file.sync_all()?;
+    std::fs::rename(&temp, &path)
+}
 
 /// The version a matrix-sdk store records (`None`: no such file, or no version yet).
 pub fn version_of(database: &Path) -> rusqlite::Result<Option<u8>> {
@@ -53,12 +88,16 @@ pub fn check(id: &str, store_dir: &Path, backups_dir: &Path) -> Result<Vec<PathB
             continue;
         };
         if found > *known {
+            let by = read_record(store_dir)
+                .remove(*file)
+                .map(|m| format!("{} migrated it; ", m.migrated_by))
+                .unwrap_or_default();
             return Err(StateError::StoreTooNew {
                 id: id.to_owned(),
                 path: database.clone(),
                 found,
                 known: *known,
-                backups: migration_backup::describe(&database, backups_dir),
+                backups: format!("{by}{}", migration_backup::describe(&database, backups_dir)),
             });
         }
         if found < *known {
@@ -75,6 +114,17 @@ pub fn check(id: &str, store_dir: &Path, backups_dir: &Path) -> Result<Vec<PathB
                 "matrix-sdk is about to migrate the store; a copy of it as it was is kept for a rollback"
             );
             taken.push(copy);
+            let mut record = read_record(store_dir);
+            record.insert(
+                (*file).to_owned(),
+                Migration {
+                    from: found,
+                    version: *known,
+                    migrated_by: format!("maubot {}", env!("CARGO_PKG_VERSION")),
+                    migrated_at: crate::state::db::now_unix(),
+                },
+            );
+            write_record(store_dir, &record).map_err(|e| unreadable(&e))?;
         }
     }
     Ok(taken)
@@ -119,10 +169,14 @@ mod tests {
         let taken = check("a", &store, &backups).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(version_of(&taken[0]).unwrap(), Some(16), "the copy is the store as it was");
+        let migration = read_record(&store).remove(CRYPTO_STORE_FILE).expect("the migration is recorded");
+        assert_eq!((migration.from, migration.version), (16, 17));
+        assert_eq!(migration.migrated_by, format!("maubot {}", env!("CARGO_PKG_VERSION")));
 
         set_version(&crypto, 18);
         let refused = check("a", &store, &backups).unwrap_err().to_string();
         assert!(refused.contains("version 18") && refused.contains("knows 17"), "{refused}");
         assert!(refused.contains(taken[0].to_str().unwrap()), "names the copy to restore: {refused}");
+        assert!(refused.contains(&format!("maubot {} migrated it", env!("CARGO_PKG_VERSION"))), "{refused}");
     }
 }
