@@ -43,13 +43,6 @@ pub async fn run(
         Err(e @ StateError::Locked { .. }) => return Outcome::Failed(e.to_string()),
         Err(e) => return Outcome::FailedPermanently(e.to_string()),
     };
-    // A store a newer matrix-sdk wrote (a rollback) is refused for this bot alone; one this matrix-sdk is about
-    // to migrate is copied first.
-    match crate::matrix::store_versions::check(&id, &store_dir, &shared.layout.migration_backups_dir(&id)) {
-        Ok(_) => {}
-        Err(e @ StateError::StoreUnreadable { .. }) => return Outcome::Failed(e.to_string()),
-        Err(e) => return Outcome::FailedPermanently(e.to_string()),
-    }
     if let Some(why) = &config.unusable_secret {
         return Outcome::FailedPermanently(format!("a plugin secret cannot be read: {why}"));
     }

@@ -119,6 +119,9 @@ async fn store_account(id: &str, store_dir: &Path) -> Result<Option<(String, Str
     if !crypto_file_exists(id, &store_dir.join(CRYPTO_STORE_FILE))? {
         return Ok(None);
     }
+    // Opening the store with matrix-sdk migrates it (and would use one a newer matrix-sdk wrote): its version is
+    // checked, and a copy taken, before that.
+    super::store_versions::check(id, store_dir)?;
     let store = SqliteCryptoStore::open_with_config(&store_config(store_dir)).await.map_err(|e| unreadable(&e))?;
     let account = store.load_account().await.map_err(|e| unreadable(&e))?;
     Ok(account.map(|a| (a.user_id().to_string(), a.device_id().to_string())))

@@ -76,8 +76,10 @@ pub fn version_of(database: &Path) -> rusqlite::Result<Option<u8>> {
 }
 
 /// Checks bot `id`'s stores in `store_dir` before matrix-sdk opens them; copies those it is about to migrate
-/// into `backups_dir`. Returns the copies taken.
-pub fn check(id: &str, store_dir: &Path, backups_dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+/// into `migration-backups/` beside the store directory. Returns the copies taken. Called by
+/// `client::store_account`, the first place anything opens a set-up bot's store.
+pub fn check(id: &str, store_dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+    let backups_dir = &store_dir.with_file_name(migration_backup::DIR_NAME);
     let unreadable =
         |e: &dyn std::fmt::Display| StateError::StoreUnreadable { id: id.to_owned(), message: e.to_string() };
     let mut taken = Vec::new();
@@ -160,23 +162,34 @@ mod tests {
     async fn a_newer_store_is_refused_and_an_older_one_copied_before_it_migrates() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
-        let backups = dir.path().join("migration-backups");
         drop(SqliteCryptoStore::open(&store, None).await.unwrap());
-        assert_eq!(check("a", &store, &backups).unwrap(), Vec::<PathBuf>::new(), "current: nothing to do");
+        assert_eq!(check("a", &store).unwrap(), Vec::<PathBuf>::new(), "current: nothing to do");
 
         let crypto = store.join(CRYPTO_STORE_FILE);
         set_version(&crypto, 16);
-        let taken = check("a", &store, &backups).unwrap();
+        let taken = check("a", &store).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(version_of(&taken[0]).unwrap(), Some(16), "the copy is the store as it was");
         let migration = read_record(&store).remove(CRYPTO_STORE_FILE).expect("the migration is recorded");
         assert_eq!((migration.from, migration.version), (16, 17));
         assert_eq!(migration.migrated_by, format!("maubot {}", env!("CARGO_PKG_VERSION")));
 
+        // Looking at a store the way run and setup do (before a client is built) copies it before matrix-sdk
+        // opens, and so migrates, it.
+        std::fs::remove_dir_all(dir.path().join(migration_backup::DIR_NAME)).unwrap();
+        set_version(&crypto, 16);
+        let _ = crate::matrix::client::store_device("a", &store).await;
+        let copies: Vec<PathBuf> = std::fs::read_dir(dir.path().join(migration_backup::DIR_NAME))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(version_of(&copies[0]).unwrap(), Some(16), "copied before matrix-sdk migrated it");
+
         set_version(&crypto, 18);
-        let refused = check("a", &store, &backups).unwrap_err().to_string();
+        let refused = check("a", &store).unwrap_err().to_string();
         assert!(refused.contains("version 18") && refused.contains("knows 17"), "{refused}");
-        assert!(refused.contains(taken[0].to_str().unwrap()), "names the copy to restore: {refused}");
+        assert!(refused.contains(copies[0].to_str().unwrap()), "names the copy to restore: {refused}");
         assert!(refused.contains(&format!("maubot {} migrated it", env!("CARGO_PKG_VERSION"))), "{refused}");
     }
 }

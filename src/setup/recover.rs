@@ -196,7 +196,12 @@ async fn run(config: &Config, id: &str, repair: Repair, report: &mut dyn Report)
         });
     }
 
-    let intact = client::verify_store(&record, &store).await.is_ok();
+    let intact = match client::verify_store(&record, &store).await {
+        Ok(()) => true,
+        // Not lost: only a newer maubot can read it, and recovering would replace a working device.
+        Err(e @ StateError::StoreTooNew { .. }) => return Err(e.into()),
+        Err(_) => false,
+    };
     match (&repair, intact) {
         (Repair::Recover { .. }, true) => {
             return Err(RepairError::StoreIntact { id: id.to_owned(), device: record.device_id.clone() });
@@ -267,9 +272,8 @@ async fn reset_in_place(
     let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
     let password = instance.password.as_ref().map(|p| p.expose().to_owned()).or(record.generated_password.clone());
     let position = db.sync_token(id).await?;
-    let layout = Layout::new(config);
-    crate::matrix::store_versions::check(id, &layout.store_dir(id), &layout.migration_backups_dir(id))?;
-    let client = client::restore(&homeserver.url, &layout.store_dir(id), &record, position.as_deref()).await?;
+    let client =
+        client::restore(&homeserver.url, &Layout::new(config).store_dir(id), &record, position.as_deref()).await?;
     client.encryption().wait_for_e2ee_initialization_tasks().await;
     let key = reset(&client, &record.user_id, password.as_deref()).await?;
     show_key(report, id, &record, key)?;

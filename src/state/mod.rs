@@ -179,11 +179,6 @@ impl Layout {
     }
 
     /// The plugin's private directory (files it keeps across restarts).
-    /// Where copies of a bot's databases taken before a migration are kept (`crate::migration_backup`).
-    pub fn migration_backups_dir(&self, id: &str) -> PathBuf {
-        self.instance_dir(id).join(crate::migration_backup::DIR_NAME)
-    }
-
     pub fn plugin_data_dir(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("data")
     }
