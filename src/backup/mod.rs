@@ -388,15 +388,7 @@ fn restore_instance(
     let (target_schema, _) = crate::state::db::schema::read_versions(&conn)
         .map_err(|_| BackupError::NotAnArchive { path: target_db.clone(), reason: "not a maubot database".into() })?;
     if manifest.schema_version > target_schema {
-        return Err(BackupError::TooNew {
-            path: from.to_owned(),
-            written_by: manifest.written_by.clone(),
-            format: manifest.format,
-            schema: manifest.schema_version,
-            compat: manifest.compat_version,
-            known_format: manifest::FORMAT,
-            known_schema: target_schema,
-        });
+        return Err(too_new(from, manifest, target_schema));
     }
     if target_dir.exists() || rows::has_rows(&conn, id).map_err(db("reading the target's bots"))? {
         return Err(BackupError::InstanceExists { id: id.to_owned(), path: layout.root().to_owned() });
@@ -419,17 +411,22 @@ fn restore_instance(
 fn check_versions(from: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     let known_schema = crate::state::db::SCHEMA_VERSION;
     if manifest.format > manifest::FORMAT || manifest.compat_version > known_schema {
-        return Err(BackupError::TooNew {
-            path: from.to_owned(),
-            written_by: manifest.written_by.clone(),
-            format: manifest.format,
-            schema: manifest.schema_version,
-            compat: manifest.compat_version,
-            known_format: manifest::FORMAT,
-            known_schema,
-        });
+        return Err(too_new(from, manifest, known_schema));
     }
     Ok(())
+}
+
+/// The refusal of an archive newer than what reads it (this build, or the target's database at `known_schema`).
+fn too_new(from: &Path, manifest: &Manifest, known_schema: u32) -> BackupError {
+    BackupError::TooNew {
+        path: from.to_owned(),
+        written_by: manifest.written_by.clone(),
+        format: manifest.format,
+        schema: manifest.schema_version,
+        compat: manifest.compat_version,
+        known_format: manifest::FORMAT,
+        known_schema,
+    }
 }
 
 /// What a directory holds, when it exists and holds anything.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 /// The matrix-sdk stores a bot uses (its caches are kept in memory and not backed up).
-pub const STORE_FILES: &[&str] = &["matrix-sdk-state.sqlite3", "matrix-sdk-crypto.sqlite3"];
+pub const STORE_FILES: &[&str] = &[crate::state::STATE_STORE_FILE, crate::state::CRYPTO_STORE_FILE];
 
 /// Copies the database at `source` into the new file `target` (a consistent snapshot, compacted).
 pub fn database(source: &Path, target: &Path) -> rusqlite::Result<()> {

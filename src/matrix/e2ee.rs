@@ -60,15 +60,20 @@ pub async fn ensure_cross_signing(client: &Client, password: Option<&str>) -> Re
         let Some(uiaa) = first.as_uiaa_response() else {
             return Err(E2eeError::CrossSigning(first));
         };
-        let password = password.ok_or(E2eeError::NeedsPassword)?;
-        let mut auth = Password::new(
-            UserIdentifier::Matrix(MatrixUserIdentifier::new(user_id.localpart().to_owned())),
-            password.to_owned(),
-        );
-        auth.session = uiaa.session.clone();
-        encryption.bootstrap_cross_signing(Some(AuthData::Password(auth))).await.map_err(E2eeError::CrossSigning)?;
+        let auth = password_auth(user_id.as_str(), password.ok_or(E2eeError::NeedsPassword)?, uiaa.session.clone());
+        encryption.bootstrap_cross_signing(Some(auth)).await.map_err(E2eeError::CrossSigning)?;
     }
     Ok(())
+}
+
+/// The bot's password as the answer to a homeserver's user-interactive authentication (`session` from its
+/// challenge), as uploading or replacing cross-signing keys needs it.
+pub fn password_auth(user: &str, password: &str, session: Option<String>) -> AuthData {
+    let localpart = user.trim_start_matches('@').split(':').next().unwrap_or_default();
+    let mut auth =
+        Password::new(UserIdentifier::Matrix(MatrixUserIdentifier::new(localpart.to_owned())), password.to_owned());
+    auth.session = session;
+    AuthData::Password(auth)
 }
 
 /// Enables recovery (secret storage and key backup); returns the new recovery key.

@@ -21,7 +21,6 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::encryption::CrossSigningResetAuthType;
 use matrix_sdk::encryption::recovery::RecoveryError;
 use matrix_sdk::encryption::secret_storage::SecretStorageError;
-use matrix_sdk::ruma::api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier};
 use serde::{Deserialize, Serialize};
 
 use super::instance::{InstanceSetupError, generate_device_id, token_is_valid};
@@ -63,6 +62,26 @@ pub struct Repaired {
     pub rooms_restored: usize,
     /// Where a store that was in the way was moved.
     pub store_kept_at: Option<PathBuf>,
+}
+
+impl Repaired {
+    /// The bot keeps the device its record names.
+    fn same_device(record: &InstanceRecord, store_kept_at: Option<PathBuf>) -> Self {
+        Repaired {
+            id: record.id.clone(),
+            user_id: record.user_id.clone(),
+            device_id: record.device_id.clone(),
+            old_device: None,
+            old_device_logout_failed: false,
+            rooms_restored: 0,
+            store_kept_at,
+        }
+    }
+}
+
+/// The bot's password: the configured one, or the one setup generated and recorded.
+fn password_of(instance: &InstanceConfig, record: &InstanceRecord) -> Option<String> {
+    instance.password.as_ref().map(|p| p.expose().to_owned()).or(record.generated_password.clone())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,15 +204,7 @@ async fn run(config: &Config, id: &str, repair: Repair, report: &mut dyn Report)
     {
         tracing::info!(instance = %id, device = %record.device_id, "finishing an interrupted recovery");
         let store_kept_at = swap_in(&staging, &store)?;
-        return Ok(Repaired {
-            id: id.to_owned(),
-            user_id: record.user_id.clone(),
-            device_id: record.device_id.clone(),
-            old_device: None,
-            old_device_logout_failed: false,
-            rooms_restored: 0,
-            store_kept_at,
-        });
+        return Ok(Repaired::same_device(&record, store_kept_at));
     }
 
     let intact = match client::verify_store(&record, &store).await {
@@ -209,12 +220,7 @@ async fn run(config: &Config, id: &str, repair: Repair, report: &mut dyn Report)
         (Repair::ResetIdentity, true) => return reset_in_place(config, &db, id, instance, record, report).await,
         _ => {}
     }
-    let password = instance
-        .password
-        .as_ref()
-        .map(|p| p.expose().to_owned())
-        .or(record.generated_password.clone())
-        .ok_or_else(|| RepairError::NeedsPassword { id: id.to_owned() })?;
+    let password = password_of(instance, &record).ok_or_else(|| RepairError::NeedsPassword { id: id.to_owned() })?;
 
     let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
     let pending = log_in_new_device(&homeserver.url, id, instance, &password, &staging).await?;
@@ -270,22 +276,14 @@ async fn reset_in_place(
     report: &mut dyn Report,
 ) -> Result<Repaired, RepairError> {
     let (_, homeserver) = config.homeserver_of(instance).expect("validated: the instance has a homeserver");
-    let password = instance.password.as_ref().map(|p| p.expose().to_owned()).or(record.generated_password.clone());
+    let password = password_of(instance, &record);
     let position = db.sync_token(id).await?;
     let client =
         client::restore(&homeserver.url, &Layout::new(config).store_dir(id), &record, position.as_deref()).await?;
     client.encryption().wait_for_e2ee_initialization_tasks().await;
     let key = reset(&client, &record.user_id, password.as_deref()).await?;
     show_key(report, id, &record, key)?;
-    Ok(Repaired {
-        id: id.to_owned(),
-        user_id: record.user_id.clone(),
-        device_id: record.device_id.clone(),
-        old_device: None,
-        old_device_logout_failed: false,
-        rooms_restored: 0,
-        store_kept_at: None,
-    })
+    Ok(Repaired::same_device(&record, None))
 }
 
 fn show_key(report: &mut dyn Report, id: &str, record: &InstanceRecord, key: String) -> Result<(), RepairError> {
@@ -439,14 +437,7 @@ async fn reset(client: &Client, user: &str, password: Option<&str>) -> Result<St
     if let Some(handle) = recovery.reset_identity().await.map_err(RepairError::Reset)? {
         let auth = match handle.auth_type() {
             CrossSigningResetAuthType::Uiaa(uiaa) => {
-                let password = password.ok_or(E2eeError::NeedsPassword)?;
-                let localpart = user.trim_start_matches('@').split(':').next().unwrap_or_default();
-                let mut auth = Password::new(
-                    UserIdentifier::Matrix(MatrixUserIdentifier::new(localpart.to_owned())),
-                    password.to_owned(),
-                );
-                auth.session = uiaa.session.clone();
-                AuthData::Password(auth)
+                e2ee::password_auth(user, password.ok_or(E2eeError::NeedsPassword)?, uiaa.session.clone())
             }
             CrossSigningResetAuthType::OAuth(_) => {
                 handle.cancel().await;
