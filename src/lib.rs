@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod host;
 pub mod instance;
 pub mod matrix;

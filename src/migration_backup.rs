@@ -41,7 +41,7 @@ pub fn take(conn: &Connection, database: &Path, dir: &Path, version: &str) -> Re
     })?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).map_err(io(&target))?;
     std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io(&target))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    crate::durable::sync_dir(dir).map_err(io(dir))?;
     Ok(target)
 }
 

@@ -442,7 +442,5 @@ fn non_empty(dir: &Path) -> Result<Option<String>, BackupError> {
 }
 
 fn sync_dir(dir: &Path) {
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
+    let _ = crate::durable::sync_dir(dir);
 }

@@ -45,14 +45,10 @@ fn write_record(
     store_dir: &Path,
     record: &std::collections::BTreeMap<String, Migration>,
 ) -> Result<(), std::io::Error> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = store_dir.join(RECORD_FILE);
-    let temp = store_dir.join(format!("{RECORD_FILE}.new"));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
-    file.write_all(&serde_json::to_vec_pretty(record).expect("plain data"))?;
-    file.sync_all()?;
-    std::fs::rename(&temp, &path)
+    crate::durable::write_private_file(
+        &store_dir.join(RECORD_FILE),
+        &serde_json::to_vec_pretty(record).expect("plain data"),
+    )
 }
 
 /// The version a matrix-sdk store records (`None`: no such file, or no version yet).

@@ -69,11 +69,7 @@ impl MatrixView {
                         let Some(wait) = crate::matrix_errors::retry_after(&e) else {
                             return Err(RoomOpError::Matrix(e));
                         };
-                        tracing::info!(
-                            wait_ms = wait.as_millis() as u64,
-                            "the homeserver rate-limits the bot; waiting"
-                        );
-                        tokio::time::sleep(wait.min(LONGEST_RATE_LIMIT_WAIT)).await;
+                        self.wait_out(wait).await;
                         attempt += 1;
                     }
                     result => return result,
@@ -85,9 +81,21 @@ impl MatrixView {
         if let Err(RoomOpError::Matrix(e)) = &result
             && let Some(wait) = crate::matrix_errors::retry_after(e)
         {
-            limiter.back_off(Some(wait)).await;
+            self.wait_out(wait).await;
         }
         result
+    }
+
+    /// Waits out the homeserver's "too many requests": through the bot's limiter where it has one (which then
+    /// paces its other calls too), else here, at most [`LONGEST_RATE_LIMIT_WAIT`].
+    async fn wait_out(&self, wait: Duration) {
+        match &self.limiter {
+            Some(limiter) => limiter.back_off(Some(wait)).await,
+            None => {
+                tracing::info!(wait_ms = wait.as_millis() as u64, "the homeserver rate-limits the bot; waiting");
+                tokio::time::sleep(wait.min(LONGEST_RATE_LIMIT_WAIT)).await;
+            }
+        }
     }
 
     pub async fn members(&self, room: &RoomId) -> Result<Vec<Member>, RoomOpError> {
@@ -217,11 +225,7 @@ impl MatrixView {
             let status = response.status().as_u16();
             let value: Value = response.json().await.unwrap_or(Value::Null);
             if status == 429 && attempt < RATE_LIMITED_ATTEMPTS {
-                let wait = Duration::from_millis(value["retry_after_ms"].as_u64().unwrap_or(1000));
-                match &self.limiter {
-                    Some(limiter) => limiter.back_off(Some(wait)).await,
-                    None => tokio::time::sleep(wait.min(LONGEST_RATE_LIMIT_WAIT)).await,
-                }
+                self.wait_out(Duration::from_millis(value["retry_after_ms"].as_u64().unwrap_or(1000))).await;
                 attempt += 1;
                 continue;
             }

@@ -12,7 +12,6 @@
 //! crash in between only finishes the swap. A store that was there (damaged, or another device's) is kept as
 //! `store.lost-<time>`, never deleted.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -354,24 +353,13 @@ fn read_pending(staging: &Path) -> Result<Option<PendingSession>, RepairError> {
 
 /// Writes the login (mode 0600) to a temp file, makes it durable and renames it into place.
 fn write_pending(staging: &Path, pending: &PendingSession) -> Result<(), RepairError> {
-    use std::io::Write as _;
     let path = staging.join(SESSION_FILE);
-    let temp = staging.join(format!("{SESSION_FILE}.new"));
     let text = serde_json::to_vec(pending).expect("plain strings");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(state::io(&temp))?;
-    file.write_all(&text).and_then(|()| file.sync_all()).map_err(state::io(&temp))?;
-    std::fs::rename(&temp, &path).map_err(state::io(&path))?;
-    sync_dir(staging)
+    crate::durable::write_private_file(&path, &text).map_err(|e| state::io(&path)(e).into())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RepairError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| state::io(dir)(e).into())
+    crate::durable::sync_dir(dir).map_err(|e| state::io(dir)(e).into())
 }
 
 /// Puts the recovered store in place: what was at `store` is kept beside it, the login file goes.

@@ -309,19 +309,10 @@ impl Plugin for Github {
 mod tests {
     use super::*;
     use crate::plugin::github::filter::Notice;
-    use crate::plugin::github::render::{Item, Line};
+    use crate::plugin::github::render::Item;
 
     fn notice(text: &str) -> Notice {
-        let line = Line { text: text.into(), html: text.into() };
-        let item = Item {
-            repo: "o/r".into(),
-            repo_url: "https://github.com/o/r".into(),
-            title: None,
-            summary: line.clone(),
-            short: line,
-            details: vec![],
-        };
-        Notice { room: "!a:x".try_into().unwrap(), group: "g".into(), item }
+        Notice { room: "!a:x".try_into().unwrap(), group: "g".into(), item: Item::sample(text) }
     }
 
     /// A host that keeps jobs: answers each with `kept` and records the keys.

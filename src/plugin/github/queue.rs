@@ -153,18 +153,9 @@ pub async fn prune(db: &PluginDatabase, now_secs: i64) -> Result<usize, StorageE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::github::render::Line;
 
     fn item(text: &str) -> Item {
-        let line = Line { text: text.into(), html: text.into() };
-        Item {
-            repo: "o/r".into(),
-            repo_url: "https://github.com/o/r".into(),
-            title: None,
-            summary: line.clone(),
-            short: line,
-            details: vec![],
-        }
+        Item::sample(text)
     }
 
     fn notice(room: &str, group: &str, text: &str) -> Notice {

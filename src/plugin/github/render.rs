@@ -340,6 +340,22 @@ fn push(b: &Builder<'_>, payload: &Value) -> Option<(String, Item)> {
     Some((format!("push {reference}"), item))
 }
 
+#[cfg(test)]
+impl Item {
+    /// An item of repository o/r whose every line is `text` (for tests of what carries items).
+    pub fn sample(text: &str) -> Item {
+        let line = Line { text: text.into(), html: text.into() };
+        Item {
+            repo: "o/r".into(),
+            repo_url: "https://github.com/o/r".into(),
+            title: None,
+            summary: line.clone(),
+            short: line,
+            details: vec![],
+        }
+    }
+}
+
 /// The message for the items of one group, oldest first: `(plain text, HTML)`.
 pub fn message(items: &[Item]) -> (String, String) {
     let Some(last) = items.last() else {

@@ -87,7 +87,7 @@ impl Database {
         std::fs::File::open(&building).and_then(|f| f.sync_all()).map_err(super::io(&building))?;
         std::fs::rename(&building, path).map_err(super::io(path))?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(super::io(dir))?;
+            crate::durable::sync_dir(dir).map_err(super::io(dir))?;
         }
         Self::open(path)
     }
