@@ -45,14 +45,25 @@ pub fn release_free_heap() {
     }
 }
 
-/// Unmaps the pages of the binary's own machine code from the process (MADV_DONTNEED on its executable
-/// mappings), once start-up is over: configuration, migrations, session restore and the first syncs touch much
-/// code that a running bot never uses again, and the kernel keeps every page touched (and its neighbours: it
-/// maps 64 KiB around each fault) in the process's resident set until memory runs short (the page cache keeps
-/// the pages either way; this lowers RSS, not the cgroup's page cache). The code a running bot uses
-/// comes back on first touch, from the page cache. Safe for code pages only: they are never written, so
-/// mapping them again gives the same bytes (the read-only data after relocation is not touched here). A debugger's
-/// or uprobe's breakpoints set before READY are lost with the pages.
+/// Unmaps the pages of the binary's own machine code from the process once start-up is over, and drops them
+/// from the page cache. Configuration, migrations, session restore and the first syncs touch much code that a
+/// running bot never uses again, and the kernel keeps every page touched in the process's resident set until
+/// memory runs short. Three steps, on the executable mappings only:
+///
+/// - `MADV_DONTNEED`: the pages leave the resident set;
+/// - `POSIX_FADV_DONTNEED` on the binary: its pages that no process maps any more leave the page cache too. A
+///   later fault reads its page from disk again, and the kernel's fault-around (which maps up to 64 KiB of
+///   *cached* pages around every fault) finds fewer neighbours to map. Those pages were also charged to the
+///   service's cgroup (systemd's `MemoryCurrent`);
+/// - `MADV_RANDOM`: on kernels that honour it for code, a fault reads only its own page. Linux 6.18 does not: a
+///   fault in an executable mapping reads a whole readahead window around it (measured: 8 MiB windows on a
+///   disk with `read_ahead_kb` 8192), which limits what the second step saves (docs/benchmark.md).
+///
+/// The cost: the first use of cold code after READY (a management API call, a plugin's first job) reads it from
+/// disk. Pages another process maps (a second daemon of the same binary) stay where they are.
+/// Safe for code pages only: they are never written, so mapping them again gives the same bytes (the read-only
+/// data after relocation is not touched here). A debugger's or uprobe's breakpoints set before READY are lost
+/// with the pages.
 pub fn release_startup_code() {
     #[cfg(target_os = "linux")]
     {
@@ -73,11 +84,25 @@ pub fn release_startup_code() {
                 continue;
             };
             // SAFETY: the range is a private, never-written mapping of the executable file; dropping its pages
-            // only makes the next access fault them in again from the same file.
+            // only makes the next access fault them in again from the same file, and MADV_RANDOM only changes
+            // how much the kernel reads ahead on such a fault.
             unsafe {
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
             }
         }
+        drop_unmapped_pages_of(std::path::Path::new("/proc/self/exe"));
+    }
+}
+
+/// Asks the kernel to drop the file's clean pages from the page cache where no process maps them.
+#[cfg(target_os = "linux")]
+fn drop_unmapped_pages_of(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else { return };
+    // SAFETY: posix_fadvise only gives the kernel advice about the open file's cached pages.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
 }
 
