@@ -340,7 +340,9 @@ impl Instance {
             spec,
         });
         listeners::start(&self.id, &self.listeners, endpoint.clone(), stop).await.map_err(Outcome::Failed)?;
-        Ok(Some(self.endpoints.register(&self.id, endpoint)))
+        let registration = self.endpoints.register(&self.id, endpoint);
+        tracing::info!(instance = %self.id, path = %format!("/_plugins/{}/", self.id), "the plugin's HTTP routes are reachable on the management API");
+        Ok(Some(registration))
     }
 }
 

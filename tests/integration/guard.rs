@@ -167,7 +167,13 @@ async fn the_guard_invites_and_removes_as_its_policy_says_and_never_against_a_pe
     // Dry run: the plan is reported, nothing changes.
     let mut daemon = start(&env);
     let mut api = Api::new(&env);
-    let (status, body) = operator(&api, reqwest::Method::GET, "/report", None).await;
+    // The management API answers 503 until the guard's run has registered its routes (the log line `start`
+    // waits for may be the space instance's listener); then the guard itself refuses a call without a token.
+    let (status, body) = eventually(TIMEOUT, "the guard's routes to be reachable", || async {
+        let (status, body) = operator(&api, reqwest::Method::GET, "/report", None).await;
+        (status != 503).then_some((status, body))
+    })
+    .await;
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("operator_only")), "no token: {body}");
     api.login().await;
     owner.wait_for_join(&room, &guard).await;
