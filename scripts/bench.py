@@ -6,8 +6,10 @@ Measures process RSS with 1 and with N bots (each a separate bot user, all in on
 pong (a ping sent while the daemon was down), `!ping` -> `pong` round trip (median, p95) over sequential pings,
 the bot's CPU per pong and its turnaround in Synapse's access log, a burst of pings sent as fast as this client
 can (pongs per second, lost), several senders at once against 1 bot and 3 bots, the round trip through an `exec`
-bot, a backup of N running bots (time, archive size) and its restore, and a scale phase (--scale bots, a room
-each: RSS, memory per bot beyond N, READY after a restart).
+bot, exactly once across a stall (SIGSTOP while 100 pings are sent, then SIGCONT) and a crash (SIGKILL half-way
+through a burst, then a restart): lost and duplicated replies, a backup of N running bots (time, archive size)
+and its restore, and a scale phase (--scale bots, a room each: RSS, memory per bot beyond N, READY after a
+restart).
 --compare-maubot runs the same phases against Python maubot 0.6.0 in the same run.
 
 Usage: python3 scripts/bench.py [--instances 10] [--pings 50] [--burst 200] [--scale 100] [--memory-runs 3]
@@ -22,6 +24,7 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -219,7 +222,7 @@ def history_figures(api, rooms_pings, bots):
     room to the ping event ids sent there, `bots` a room to the bot that answers in it."""
     deadline = time.monotonic() + 120
     while True:
-        sent_ts, replies = {}, {}
+        sent_ts, replies, answers = {}, {}, {}
         for room, pings in rooms_pings.items():
             wanted = set(pings)
             events = room_events(api, room, limit=4 * len(pings) + 200)
@@ -228,15 +231,26 @@ def history_figures(api, rooms_pings, bots):
                 target = e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
                 if e.get("sender") == bots[room] and target in wanted:
                     replies.setdefault(target, e["origin_server_ts"])
+                    answers[target] = answers.get(target, 0) + 1
         total = sum(len(p) for p in rooms_pings.values())
         if len(replies) == total or time.monotonic() > deadline:
             break
         time.sleep(1)
+    # Answers that arrive after the last missing one would be missed: give a late duplicate a moment to show.
+    time.sleep(2)
+    for room, pings in rooms_pings.items():
+        wanted = set(pings)
+        answers.update({p: 0 for p in wanted})
+        for e in room_events(api, room, limit=4 * len(pings) + 200):
+            target = e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+            if e.get("sender") == bots[room] and target in wanted:
+                answers[target] += 1
     round_trips = [replies[p] - sent_ts[p] for p in replies if p in sent_ts]
     span_s = (max(replies.values()) - min(sent_ts.values())) / 1000 if replies else 0
     return {
         "pings": total,
         "lost": total - len(replies),
+        "duplicated": sum(1 for count in answers.values() if count > 1),
         "pongs_per_s": len(replies) / span_s if span_s else 0,
         "round_trip_ms_median": statistics.median(round_trips) if round_trips else None,
         "round_trip_ms_p95": percentile(round_trips, 95) if round_trips else None,
@@ -267,6 +281,30 @@ def concurrent_load(synapse, owner, targets, senders, pings):
     for thread in threads:
         thread.join()
     return history_figures(owner.api, sent, dict(targets))
+
+
+def stalled(deployment, person, room, bot, pings):
+    """Exactly once across a stall: the daemon stopped with SIGSTOP while `pings` `!ping`s are sent, then
+    continued (SIGCONT); history_figures of the replies."""
+    deployment.proc.send_signal(signal.SIGSTOP)
+    try:
+        sent = [person.api.send_text(room, "!ping") for _ in range(pings)]
+    finally:
+        deployment.proc.send_signal(signal.SIGCONT)
+    return history_figures(person.api, {room: sent}, {room: bot})
+
+
+def crashed(deployment, person, room, bot, pings):
+    """Exactly once across a crash: `pings` `!ping`s sent back to back; when half are out, the daemon is killed
+    (SIGKILL) and the rest are sent while it is down; then it is started again. history_figures of the replies."""
+    sent = []
+    for i in range(pings):
+        if i == pings // 2:
+            deployment.proc.kill()
+            deployment.proc.wait()
+        sent.append(person.api.send_text(room, "!ping"))
+    deployment.start()
+    return history_figures(person.api, {room: sent}, {room: bot})
 
 
 def access_log_turnarounds(log_path, user, since, until):
@@ -455,6 +493,8 @@ def main():
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--senders", type=int, default=8, help="clients sending at once in the load phases")
     parser.add_argument("--load-pings", type=int, default=200, help="pings the senders send together per phase")
+    parser.add_argument("--stall-pings", type=int, default=100,
+                        help="pings sent while the daemon is stopped with SIGSTOP")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to take READY/first-pong medians over")
     parser.add_argument("--memory-runs", type=int, default=3,
                         help="fresh N-bot deployments to take the RSS median over")
@@ -508,6 +548,10 @@ def main():
 
         # Several senders at once, one bot in one room.
         results["load_1_bot"] = concurrent_load(synapse, person, [(room, bot)], args.senders, args.load_pings)
+
+        # Exactly once when the daemon stalls and when it is killed in the middle of a burst.
+        results["stall"] = stalled(one, person, room, bot, args.stall_pings)
+        results["crash"] = crashed(one, person, room, bot, args.burst)
         one.stop()
 
         # Several senders at once, round-robin over three bots in three rooms.
@@ -584,6 +628,11 @@ def main():
                                                       f"p95 {results['exec_round_trip_ms_p95']:.0f} ms"),
         (f"burst of {args.burst}: pongs per second", f"{results['burst_pongs_per_s']:.1f}"),
         ("burst: lost replies", f"{results['burst_lost']}"),
+        (f"{results['stall']['pings']} pings sent during a SIGSTOP, then SIGCONT",
+         f"{results['stall']['lost']} lost, {results['stall']['duplicated']} duplicated, "
+         f"round trip median {results['stall']['round_trip_ms_median'] or 0:.0f} ms"),
+        (f"burst of {results['crash']['pings']}, SIGKILL half-way, restarted",
+         f"{results['crash']['lost']} lost, {results['crash']['duplicated']} duplicated"),
         ("bot CPU per pong (sequential)", f"{results['cpu_ms_per_pong']:.1f} ms"),
         ("bot turnaround (Synapse access log): median", f"{results['turnaround_ms_median']:.1f} ms"
          if results["turnaround_ms_median"] is not None else "none"),
@@ -599,7 +648,7 @@ def main():
         load = results[key]
         rows.append((f"{args.senders} senders, {load['pings']} pings, {label}",
                      f"{load['pongs_per_s']:.1f} pongs/s, round trip median {load['round_trip_ms_median']:.0f} ms, "
-                     f"p95 {load['round_trip_ms_p95']:.0f} ms, {load['lost']} lost"))
+                     f"p95 {load['round_trip_ms_p95']:.0f} ms, {load['lost']} lost, {load['duplicated']} duplicated"))
     width = max(len(r[0]) for r in rows)
     print()
     for label, value in rows:
