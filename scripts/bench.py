@@ -222,7 +222,7 @@ def history_figures(api, rooms_pings, bots):
     room to the ping event ids sent there, `bots` a room to the bot that answers in it."""
     deadline = time.monotonic() + 120
     while True:
-        sent_ts, replies, answers = {}, {}, {}
+        sent_ts, replies = {}, {}
         for room, pings in rooms_pings.items():
             wanted = set(pings)
             events = room_events(api, room, limit=4 * len(pings) + 200)
@@ -231,13 +231,13 @@ def history_figures(api, rooms_pings, bots):
                 target = e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
                 if e.get("sender") == bots[room] and target in wanted:
                     replies.setdefault(target, e["origin_server_ts"])
-                    answers[target] = answers.get(target, 0) + 1
         total = sum(len(p) for p in rooms_pings.values())
         if len(replies) == total or time.monotonic() > deadline:
             break
         time.sleep(1)
     # Answers that arrive after the last missing one would be missed: give a late duplicate a moment to show.
     time.sleep(2)
+    answers = {}
     for room, pings in rooms_pings.items():
         wanted = set(pings)
         answers.update({p: 0 for p in wanted})

@@ -8,6 +8,7 @@
 
 use matrix_sdk::Client;
 use matrix_sdk::encryption::recovery::RecoveryError;
+use matrix_sdk::ruma::UserId;
 use matrix_sdk::ruma::api::client::backup::{delete_backup_version, get_latest_backup_info};
 use matrix_sdk::ruma::api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier};
 
@@ -60,7 +61,7 @@ pub async fn ensure_cross_signing(client: &Client, password: Option<&str>) -> Re
         let Some(uiaa) = first.as_uiaa_response() else {
             return Err(E2eeError::CrossSigning(first));
         };
-        let auth = password_auth(user_id.as_str(), password.ok_or(E2eeError::NeedsPassword)?, uiaa.session.clone());
+        let auth = password_auth(&user_id, password.ok_or(E2eeError::NeedsPassword)?, uiaa.session.clone());
         encryption.bootstrap_cross_signing(Some(auth)).await.map_err(E2eeError::CrossSigning)?;
     }
     Ok(())
@@ -68,10 +69,11 @@ pub async fn ensure_cross_signing(client: &Client, password: Option<&str>) -> Re
 
 /// The bot's password as the answer to a homeserver's user-interactive authentication (`session` from its
 /// challenge), as uploading or replacing cross-signing keys needs it.
-pub fn password_auth(user: &str, password: &str, session: Option<String>) -> AuthData {
-    let localpart = user.trim_start_matches('@').split(':').next().unwrap_or_default();
-    let mut auth =
-        Password::new(UserIdentifier::Matrix(MatrixUserIdentifier::new(localpart.to_owned())), password.to_owned());
+pub fn password_auth(user: &UserId, password: &str, session: Option<String>) -> AuthData {
+    let mut auth = Password::new(
+        UserIdentifier::Matrix(MatrixUserIdentifier::new(user.localpart().to_owned())),
+        password.to_owned(),
+    );
     auth.session = session;
     AuthData::Password(auth)
 }

@@ -244,7 +244,7 @@ async fn run(config: &Config, id: &str, repair: Repair, report: &mut dyn Report)
             rooms_restored = download_room_keys(&client, id).await;
         }
         Repair::ResetIdentity => {
-            let key = reset(&client, &record.user_id, Some(&password)).await?;
+            let key = reset(&client, Some(&password)).await?;
             show_key(report, id, &new_record, key)?;
         }
     }
@@ -280,7 +280,7 @@ async fn reset_in_place(
     let client =
         client::restore(&homeserver.url, &Layout::new(config).store_dir(id), &record, position.as_deref()).await?;
     client.encryption().wait_for_e2ee_initialization_tasks().await;
-    let key = reset(&client, &record.user_id, password.as_deref()).await?;
+    let key = reset(&client, password.as_deref()).await?;
     show_key(report, id, &record, key)?;
     Ok(Repaired::same_device(&record, None))
 }
@@ -420,7 +420,8 @@ async fn download_room_keys(client: &Client, id: &str) -> usize {
 }
 
 /// Replaces the bot's cross-signing identity, secret storage and key backup; returns the new recovery key.
-async fn reset(client: &Client, user: &str, password: Option<&str>) -> Result<String, RepairError> {
+async fn reset(client: &Client, password: Option<&str>) -> Result<String, RepairError> {
+    let user = client.user_id().expect("logged in");
     let recovery = client.encryption().recovery();
     if let Some(handle) = recovery.reset_identity().await.map_err(RepairError::Reset)? {
         let auth = match handle.auth_type() {
