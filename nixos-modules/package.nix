@@ -19,6 +19,9 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       ../tests
+      # Cargo's build script (Cargo.toml `build`) and the link order it gives lld.
+      ../scripts/link-order.rs
+      ../scripts/hot-code.txt
       # Served by the management API (include_str! in src/api/mod.rs).
       ../docs/management-api.yaml
     ];

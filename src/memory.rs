@@ -45,10 +45,12 @@ pub fn release_free_heap() {
     }
 }
 
-/// Unmaps the pages of the binary's own machine code from the process once start-up is over, and drops them
-/// from the page cache. Configuration, migrations, session restore and the first syncs touch much code that a
-/// running bot never uses again, and the kernel keeps every page touched in the process's resident set until
-/// memory runs short. Three steps, on the executable mappings only:
+/// Unmaps the pages of the binary's machine code and read-only data, and of the shared libraries', from the
+/// process once start-up is over, and drops the binary's from the page cache. Configuration, migrations, session
+/// restore and the first syncs touch much code and data that a running bot never uses again, and the kernel keeps
+/// every page touched in the process's resident set until memory runs short. Three steps, on the read-only file
+/// mappings that hold no page of their own (no copy-on-write page: relocated data, the RELRO segment, is never
+/// touched, since dropping it would bring back the file's unrelocated bytes):
 ///
 /// - `MADV_DONTNEED`: the pages leave the resident set;
 /// - `POSIX_FADV_DONTNEED` on the binary: its pages that no process maps any more leave the page cache too. A
@@ -57,42 +59,62 @@ pub fn release_free_heap() {
 ///   service's cgroup (systemd's `MemoryCurrent`);
 /// - `MADV_RANDOM`: on kernels that honour it for code, a fault reads only its own page. Linux 6.18 does not: a
 ///   fault in an executable mapping reads a whole readahead window around it (measured: 8 MiB windows on a
-///   disk with `read_ahead_kb` 8192), which limits what the second step saves (docs/benchmark.md).
+///   disk with `read_ahead_kb` 8192), which is why the code a running bot uses is linked in one place
+///   (scripts/link-order.rs; docs/benchmark.md).
 ///
 /// The cost: the first use of cold code after READY (a management API call, a plugin's first job) reads it from
-/// disk. Pages another process maps (a second daemon of the same binary) stay where they are.
-/// Safe for code pages only: they are never written, so mapping them again gives the same bytes (the read-only
-/// data after relocation is not touched here). A debugger's or uprobe's breakpoints set before READY are lost
-/// with the pages.
+/// disk. Pages another process maps (a second daemon of the same binary, other programs' libc) stay where they
+/// are. A debugger's or uprobe's breakpoints set before READY are lost with the pages.
 pub fn release_startup_code() {
     #[cfg(target_os = "linux")]
     {
-        let (Ok(exe), Ok(maps)) = (std::fs::read_link("/proc/self/exe"), std::fs::read_to_string("/proc/self/maps"))
-        else {
-            return;
-        };
-        let Some(exe) = exe.to_str() else { return };
-        for line in maps.lines() {
-            // start-end perms offset dev inode path
-            let mut fields = line.splitn(6, ' ');
-            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
-            if perms != "r-xp" || fields.nth(3).map(str::trim_start) != Some(exe) {
-                continue;
-            }
-            let Some((start, end)) = range.split_once('-') else { continue };
-            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
-                continue;
-            };
-            // SAFETY: the range is a private, never-written mapping of the executable file; dropping its pages
-            // only makes the next access fault them in again from the same file, and MADV_RANDOM only changes
-            // how much the kernel reads ahead on such a fault.
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+        for mapping in read_only_file_mappings(&smaps) {
+            // SAFETY: the range is a private, read-only mapping of a file with no page of its own (checked in
+            // smaps just now; a read-only mapping cannot gain one without an mprotect, which this program does
+            // not make after start-up). Dropping its pages only makes the next access fault them in again from
+            // the same file; MADV_RANDOM only changes how much the kernel reads ahead on such a fault.
             unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+                libc::madvise(mapping.start as *mut libc::c_void, mapping.len, libc::MADV_DONTNEED);
+                libc::madvise(mapping.start as *mut libc::c_void, mapping.len, libc::MADV_RANDOM);
             }
         }
         drop_unmapped_pages_of(std::path::Path::new("/proc/self/exe"));
     }
+}
+
+/// A mapping `release_startup_code` may drop.
+#[derive(Debug, PartialEq)]
+struct Mapping {
+    start: usize,
+    len: usize,
+}
+
+/// The private read-only (`r--p`, `r-xp`) mappings of files in `/proc/self/smaps` text whose `Anonymous` size
+/// is 0: every page they hold is the file's own.
+fn read_only_file_mappings(smaps: &str) -> Vec<Mapping> {
+    let mut found = Vec::new();
+    let mut candidate: Option<Mapping> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(first), Some(second)) = (fields.next(), fields.next()) else { continue };
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            // start-end perms offset dev inode path: a new mapping.
+            candidate = None;
+            let path = fields.nth(3);
+            if !matches!(second, "r--p" | "r-xp") || !path.is_some_and(|p| p.starts_with('/')) {
+                continue;
+            }
+            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                candidate = Some(Mapping { start, len: end.saturating_sub(start) });
+            }
+        } else if first == "Anonymous:"
+            && let Some(mapping) = candidate.take().filter(|_| second == "0")
+        {
+            found.push(mapping);
+        }
+    }
+    found
 }
 
 /// Asks the kernel to drop the file's clean pages from the page cache where no process maps them.
@@ -142,4 +164,76 @@ pub fn usage() -> Usage {
     // SAFETY: sqlite3_memory_used reads a global counter.
     usage.sqlite_bytes = u64::try_from(unsafe { rusqlite::ffi::sqlite3_memory_used() }).unwrap_or(0);
     usage
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55a0c0000000-55a0c0100000 r--p 00000000 fd:01 42     /usr/bin/maubot
+Size:               1024 kB
+Rss:                 512 kB
+Anonymous:             0 kB
+55a0c0100000-55a0c0300000 r-xp 00100000 fd:01 42     /usr/bin/maubot
+Anonymous:             0 kB
+55a0c0300000-55a0c0310000 r--p 00300000 fd:01 42     /usr/bin/maubot
+Anonymous:            64 kB
+55a0c0310000-55a0c0311000 rw-p 00310000 fd:01 42     /usr/bin/maubot
+Anonymous:             4 kB
+7f0000000000-7f0000001000 r--s 00000000 fd:01 77     /var/lib/maubot/bot/state.sqlite3-shm
+Anonymous:             0 kB
+7f0000002000-7f0000003000 r--p 00000000 00:00 0 
+Anonymous:             0 kB
+7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0      [vdso]
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_read_only_file_mappings_without_pages_of_their_own_are_released() {
+        assert_eq!(
+            read_only_file_mappings(SMAPS),
+            vec![Mapping { start: 0x55a0c0000000, len: 0x100000 }, Mapping { start: 0x55a0c0100000, len: 0x200000 },],
+            "the relocated RELRO segment (anonymous pages), writable, shared, anonymous and vDSO mappings stay"
+        );
+    }
+
+    /// Resident KiB of the mapping that starts at `start`, from /proc/self/smaps.
+    fn resident_kib(start: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&header));
+        lines.find_map(|line| line.strip_prefix("Rss:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    }
+
+    static GREETINGS: [&(dyn Fn() -> String + Sync); 2] = [&|| "hello".to_string(), &|| format!("{}", 42)];
+
+    #[test]
+    fn released_pages_leave_the_resident_set_and_the_program_runs_on() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let released = read_only_file_mappings(&smaps);
+        // The test binary's read-only data (the segment before its code): every page touched, so all resident.
+        let data = smaps
+            .lines()
+            .filter(|line| line.contains(" r--p 00000000 ") && line.ends_with(exe.to_str().unwrap()))
+            .map(|line| usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap())
+            .next()
+            .expect("the binary's first mapping");
+        let len = released.iter().find(|m| m.start == data).expect("it is released").len;
+        let sum = (0..len).step_by(4096).map(|offset| {
+            // SAFETY: inside a readable mapping of this process.
+            unsafe { std::ptr::read_volatile((data + offset) as *const u8) as u64 }
+        });
+        std::hint::black_box(sum.sum::<u64>());
+        let before = resident_kib(data);
+        assert!(before * 1024 >= len as u64 * 9 / 10, "touched: {before} KiB of {len} bytes");
+
+        release_startup_code();
+
+        let after = resident_kib(data);
+        assert!(after < before / 2, "resident after release: {after} KiB (before: {before} KiB)");
+        // Code, vtables and relocated pointers (RELRO, left alone) still work.
+        assert_eq!(GREETINGS.iter().map(|greet| greet()).collect::<Vec<_>>(), ["hello", "42"]);
+    }
 }

@@ -15,6 +15,7 @@ mod host_api;
 mod hostile_api;
 mod hostile_config;
 mod lifecycle;
+mod link_order;
 mod media;
 mod notify;
 mod plugin_events;

@@ -10,12 +10,15 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 from checks import check, summary  # noqa: E402
 ENV = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = nix-command flakes\nfsync-metadata = false")
+
+
 def nix_files():
     tracked = subprocess.run(["git", "-C", ROOT, "ls-files", "*.nix"], capture_output=True, text=True).stdout.split()
     return sorted(set(tracked) | {os.path.relpath(os.path.join(d, f), ROOT)
@@ -31,7 +34,8 @@ def main():
 
     lock = json.load(open(os.path.join(ROOT, "flake.lock")))
     nodes = lock.get("nodes", {})
-    check("flake.lock is version 7 with a root node", lock.get("version") == 7 and lock.get("root") in nodes, lock.keys())
+    check("flake.lock is version 7 with a root node", lock.get("version") == 7 and lock.get("root") in nodes,
+          lock.keys())
     root_inputs = nodes.get(lock.get("root"), {}).get("inputs", {})
     flake = open(os.path.join(ROOT, "flake.nix")).read()
     declared = set(re.findall(r"^    ([a-z-]+)(?:\.url| = \{)", flake, re.M))
@@ -67,6 +71,18 @@ def main():
     encrypted = open(os.path.join(ROOT, "secrets", "test-secrets.yaml")).read()
     check("the committed test secrets are encrypted", "maubot-vm-test-registration-token" not in encrypted
           and "ENC[AES256_GCM" in encrypted)
+
+    # The package (nixos-modules/package.nix) builds from a file set: Cargo's build script and the files it reads
+    # must be in it, or the Nix build fails where nothing here can build it.
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        build_script = tomllib.load(f)["package"].get("build")
+    needed = [build_script] if build_script else []
+    if build_script:
+        script = open(os.path.join(ROOT, build_script)).read()
+        needed += re.findall(r'const \w+: &str = "([^"]+)";', script)
+    package = open(os.path.join(ROOT, "nixos-modules", "package.nix")).read()
+    check("the Nix package's source has Cargo's build script and the files it reads",
+          needed and all(f"../{path}" in package for path in needed), needed)
 
     return summary()
 
