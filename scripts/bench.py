@@ -144,17 +144,18 @@ class Deployment:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.proc = None
 
-    def start(self):
-        """Starts `maubot run`; returns seconds from exec to READY=1."""
+    def start(self, wrapper=(), extra_env=None, timeout=60):
+        """Starts `maubot run` (behind `wrapper`, a command prefix such as valgrind's, with `extra_env`); returns
+        seconds from exec to READY=1, waiting up to `timeout` seconds for it."""
         sock_path = os.path.join(self.dir, "notify.sock")
         if os.path.exists(sock_path):
             os.unlink(sock_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(sock_path)
-        listener.settimeout(60)
-        env = dict(self.env, NOTIFY_SOCKET=sock_path)
+        listener.settimeout(timeout)
+        env = dict(self.env, NOTIFY_SOCKET=sock_path, **(extra_env or {}))
         started = time.monotonic()
-        self.proc = subprocess.Popen([BINARY, "--config", self.config, "run"], env=env,
+        self.proc = subprocess.Popen([*wrapper, BINARY, "--config", self.config, "run"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "run.log"), "a"))
         self.started = started
         while True:

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,28 +37,16 @@ from bench import (BINARY, ROOT, Deployment, Person, Synapse, a_room_each, concu
 
 def start_under_callgrind(deployment, out_dir):
     """Starts `maubot run` of `deployment` under callgrind, instrumentation off, and switches it on once READY=1
-    has arrived. Returns the valgrind process."""
-    sock_path = os.path.join(deployment.dir, "notify.sock")
-    if os.path.exists(sock_path):
-        os.unlink(sock_path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(sock_path)
-    listener.settimeout(600)
-    env = dict(deployment.env, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="20000000")
+    has arrived. Returns the valgrind process and the path of its output."""
     out = os.path.join(out_dir, f"callgrind.{os.path.basename(deployment.dir)}.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--demangle=no",
-                             "--compress-strings=no", "--compress-pos=no", f"--callgrind-out-file={out}",
-                             BINARY, "--config", deployment.config, "run"],
-                            env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(deployment.dir, "run.log"), "a"))
-    while "READY=1" not in listener.recv(4096).decode():
-        pass
-    listener.close()
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--demangle=no", "--compress-strings=no",
+                "--compress-pos=no", f"--callgrind-out-file={out}"]
+    deployment.start(wrapper=valgrind, extra_env={"WATCHDOG_USEC": "20000000"}, timeout=600)
     # WATCHDOG=1 keep-alives and the start-up code's release follow READY=1 directly; let them pass.
     time.sleep(2)
-    subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, stdout=subprocess.DEVNULL)
-    deployment.proc = proc
-    return proc, out
+    subprocess.run(["callgrind_control", "--instr=on", str(deployment.proc.pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return deployment.proc, out
 
 
 def stop(proc, out):
