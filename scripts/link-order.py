@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes scripts/hot-code.txt: the functions of the daemon's own binary that run after READY=1, in the order the
-linker should place them first in `.text` (scripts/link_order.rs passes the file to lld).
+linker should place them first in `.text` (scripts/link-order.rs passes the file to lld).
 
 After READY the daemon drops its start-up code from memory (src/memory.rs, `release_startup_code`); what runs later
 is faulted in again, and the kernel maps up to 64 KiB around every fault. With the steady-state code spread over
@@ -61,25 +61,31 @@ def stop(proc, out):
 def ping_workload(work, synapse, person, out_dir):
     deployment = Deployment(work, synapse, 3)
     proc, out = start_under_callgrind(deployment, out_dir)
-    shared = one_shared_room(person, deployment.users)
-    rooms = a_room_each(person, deployment.users)
-    room, bot = rooms[0]
-    sequential_round_trips(person, room, bot, 10)
-    sequential_round_trips(person, shared, deployment.users[1], 3)
-    concurrent_load(synapse, person, rooms, 8, 48)
-    for path in ("/metrics", "/health"):
-        urllib.request.urlopen(f"http://127.0.0.1:{deployment.api_port}{path}", timeout=30).read()
-    return stop(proc, out)
+    try:
+        shared = one_shared_room(person, deployment.users)
+        rooms = a_room_each(person, deployment.users)
+        room, bot = rooms[0]
+        sequential_round_trips(person, room, bot, 10)
+        sequential_round_trips(person, shared, deployment.users[1], 3)
+        concurrent_load(synapse, person, rooms, 8, 48)
+        for path in ("/metrics", "/health"):
+            urllib.request.urlopen(f"http://127.0.0.1:{deployment.api_port}{path}", timeout=30).read()
+        return stop(proc, out)
+    finally:
+        proc.kill()  # a workload that failed leaves no daemon under valgrind behind
 
 
 def exec_workload(work, synapse, person, out_dir):
     deployment = Deployment(work, synapse, 1, exec=True)
     proc, out = start_under_callgrind(deployment, out_dir)
-    bot = deployment.users[0]
-    room = person.api.create_room([bot])
-    person.api.wait_for_members(room, [bot], timeout=300)
-    sequential_round_trips(person, room, bot, 10)
-    return stop(proc, out)
+    try:
+        bot = deployment.users[0]
+        room = person.api.create_room([bot])
+        person.api.wait_for_members(room, [bot], timeout=300)
+        sequential_round_trips(person, room, bot, 10)
+        return stop(proc, out)
+    finally:
+        proc.kill()
 
 
 def functions_of(path, binary):

@@ -48,9 +48,15 @@ pub fn release_free_heap() {
 /// Unmaps the pages of the binary's machine code and read-only data, and of the shared libraries', from the
 /// process once start-up is over, and drops the binary's from the page cache. Configuration, migrations, session
 /// restore and the first syncs touch much code and data that a running bot never uses again, and the kernel keeps
-/// every page touched in the process's resident set until memory runs short. Three steps, on the read-only file
-/// mappings that hold no page of their own (no copy-on-write page: relocated data, the RELRO segment, is never
-/// touched, since dropping it would bring back the file's unrelocated bytes):
+/// every page touched in the process's resident set until memory runs short.
+///
+/// What is dropped: the non-writable `PT_LOAD` segments of every loaded object (`dl_iterate_phdr`, under the
+/// loader's lock, so no object comes or goes meanwhile), where `smaps` shows the file mapping under them holds
+/// no page of its own, neither in memory (`Anonymous`) nor swapped out (`Swap`). Such pages are the file's, and
+/// the kernel's own reclaim drops them whenever memory runs short: nothing can come back that reclaim could not
+/// bring back too (a package upgrade writes a new file and renames it; the mapping keeps the old one). The
+/// relocated data (RELRO) belongs to a writable segment and is never touched: dropping it would bring back the
+/// file's unrelocated bytes. Three steps:
 ///
 /// - `MADV_DONTNEED`: the pages leave the resident set;
 /// - `POSIX_FADV_DONTNEED` on the binary: its pages that no process maps any more leave the page cache too. A
@@ -63,57 +69,109 @@ pub fn release_free_heap() {
 ///   (scripts/link-order.rs; docs/benchmark.md).
 ///
 /// The cost: the first use of cold code after READY (a management API call, a plugin's first job) reads it from
-/// disk. Pages another process maps (a second daemon of the same binary, other programs' libc) stay where they
-/// are. A debugger's or uprobe's breakpoints set before READY are lost with the pages.
+/// disk. Pages another process maps (a second daemon of the same binary, other programs' libc) stay in memory:
+/// for those, only this process's RSS goes down. A debugger's or uprobe's breakpoints set before READY are lost
+/// with the pages.
 pub fn release_startup_code() {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
-        for mapping in read_only_file_mappings(&smaps) {
-            // SAFETY: the range is a private, read-only mapping of a file with no page of its own (checked in
-            // smaps just now; a read-only mapping cannot gain one without an mprotect, which this program does
-            // not make after start-up). Dropping its pages only makes the next access fault them in again from
-            // the same file; MADV_RANDOM only changes how much the kernel reads ahead on such a fault.
-            unsafe {
-                libc::madvise(mapping.start as *mut libc::c_void, mapping.len, libc::MADV_DONTNEED);
-                libc::madvise(mapping.start as *mut libc::c_void, mapping.len, libc::MADV_RANDOM);
+        let clean = clean_file_mappings(&smaps);
+        for_each_read_only_segment(|start, end| {
+            for mapping in &clean {
+                let (from, to) = (start.max(mapping.start), end.min(mapping.start + mapping.len));
+                if from < to {
+                    // SAFETY: [from, to) lies in a non-writable segment of a loaded object and in a private
+                    // file mapping with no page of its own (above); a read-only mapping cannot gain one without
+                    // an mprotect, which this program does not make after start-up. Dropping the pages only
+                    // makes the next access fault them in again from the same file; MADV_RANDOM only changes
+                    // how much the kernel reads ahead on such a fault.
+                    unsafe {
+                        libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
+                        libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_RANDOM);
+                    }
+                }
             }
-        }
+        });
         drop_unmapped_pages_of(std::path::Path::new("/proc/self/exe"));
     }
 }
 
+/// Calls `each(start, end)` with the page-aligned ranges of the non-writable `PT_LOAD` segments of every loaded
+/// object (the binary, its libraries, the vDSO), under the dynamic loader's lock.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn for_each_read_only_segment(mut each: impl FnMut(usize, usize)) {
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> i32 {
+        // SAFETY: the loader passes a valid `info` whose `dlpi_phdr` points at `dlpi_phnum` headers, and `data`
+        // is the `&mut dyn FnMut` passed below, alive for the whole dl_iterate_phdr call.
+        let (info, each) = unsafe { (&*info, &mut *(data as *mut &mut dyn FnMut(usize, usize))) };
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let page = 4096;
+        for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
+            let start = (info.dlpi_addr + header.p_vaddr) as usize;
+            let end = start + header.p_memsz as usize;
+            // Whole pages inside the segment only.
+            let (start, end) = (start.div_ceil(page) * page, end / page * page);
+            if start < end {
+                each(start, end);
+            }
+        }
+        0
+    }
+    let mut each: &mut dyn FnMut(usize, usize) = &mut each;
+    // SAFETY: `visit` only reads the loader's headers and calls `each`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit), &mut each as *mut &mut dyn FnMut(usize, usize) as *mut libc::c_void);
+    }
+}
+
 /// A mapping `release_startup_code` may drop.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[derive(Debug, PartialEq)]
 struct Mapping {
     start: usize,
     len: usize,
 }
 
-/// The private read-only (`r--p`, `r-xp`) mappings of files in `/proc/self/smaps` text whose `Anonymous` size
-/// is 0: every page they hold is the file's own.
-fn read_only_file_mappings(smaps: &str) -> Vec<Mapping> {
+/// The private read-only (`r--p`, `r-xp`) mappings of files in `/proc/self/smaps` text that hold no page of
+/// their own: `Anonymous` (copy-on-write pages in memory) and `Swap` (those swapped out) are both 0.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
+    struct Candidate {
+        mapping: Mapping,
+        anonymous: Option<u64>,
+        swap: Option<u64>,
+    }
+    fn keep(candidate: Option<Candidate>, found: &mut Vec<Mapping>) {
+        if let Some(c) = candidate.filter(|c| c.anonymous == Some(0) && c.swap == Some(0)) {
+            found.push(c.mapping);
+        }
+    }
     let mut found = Vec::new();
-    let mut candidate: Option<Mapping> = None;
+    let mut candidate: Option<Candidate> = None;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(first), Some(second)) = (fields.next(), fields.next()) else { continue };
         if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
             // start-end perms offset dev inode path: a new mapping.
-            candidate = None;
+            keep(candidate.take(), &mut found);
             let path = fields.nth(3);
             if !matches!(second, "r--p" | "r-xp") || !path.is_some_and(|p| p.starts_with('/')) {
                 continue;
             }
             if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                candidate = Some(Mapping { start, len: end.saturating_sub(start) });
+                let mapping = Mapping { start, len: end.saturating_sub(start) };
+                candidate = Some(Candidate { mapping, anonymous: None, swap: None });
             }
-        } else if first == "Anonymous:"
-            && let Some(mapping) = candidate.take().filter(|_| second == "0")
-        {
-            found.push(mapping);
+        } else if let Some(c) = candidate.as_mut() {
+            match first {
+                "Anonymous:" => c.anonymous = second.parse().ok(),
+                "Swap:" => c.swap = second.parse().ok(),
+                _ => {}
+            }
         }
     }
+    keep(candidate, &mut found);
     found
 }
 
@@ -166,7 +224,7 @@ pub fn usage() -> Usage {
     usage
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
 
@@ -175,26 +233,39 @@ mod tests {
 Size:               1024 kB
 Rss:                 512 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 55a0c0100000-55a0c0300000 r-xp 00100000 fd:01 42     /usr/bin/maubot
 Anonymous:             0 kB
+Swap:                  0 kB
 55a0c0300000-55a0c0310000 r--p 00300000 fd:01 42     /usr/bin/maubot
 Anonymous:            64 kB
-55a0c0310000-55a0c0311000 rw-p 00310000 fd:01 42     /usr/bin/maubot
+Swap:                  0 kB
+55a0c0310000-55a0c0318000 r--p 00310000 fd:01 42     /usr/bin/maubot
+Anonymous:             0 kB
+Swap:                 32 kB
+55a0c0318000-55a0c0319000 rw-p 00318000 fd:01 42     /usr/bin/maubot
 Anonymous:             4 kB
+Swap:                  0 kB
 7f0000000000-7f0000001000 r--s 00000000 fd:01 77     /var/lib/maubot/bot/state.sqlite3-shm
 Anonymous:             0 kB
+Swap:                  0 kB
 7f0000002000-7f0000003000 r--p 00000000 00:00 0 
 Anonymous:             0 kB
+Swap:                  0 kB
 7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0      [vdso]
+Anonymous:             0 kB
+Swap:                  0 kB
+7ffd00004000-7ffd00005000 r--p 00000000 fd:01 43     /usr/lib/libfoo.so
 Anonymous:             0 kB
 ";
 
     #[test]
     fn only_read_only_file_mappings_without_pages_of_their_own_are_released() {
         assert_eq!(
-            read_only_file_mappings(SMAPS),
+            clean_file_mappings(SMAPS),
             vec![Mapping { start: 0x55a0c0000000, len: 0x100000 }, Mapping { start: 0x55a0c0100000, len: 0x200000 },],
-            "the relocated RELRO segment (anonymous pages), writable, shared, anonymous and vDSO mappings stay"
+            "the relocated RELRO segment (pages in memory or swapped out), writable, shared, anonymous and vDSO \
+             mappings stay, and so does a mapping whose swap is unknown"
         );
     }
 
@@ -212,7 +283,7 @@ Anonymous:             0 kB
     fn released_pages_leave_the_resident_set_and_the_program_runs_on() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let released = read_only_file_mappings(&smaps);
+        let released = clean_file_mappings(&smaps);
         // The test binary's read-only data (the segment before its code): every page touched, so all resident.
         let data = smaps
             .lines()
@@ -234,6 +305,7 @@ Anonymous:             0 kB
         let after = resident_kib(data);
         assert!(after < before / 2, "resident after release: {after} KiB (before: {before} KiB)");
         // Code, vtables and relocated pointers (RELRO, left alone) still work.
-        assert_eq!(GREETINGS.iter().map(|greet| greet()).collect::<Vec<_>>(), ["hello", "42"]);
+        let greetings = std::hint::black_box(&GREETINGS);
+        assert_eq!(greetings.iter().map(|greet| greet()).collect::<Vec<_>>(), ["hello", "42"]);
     }
 }
