@@ -14,7 +14,7 @@
 
 use std::env;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The ordering file, relative to Cargo.toml.
@@ -71,6 +71,6 @@ fn links_with(linker_args: &[OsString]) -> bool {
         link_arg.push(arg);
         rustc.arg("-C").arg(link_arg);
     }
-    rustc.arg("-o").arg(out_dir.join("link-probe")).arg(Path::new(&probe));
+    rustc.arg("-o").arg(out_dir.join("link-probe")).arg(&probe);
     rustc.output().is_ok_and(|output| output.status.success())
 }

@@ -106,7 +106,8 @@ fn for_each_read_only_segment(mut each: impl FnMut(usize, usize)) {
         // is the `&mut dyn FnMut` passed below, alive for the whole dl_iterate_phdr call.
         let (info, each) = unsafe { (&*info, &mut *(data as *mut &mut dyn FnMut(usize, usize))) };
         let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
-        let page = 4096;
+        // SAFETY: sysconf only reads a system constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
         for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
             let start = (info.dlpi_addr + header.p_vaddr) as usize;
             let end = start + header.p_memsz as usize;
