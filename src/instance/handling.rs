@@ -17,7 +17,7 @@ use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, Ro
 
 use super::incoming::{Incoming, age_of, incoming};
 use super::{HandleError, Run, backoff, keyed_transaction_id, outbox, transaction_id};
-use crate::plugin::{Action, Event, EventKind, EventType, JobOrigin, Message, Relation, job};
+use crate::plugin::{Action, Event, EventKind, EventType, JobOrigin, Message, PluginError, Relation, job};
 use crate::state::db::{NewJob, OutboxEntry, PendingEvent, now_unix};
 use crate::telemetry::scrub::scrubbed;
 
@@ -43,7 +43,8 @@ impl Run<'_> {
             };
             let mut events = update.timeline.events;
             if since.is_none() {
-                // No position at all (never synced): everything is history.
+                // No position at all (never synced): everything is history, the bot's join included.
+                self.joins_unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(&room_id);
                 continue;
             }
             if update.timeline.limited
@@ -96,6 +97,9 @@ impl Run<'_> {
         let own_user = me.own_user();
         // What was said before the bot joined is history, not commands.
         let join = events.iter().rposition(|e| is_join_of(e, &own_user));
+        if join.is_some() {
+            self.joins_unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(room.room_id());
+        }
         // The invite the bot joined on is told once the join is synced: only then does the host know the room
         // (its encryption above all), so that what a plugin says about the invite goes out as the room needs.
         if let Some(join) = join
@@ -240,7 +244,10 @@ impl Run<'_> {
         for (index, action) in actions.into_iter().enumerate() {
             match action {
                 Action::Job { key, payload } => jobs.extend(to_new_job(&me.id, Some(&origin), key, &payload)),
-                action => sends.push(to_send(Some(&origin), &derived, index, action).expect("an event is answered")),
+                action => sends.push(
+                    to_send(Some(&origin), &derived, index, action, me.plugin.changes_rooms())
+                        .map_err(PluginError::permanent)?,
+                ),
             }
         }
         let (queued, accepted) = me.db.mark_handled(&me.id, event.event_id.as_str(), sends, jobs).await?;
@@ -298,7 +305,9 @@ impl Run<'_> {
             for attempt in 1..=3u32 {
                 match me.client.join_room_by_id(room_id).await {
                     Ok(_) => {
-                        // The plugin hears of it when the join is synced (`handle_timeline`).
+                        // The plugin hears of it when the join is synced (`handle_timeline`); until then the
+                        // syncs carry the bot's own events, the join among them.
+                        self.joins_unsynced.lock().unwrap_or_else(|p| p.into_inner()).insert(room_id.to_owned());
                         tracing::info!(instance = %me.id, room_id = %room_id, inviter = %shown, "joined on invite");
                         return Ok(());
                     }
@@ -362,13 +371,25 @@ pub(super) fn origin_of(event: &Event) -> JobOrigin {
 }
 
 /// The outbox entry for the `index`-th action answering `origin` (an event; for a job, the event it was
-/// accepted for, if any); `derived` makes the action's transaction id from its index. Jobs are not sends.
+/// accepted for, if any); `derived` makes the action's transaction id from its index. Jobs are not sends. A room
+/// change is refused unless the plugin `changes_rooms` ([`crate::plugin::Plugin::changes_rooms`]).
 pub(super) fn to_send(
     origin: Option<&JobOrigin>,
     derived: &dyn Fn(usize) -> String,
     index: usize,
     action: Action,
+    changes_rooms: bool,
 ) -> Result<OutboxEntry, String> {
+    let room_change = matches!(
+        action,
+        Action::Member { .. } | Action::SetState { .. } | Action::SetPowerLevel { .. } | Action::CreateRoom(_)
+    );
+    if room_change && !changes_rooms {
+        return Err("a room change (membership, state, power level or a new room) from a plugin type that says it \
+                    makes none (Plugin::changes_rooms is false, so its syncs leave out the bot's own events and \
+                    matrix-sdk would not see the change): refused; the plugin type has to say it changes rooms"
+            .to_owned());
+    }
     let here = || {
         origin.map(|o| o.room_id.to_string()).ok_or_else(|| {
             "a reply, reaction, edit or redaction needs an event to answer; this job was accepted outside one: \
@@ -491,4 +512,38 @@ fn timestamp(event: &TimelineEvent) -> Option<SystemTime> {
         .ok()
         .flatten()?
         .to_system_time()
+}
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk::ruma::{event_id, room_id, user_id};
+
+    use super::*;
+
+    fn origin() -> JobOrigin {
+        JobOrigin {
+            room_id: room_id!("!r:example.org").to_owned(),
+            event_id: event_id!("$e:example.org").to_owned(),
+            sender: user_id!("@alice:example.org").to_owned(),
+            thread: None,
+        }
+    }
+
+    #[test]
+    fn a_plugin_that_changes_no_rooms_may_answer_but_not_change_a_room() {
+        let derived = |index: usize| format!("t{index}");
+        let reply = || Action::Reply(RoomMessageEventContent::notice_plain("pong"));
+        let power = || Action::SetPowerLevel {
+            room_id: room_id!("!r:example.org").to_owned(),
+            user_id: user_id!("@alice:example.org").to_owned(),
+            level: 50,
+        };
+        let answer = to_send(Some(&origin()), &derived, 0, reply(), false).expect("answers are fine");
+        assert_eq!((answer.event_type.as_str(), answer.txn_id.as_str()), ("m.room.message", "t0"));
+        let refused = to_send(Some(&origin()), &derived, 1, power(), false).expect_err("a room change is refused");
+        assert!(refused.contains("Plugin::changes_rooms"), "{refused}");
+        let allowed = to_send(Some(&origin()), &derived, 1, power(), true).expect("allowed when declared");
+        assert_eq!(allowed.event_type, outbox::POWER_LEVEL);
+    }
 }

@@ -111,7 +111,13 @@ impl Run<'_> {
                 Action::Job { key, payload } => {
                     jobs.extend(to_new_job(&self.instance.id, job.origin.as_ref(), key, &payload));
                 }
-                action => sends.push(to_send(job.origin.as_ref(), &derived, index, action)?),
+                action => sends.push(to_send(
+                    job.origin.as_ref(),
+                    &derived,
+                    index,
+                    action,
+                    self.instance.plugin.changes_rooms(),
+                )?),
             }
         }
         Ok((sends, jobs))

@@ -154,6 +154,9 @@ struct Run<'a> {
     jobs: mpsc::UnboundedSender<JobRecord>,
     pending: Mutex<Vec<PendingEvent>>,
     recent_commands: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
+    /// Rooms the bot joined in this run whose join has not come in a sync yet: until it has, syncs carry the bot's
+    /// own events (the join marks where history ends, and tells the plugin of the invite it answered).
+    joins_unsynced: Mutex<HashSet<OwnedRoomId>>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -169,7 +172,8 @@ pub(crate) const MAX_PENDING: usize = 100;
 const BACKGROUND_DRAIN: Duration = Duration::from_secs(5);
 /// At most this long the sync loop lets a batch's answers go out before its next long poll: their echoes then
 /// come back in one sync instead of waking the poll once per answer. Short, because under load new commands wait
-/// meanwhile (a whole second here made the round trip with 8 senders 1.2 s against Python maubot's 0.3 s).
+/// meanwhile (a whole second here made the round trip with 8 senders 1.2 s against Python maubot's 0.3 s). Only
+/// for a bot whose syncs carry its own events (`Plugin::changes_rooms`).
 const ANSWERS_FIRST: Duration = Duration::from_millis(100);
 
 impl Instance {
@@ -247,6 +251,7 @@ impl Instance {
             jobs,
             pending: Mutex::new(pending),
             recent_commands: Mutex::default(),
+            joins_unsynced: Mutex::default(),
         };
         let (background_stop, background_stopped) = watch::channel(false);
         let (http_stop, http_stopped) = watch::channel(false);
@@ -412,15 +417,25 @@ impl Run<'_> {
         }
         let mut failures = 0u32;
         let mut last_retry = Instant::now();
-        let definition = sync_filter(me.plugin.subscriptions());
+        // A bot that changes no rooms does not need its own events back (`Plugin::changes_rooms`): its answers
+        // would only wake its long poll again. They come all the same in the run's first sync and after a join
+        // until the join has come (`joins_unsynced`): the bot's own join is where a room's history ends, and it
+        // may have joined just before a crash.
+        let own_events_left_out = (!me.plugin.changes_rooms()).then(|| me.own_user());
+        let definition = sync_filter(me.plugin.subscriptions(), own_events_left_out.as_deref());
+        let with_own_events = sync_filter(me.plugin.subscriptions(), None);
         // Uploaded after the first sync that worked (the homeserver is reachable then), tried once per run.
         let mut filter_id: Option<String> = None;
         let mut filter_tried = false;
+        let mut synced_in_this_run = false;
         loop {
             if *shutdown.borrow() {
                 return Outcome::Stopped;
             }
+            let own_events_needed = own_events_left_out.is_some()
+                && (!synced_in_this_run || !self.joins_unsynced.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
             let filter = match &filter_id {
+                _ if own_events_needed => Filter::FilterDefinition(with_own_events.clone()),
                 Some(id) => Filter::FilterId(id.clone()),
                 None => Filter::FilterDefinition(definition.clone()),
             };
@@ -478,6 +493,7 @@ impl Run<'_> {
                 Ok(next) => {
                     since = Some(next);
                     failures = 0;
+                    synced_in_this_run = true;
                     if !filter_tried {
                         filter_tried = true;
                         filter_id = tokio::select! {
@@ -495,7 +511,9 @@ impl Run<'_> {
                             tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
                         }
                     }
-                    if self.outstanding.count() > 0 {
+                    // Without the bot's own events in its syncs there are no echoes to gather: the next long poll
+                    // starts at once, beside the answers going out.
+                    if self.outstanding.count() > 0 && own_events_left_out.is_none() {
                         tokio::select! {
                             _ = crate::stopping(shutdown) => return Outcome::Stopped,
                             _ = tokio::time::timeout(ANSWERS_FIRST, self.outstanding.idle()) => {}
@@ -537,9 +555,11 @@ const NEVER_HANDED: &[&str] =
 /// needs it), lazy-loaded members, enough timeline per room that a short downtime needs no extra requests, and
 /// in the timeline no event types the plugin did not subscribe to, where that can be said: state events and
 /// encrypted events always come (E2EE and the room's membership need them; what an encrypted event holds is
-/// known only after decryption), and messages too (the default subscription).
-fn sync_filter(subscriptions: Subscriptions) -> FilterDefinition {
+/// known only after decryption), and messages too (the default subscription). `leave_out_events_of`: the bot,
+/// when its plugin changes no rooms (its own answers would only wake its long poll again).
+fn sync_filter(subscriptions: Subscriptions, leave_out_events_of: Option<&UserId>) -> FilterDefinition {
     let mut timeline = RoomEventFilter::default();
+    timeline.not_senders = leave_out_events_of.into_iter().map(ToOwned::to_owned).collect();
     timeline.limit = Some(UInt::from(50u32));
     timeline.not_types = NEVER_HANDED.iter().map(|t| (*t).to_owned()).collect();
     if !subscriptions.contains(EventType::Reaction) {
@@ -636,7 +656,7 @@ mod tests {
     #[test]
     fn the_sync_filter_leaves_out_what_no_subscription_asks_for() {
         let types = |subscriptions: Subscriptions| {
-            let filter = sync_filter(subscriptions);
+            let filter = sync_filter(subscriptions, None);
             (filter.room.timeline.types.clone(), filter.room.timeline.not_types.clone())
         };
         let (only, not) = types(Subscriptions::messages());
@@ -644,6 +664,15 @@ mod tests {
         assert!(not.contains(&"m.reaction".to_owned()) && not.contains(&"m.call.*".to_owned()), "{not:?}");
         let (_, not) = types(Subscriptions::of([EventType::Message, EventType::Reaction]));
         assert!(!not.contains(&"m.reaction".to_owned()), "{not:?}");
+    }
+
+    #[test]
+    fn the_sync_filter_leaves_out_the_bots_own_events_only_when_asked() {
+        let bot = matrix_sdk::ruma::user_id!("@bot:example.org");
+        let filter = sync_filter(Subscriptions::messages(), Some(bot));
+        assert_eq!(filter.room.timeline.not_senders, vec![bot.to_owned()]);
+        assert!(filter.room.state.not_senders.is_empty(), "the state filter is not the timeline's");
+        assert!(sync_filter(Subscriptions::messages(), None).room.timeline.not_senders.is_empty());
     }
 
     #[test]

@@ -165,6 +165,18 @@ pub trait Plugin: Send + Sync {
         false
     }
 
+    /// Whether the plugin changes rooms: memberships, state, power levels, new rooms ([`Action::Member`],
+    /// [`Action::SetState`], [`Action::SetPowerLevel`], [`Action::CreateRoom`]). When it does not, the bot's own
+    /// events are left out of its syncs (the timeline filter's `not_senders`): its answers do not come back to
+    /// it, each costing matrix-sdk a sync's work (about half the CPU per `!ping`, docs/benchmark.md). matrix-sdk's
+    /// view of the bot's rooms (encryption, who gets room keys) then comes from others' events and from the full
+    /// state a newly joined room arrives with, which is the whole of it for a bot that changes nothing; the
+    /// plugin is not handed the bot's own membership changes. A room change asked for anyway is refused (an
+    /// event's handling or a job fails). Default: yes, nothing is left out.
+    fn changes_rooms(&self) -> bool {
+        true
+    }
+
     /// Called once before the first event of each run of the instance. Default: nothing to start.
     async fn start(&self, _context: &PluginContext, _unprompted: UnpromptedSink) -> Result<(), PluginError> {
         Ok(())

@@ -68,6 +68,11 @@ impl Ping {
 
 #[async_trait]
 impl Plugin for Ping {
+    /// Answers and notices only: the bot's own events stay out of its syncs.
+    fn changes_rooms(&self) -> bool {
+        false
+    }
+
     fn accepts_invite_from(&self, inviter: &str) -> bool {
         invites::allowed(&self.config.allow_invites_from, inviter)
     }

@@ -1,7 +1,8 @@
 //! How answers leave the bot, against a real Synapse: rooms take turns, the homeserver's own message limits
 //! (Synapse's defaults) delay answers but lose none, a per-sender limit can stop one person from making the bot
 //! spam a room, an encrypted command whose room key arrives late is answered once the key is there, and answers to
-//! a burst go out several at a time while each sync names the filter uploaded once.
+//! a burst go out several at a time while each sync names the filter uploaded once, and a bot that changes no
+//! rooms is not woken by its own answers (yet sees its own joins).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -182,5 +183,43 @@ async fn answers_to_a_burst_go_out_several_at_once_and_syncs_name_the_filter_upl
     })
     .await;
     assert_eq!(proxy.observed.filter_uploads.load(Ordering::SeqCst), 1);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_that_changes_no_rooms_is_not_woken_by_its_own_answers() {
+    let synapse = synapse();
+    let proxy = Proxy::start(&synapse.url).await;
+    let env = BotEnv::with_ping_bots_behind(synapse, &proxy, &["ping"]).await;
+    env.setup();
+    let bot = env.user_id("ping");
+    let person = TestUser::new(synapse, "echo-").await;
+    // Encrypted: the bot's own join is left out of its syncs too, and the room still has to be known as encrypted.
+    let room = person.create_room(true, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    let first = person.send_text(&room, "!ping").await;
+    assert!(person.wait_for_reply(&first, &bot, Duration::from_secs(60)).await.encrypted);
+
+    // One command at a time: each wakes the bot's long poll once. Were its answers in its syncs, each would wake
+    // it a second time (10 syncs for 5 commands).
+    let before = proxy.syncs();
+    for _ in 0..5 {
+        let ping = person.send_text(&room, "!ping").await;
+        let reply = person.wait_for_reply(&ping, &bot, Duration::from_secs(60)).await;
+        assert!(reply.encrypted, "the answer went out in the clear: {reply:?}");
+    }
+    let syncs = proxy.syncs() - before;
+    assert!(syncs <= 7, "{syncs} syncs for 5 commands answered one after the other");
+
+    // Joined while running: its own join still comes, and what was said before it stays history.
+    let later = person.create_room(false, &[]).await;
+    let old = person.send_text(&later, "!ping").await;
+    later.invite_user_by_id(<&matrix_sdk::ruma::UserId>::try_from(bot.as_str()).unwrap()).await.unwrap();
+    person.wait_for_join(&later, &bot).await;
+    let new = person.send_text(&later, "!ping").await;
+    person.wait_for_reply(&new, &bot, Duration::from_secs(60)).await;
+    let history = replies(&person, &later, &bot, std::slice::from_ref(&old)).await;
+    assert!(history[&old].is_empty(), "a command from before the bot joined was answered");
     assert_eq!(daemon.stop().code(), Some(0));
 }

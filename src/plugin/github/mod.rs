@@ -214,6 +214,11 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 #[async_trait]
 impl Plugin for Github {
+    /// Answers and notices only: the bot's own events stay out of its syncs.
+    fn changes_rooms(&self) -> bool {
+        false
+    }
+
     fn accepts_invite_from(&self, inviter: &str) -> bool {
         invites::allowed(&self.config.allow_invites_from, inviter)
     }

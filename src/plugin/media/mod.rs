@@ -360,6 +360,11 @@ fn media_message(
 
 #[async_trait]
 impl Plugin for Media {
+    /// Answers and notices only: the bot's own events stay out of its syncs.
+    fn changes_rooms(&self) -> bool {
+        false
+    }
+
     fn accepts_invite_from(&self, inviter: &str) -> bool {
         invites::allowed(&self.config.allow_invites_from, inviter)
     }
