@@ -172,8 +172,8 @@ pub(crate) const MAX_PENDING: usize = 100;
 const BACKGROUND_DRAIN: Duration = Duration::from_secs(5);
 /// At most this long the sync loop lets a batch's answers go out before its next long poll: their echoes then
 /// come back in one sync instead of waking the poll once per answer. Short, because under load new commands wait
-/// meanwhile (a whole second here made the round trip with 8 senders 1.2 s against Python maubot's 0.3 s). Only
-/// for a bot whose syncs carry its own events (`Plugin::changes_rooms`).
+/// meanwhile (a whole second here made the round trip with 8 senders 1.2 s against Python maubot's 0.3 s). Kept
+/// for a bot whose syncs leave out its own events too: new commands gather meanwhile, so fewer syncs carry them.
 const ANSWERS_FIRST: Duration = Duration::from_millis(100);
 
 impl Instance {
@@ -511,9 +511,9 @@ impl Run<'_> {
                             tracing::warn!(instance = %me.id, error = %e, "could not retry events waiting for their room key");
                         }
                     }
-                    // Without the bot's own events in its syncs there are no echoes to gather: the next long poll
-                    // starts at once, beside the answers going out.
-                    if self.outstanding.count() > 0 && own_events_left_out.is_none() {
+                    // Also without the bot's own events in its syncs: meanwhile new commands gather into the next
+                    // sync, and fewer syncs carry them (measured in docs/benchmark.md).
+                    if self.outstanding.count() > 0 {
                         tokio::select! {
                             _ = crate::stopping(shutdown) => return Outcome::Stopped,
                             _ = tokio::time::timeout(ANSWERS_FIRST, self.outstanding.idle()) => {}
