@@ -66,7 +66,9 @@ def main():
     hello = json.loads(sys.stdin.readline())
     settings = hello.get("config", {})
     prefix = settings.get("prefix", "!")
-    say({"type": "ready"})
+    # It only answers: it never invites, kicks or changes a room, and saying so
+    # spares the host a sync per answer (its own answers are not sent back).
+    say({"type": "ready", "changes_rooms": False})
     print(f"echo bot {hello['instance']} started as {hello['user_id']}",
           file=sys.stderr, flush=True)
     announce = settings.get("announce_room")

@@ -387,7 +387,8 @@ pub(super) fn to_send(
     if room_change && !changes_rooms {
         return Err("a room change (membership, state, power level or a new room) from a plugin type that says it \
                     makes none (Plugin::changes_rooms is false, so its syncs leave out the bot's own events and \
-                    matrix-sdk would not see the change): refused; the plugin type has to say it changes rooms"
+                    matrix-sdk would not see the change): refused; the plugin type has to say it changes rooms (an \
+                    `exec` program: drop `\"changes_rooms\":false` from its `ready`)"
             .to_owned());
     }
     let here = || {

@@ -11,6 +11,7 @@ use crate::harness::bot::{BotEnv, describe};
 use crate::harness::client::TestUser;
 use crate::harness::daemon::Daemon;
 use crate::harness::eventually;
+use crate::harness::proxy::Proxy;
 use crate::harness::synapse::synapse;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/echo-bot.py");
@@ -304,5 +305,57 @@ async fn a_program_is_ticked_as_it_asked_and_a_keyed_send_is_posted_once() {
     let history = person.room_history(&room).await;
     let posted = history.iter().filter(|m| m.body == "the daily report").count();
     assert_eq!(posted, 1, "one key, one message, however many ticks");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+/// Says in `ready` that it changes no rooms; answers `kick` by kicking the sender anyway, anything else with a
+/// reply.
+const ANSWERS_ONLY: &str = r#"#!/usr/bin/env python3
+import json, sys
+def say(m):
+    print(json.dumps(m), flush=True)
+json.loads(sys.stdin.readline())
+say({"type": "ready", "changes_rooms": False})
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "message" and m["body"] == "kick":
+        say({"type": "kick", "room_id": m["room_id"], "user_id": m["sender"]})
+    elif m["type"] == "message":
+        say({"type": "reply", "to": m["id"], "body": "answered"})
+    say({"type": "done", "to": m["id"]})
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_says_it_changes_no_rooms_is_not_woken_by_its_answers_and_may_not_change_one() {
+    let synapse = synapse();
+    let proxy = Proxy::start(&synapse.url).await;
+    let mut env = BotEnv::with_ping_bots_behind(synapse, &proxy, &["answers"]).await;
+    let bot = env.user_id("answers");
+    let program = env.write_program("answers.py", ANSWERS_ONLY);
+    env.use_exec("answers", &program, &[]);
+    env.setup();
+    let person = TestUser::new(synapse, "ana-").await;
+    let room = person.create_room(true, &[&bot]).await;
+    let mut daemon = env.spawn_run();
+    person.wait_for_join(&room, &bot).await;
+    let first = person.send_text(&room, "hello").await;
+    assert!(person.wait_for_reply(&first, &bot, REPLY_TIMEOUT).await.encrypted);
+
+    // Each command wakes the bot's long poll once; with its own answers in its syncs, twice (10 for 5).
+    let before = proxy.syncs();
+    for _ in 0..5 {
+        let sent = person.send_text(&room, "hello").await;
+        assert_eq!(person.wait_for_reply(&sent, &bot, REPLY_TIMEOUT).await.body, "answered");
+    }
+    let syncs = proxy.syncs() - before;
+    assert!(syncs <= 7, "{syncs} syncs for 5 messages answered one after the other");
+
+    // A room change after saying none is refused, naming what to change, and the bot is not restarted into it.
+    person.send_text(&room, "kick").await;
+    daemon.wait_for_log("will not be restarted automatically", REPLY_TIMEOUT);
+    let log = daemon.log();
+    assert!(log.contains("Plugin::changes_rooms") && log.contains(r#"drop `"changes_rooms":false`"#), "{log}");
+    // Still a member: a kicked person could not send.
+    person.send_text(&room, "still here").await;
     assert_eq!(daemon.stop().code(), Some(0));
 }

@@ -145,6 +145,7 @@ impl PluginType for ExecType {
             jobs: std::sync::Mutex::new(None),
             serves_http: Default::default(),
             tick_secs: Default::default(),
+            changes_rooms: std::sync::atomic::AtomicBool::new(true),
             requests: Default::default(),
         }))
     }
@@ -163,6 +164,8 @@ pub struct Exec {
     serves_http: std::sync::atomic::AtomicBool,
     /// How often the program asked to be ticked (`ready`'s `tick_secs`; 0: never).
     tick_secs: std::sync::atomic::AtomicU64,
+    /// Whether the running program may change rooms (`ready`'s `changes_rooms`; default yes).
+    changes_rooms: std::sync::atomic::AtomicBool,
     /// Numbers the HTTP requests handed to the program (`http-<n>`).
     requests: std::sync::atomic::AtomicU64,
 }
@@ -193,8 +196,9 @@ impl Plugin for Exec {
             .await?;
         let deadline = Duration::from_secs(self.config.ready_timeout_secs);
         let subscribe = match tokio::time::timeout(deadline, program.lines.recv()).await {
-            Ok(Some(Line::Message(FromProgram::Ready { subscribe, http, tick_secs }))) => {
+            Ok(Some(Line::Message(FromProgram::Ready { subscribe, http, tick_secs, changes_rooms }))) => {
                 self.serves_http.store(http, std::sync::atomic::Ordering::Relaxed);
+                self.changes_rooms.store(changes_rooms.unwrap_or(true), std::sync::atomic::Ordering::Relaxed);
                 if tick_secs.is_some_and(|t| t == 0 || t > MAX_TICK_SECS) {
                     return Err(PluginError::transient(format!(
                         "the program asked for `tick_secs` {} in `ready`; it must be between 1 and {MAX_TICK_SECS}",
@@ -227,6 +231,10 @@ impl Plugin for Exec {
         *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some((program.input.clone(), program.jobs.clone()));
         *self.program.lock().await = Some(program);
         Ok(())
+    }
+
+    fn changes_rooms(&self) -> bool {
+        self.changes_rooms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn subscriptions(&self) -> Subscriptions {

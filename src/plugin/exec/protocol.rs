@@ -161,6 +161,10 @@ pub enum FromProgram {
         /// The program wants a `tick` this often (seconds).
         #[serde(default)]
         tick_secs: Option<u64>,
+        /// `false`: the program changes no rooms (no membership, state or power level changes, no new rooms),
+        /// so its syncs leave out the bot's own events ([`crate::plugin::Plugin::changes_rooms`]). Default: it may.
+        #[serde(default)]
+        changes_rooms: Option<bool>,
     },
     Reply {
         to: String,
@@ -304,7 +308,7 @@ mod tests {
     fn lines_parse_into_messages_and_bad_ones_say_why() {
         assert_eq!(
             parse(br#"{"type":"ready"}"#).unwrap(),
-            FromProgram::Ready { subscribe: vec![], http: false, tick_secs: None }
+            FromProgram::Ready { subscribe: vec![], http: false, tick_secs: None, changes_rooms: None }
         );
         assert_eq!(parse(b"{\"type\":\"done\",\"to\":\"$e\"}\n").unwrap(), FromProgram::Done { to: "$e".into() });
         let reply = parse(br#"{"type":"reply","to":"$e","body":"hi","notice":true}"#).unwrap();
