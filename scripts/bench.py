@@ -112,9 +112,11 @@ EXAMPLE_BOT = os.path.join(ROOT, "examples", "echo-bot.py")
 
 class Deployment:
     """A config with `count` bots registered by setup through the shared secret: built-in `ping` bots, or with
-    `exec=True` the example program (examples/echo-bot.py) behind the `exec` plugin type."""
+    `exec=True` the example program (examples/echo-bot.py) behind the `exec` plugin type; `binary` is the daemon
+    to run (default BINARY)."""
 
-    def __init__(self, work, synapse, count, exec=False):
+    def __init__(self, work, synapse, count, exec=False, binary=None):
+        self.binary = binary or BINARY
         self.dir = tempfile.mkdtemp(prefix=f"bots-{count}" + ("-exec-" if exec else "-"), dir=work)
         os.makedirs(os.path.join(self.dir, "credentials"))
         with open(os.path.join(self.dir, "credentials", "registration-shared-secret"), "w") as f:
@@ -140,7 +142,7 @@ class Deployment:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ, CREDENTIALS_DIRECTORY=os.path.join(self.dir, "credentials"))
         self.env.pop("RUST_LOG", None)
-        subprocess.run([BINARY, "--config", self.config, "setup"], check=True, env=self.env,
+        subprocess.run([self.binary, "--config", self.config, "setup"], check=True, env=self.env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.proc = None
 
@@ -155,7 +157,7 @@ class Deployment:
         listener.settimeout(timeout)
         env = dict(self.env, NOTIFY_SOCKET=sock_path, **(extra_env or {}))
         started = time.monotonic()
-        self.proc = subprocess.Popen([*wrapper, BINARY, "--config", self.config, "run"], env=env,
+        self.proc = subprocess.Popen([*wrapper, self.binary, "--config", self.config, "run"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "run.log"), "a"))
         self.started = started
         while True:
