@@ -310,16 +310,19 @@ def crashed(deployment, person, room, bot, pings):
     return history_figures(person.api, {room: sent}, {room: bot})
 
 
+# A line of Synapse's access log: (end time, requester, seconds taken, method, path).
+ACCESS_LINE = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO - \S+ - \S+ - \d+ - "
+                         r"\{(.*?)\} Processed request: ([0-9.]+)sec.*?\"(\w+) (\S+) ")
+
+
 def access_log_turnarounds(log_path, user, since, until):
     """The bot's own turnaround per reply, from Synapse's access log: from the end of the bot's `/sync` that
     delivered a ping to the start of its reply's PUT (the latest sync that ended before the PUT started), in ms,
     for requests between `since` and `until` (time.time())."""
-    line_re = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO - \S+ - \S+ - \d+ - "
-                         r"\{(.*?)\} Processed request: ([0-9.]+)sec.*?\"(\w+) (\S+) ")
     syncs, puts = [], []
     with open(log_path, errors="replace") as f:
         for line in f:
-            match = line_re.match(line)
+            match = ACCESS_LINE.match(line)
             if not match or match.group(2) != user:
                 continue
             end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()

@@ -19,7 +19,6 @@ import collections
 import datetime
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,11 +28,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import (ROOT, Deployment, Person, Synapse, a_room_each, concurrent_load, cpu_seconds,  # noqa: E402
-                   free_port)
-
-ACCESS_LINE = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO - \S+ - \S+ - \d+ - "
-                         r"\{(.*?)\} Processed request: [0-9.]+sec.*?\"(\w+) (\S+) ")
+from bench import (ACCESS_LINE, ROOT, Deployment, Person, Synapse, a_room_each,  # noqa: E402
+                   concurrent_load, cpu_seconds, free_port)
 
 
 def requests_by_kind(log_path, users, since, until):
@@ -47,7 +43,7 @@ def requests_by_kind(log_path, users, since, until):
             end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             if not since <= end <= until:
                 continue
-            method, path = match.group(3), match.group(4)
+            method, path = match.group(4), match.group(5)
             if method == "GET" and "/sync" in path:
                 counts["sync"] += 1
             elif method == "PUT" and "/send/" in path:
@@ -97,10 +93,10 @@ def summary_rows(rounds, label):
         if not theirs or not ours:
             continue
         a, b = statistics.median(theirs), statistics.median(ours)
-        ratio = (b / a if higher_is_better else a / b) if a and b else float("nan")
+        ratio = f"{(b / a if higher_is_better else a / b):.2f}x" if a and b else "-"
         spread = "{:.1f} [{:.1f}-{:.1f}]"
         rows.append((f"{label}: {name}", spread.format(a, min(theirs), max(theirs)),
-                     spread.format(b, min(ours), max(ours)), f"{ratio:.2f}x"))
+                     spread.format(b, min(ours), max(ours)), ratio))
     return rows
 
 
