@@ -461,6 +461,21 @@ def maubot_phases(work, synapse, args):
     return out
 
 
+def ratio_text(theirs, ours, higher_is_better):
+    """How many times better `ours` is than `theirs`, as "1.05x"; "-" when either is zero."""
+    if not theirs or not ours:
+        return "-"
+    return f"{(ours / theirs if higher_is_better else theirs / ours):.2f}x"
+
+
+def print_side_by_side(header, rows):
+    """Prints `header` and `rows` (tuples of strings: a measure, then figures) in columns as wide as their widest
+    cell, the measure left-aligned and the figures right-aligned."""
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+
+
 def comparison_rows(ours, theirs, n, senders, scale):
     """(measure, maubot, this daemon, ratio maubot/ours where larger is better for us)."""
     def pick(results, path):
@@ -487,8 +502,7 @@ def comparison_rows(ours, theirs, n, senders, scale):
         if a is None or b is None:
             continue
         a, b = a * scale, b * scale
-        ratio = (b / a if higher_is_better else a / b) if a and b else float("nan")
-        rows.append((label, f"{a:.1f}", f"{b:.1f}", f"{ratio:.2f}x"))
+        rows.append((label, f"{a:.1f}", f"{b:.1f}", ratio_text(a, b, higher_is_better)))
     return rows
 
 
@@ -663,9 +677,7 @@ def main():
         compared = comparison_rows(results, results["maubot"], n, args.senders, args.scale)
         print("\nSide by side, same Synapse, same run (ratio: how many times better this daemon is; "
               "maubot without E2EE, this daemon with):")
-        widths = [max(len(r[i]) for r in compared + [("measure", "maubot", "this", "ratio")]) for i in range(4)]
-        for row in [("measure", "maubot", "this", "ratio")] + compared:
-            print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        print_side_by_side(("measure", "maubot", "this", "ratio"), compared)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench import (ACCESS_LINE, ROOT, Deployment, Person, Synapse, a_room_each,  # noqa: E402
-                   concurrent_load, cpu_seconds, free_port)
+                   concurrent_load, cpu_seconds, free_port, print_side_by_side, ratio_text)
 
 
 def requests_by_kind(log_path, users, since, until):
@@ -93,10 +93,9 @@ def summary_rows(rounds, label):
         if not theirs or not ours:
             continue
         a, b = statistics.median(theirs), statistics.median(ours)
-        ratio = f"{(b / a if higher_is_better else a / b):.2f}x" if a and b else "-"
         spread = "{:.1f} [{:.1f}-{:.1f}]"
         rows.append((f"{label}: {name}", spread.format(a, min(theirs), max(theirs)),
-                     spread.format(b, min(ours), max(ours)), ratio))
+                     spread.format(b, min(ours), max(ours)), ratio_text(a, b, higher_is_better)))
     return rows
 
 
@@ -159,12 +158,10 @@ def main():
 
     rows = summary_rows(rounds, "1 bot") + summary_rows(rounds, "3 bots")
     header = ("measure (median over rounds [range])", other_name, "this daemon", "ratio")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
     note = "" if against_daemon else " (maubot without E2EE, this daemon with)"
     print(f"\n{args.rounds} rounds, alternated; {args.senders} senders, {args.load_pings} pings per phase; "
           f"ratio: how many times better this daemon is{note}")
-    for row in [header] + rows:
-        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    print_side_by_side(header, rows)
     lost = sum(r[who][label]["lost"] + r[who][label]["duplicated"] for r in rounds for who in r for label in r[who])
     print(f"lost or duplicated replies, all phases: {lost}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
