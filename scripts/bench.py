@@ -250,7 +250,10 @@ def history_figures(api, rooms_pings, bots):
                 answers[target] += 1
     round_trips = [replies[p] - sent_ts[p] for p in replies if p in sent_ts]
     span_s = (max(replies.values()) - min(sent_ts.values())) / 1000 if replies else 0
+    bot_of = {ping: bots[room] for room, pings in rooms_pings.items() for ping in pings}
     return {
+        # (bot, when the homeserver accepted the ping, in ms): for scripts/load-ab.py's breakdown
+        "pings_accepted": sorted((bot_of[p], ts) for p, ts in sent_ts.items()),
         "pings": total,
         "lost": total - len(replies),
         "duplicated": sum(1 for count in answers.values() if count > 1),

@@ -5,7 +5,8 @@ The load phases of bench.py (--senders clients sending --load-pings `!ping`s at 
 against 3 bots in 3 rooms), run --rounds times against this daemon and against maubot on the same Synapse, the
 order swapped every round (ours first, then theirs first), all four deployments kept running throughout. Besides
 pongs/s and the round-trip medians it measures, per pong, what the load costs Synapse and the bot: Synapse's CPU,
-the bot's CPU, and the requests the bot made (from Synapse's access log: `/sync`s, sends, anything else).
+the bot's CPU, and the requests the bot made (from Synapse's access log: `/sync`s, sends, anything else); and
+where a round trip goes: the ping waiting for its bot's next `/sync`, the bot's own turnaround, the reply's PUT.
 Prints each figure as the median over the rounds with the range, for both, and the ratio of the medians.
 With --against-binary PATH or --against-env KEY=VALUE (repeatable) the other side is not maubot but this daemon
 again, as that build or with that environment: an A/B of a change, judged the same way.
@@ -15,7 +16,6 @@ Usage: python3 scripts/load-ab.py [--rounds 5] [--senders 8] [--load-pings 200] 
 Run it on an otherwise idle machine; it is not a test and asserts nothing.
 """
 import argparse
-import collections
 import datetime
 import json
 import os
@@ -32,9 +32,10 @@ from bench import (ACCESS_LINE, ROOT, Deployment, Person, Synapse, a_room_each, 
                    concurrent_load, cpu_seconds, free_port, print_side_by_side, ratio_text)
 
 
-def requests_by_kind(log_path, users, since, until):
-    """Requests `users` made that ended between `since` and `until` (time.time()), by kind: sync, send, other."""
-    counts = collections.Counter()
+def bot_requests(log_path, users, since, until):
+    """The requests `users` made that ended between `since` and `until` (time.time()), from Synapse's access log:
+    {user: {"sync": [(start, end)], "send": [(start, end)], "other": count}}, times in seconds."""
+    requests = {user: {"sync": [], "send": [], "other": 0} for user in users}
     with open(log_path, errors="replace") as f:
         for line in f:
             match = ACCESS_LINE.match(line)
@@ -43,14 +44,39 @@ def requests_by_kind(log_path, users, since, until):
             end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             if not since <= end <= until:
                 continue
-            method, path = match.group(4), match.group(5)
+            method, path, mine = match.group(4), match.group(5), requests[match.group(2)]
             if method == "GET" and "/sync" in path:
-                counts["sync"] += 1
+                mine["sync"].append((end - float(match.group(3)), end))
             elif method == "PUT" and "/send/" in path:
-                counts["send"] += 1
+                mine["send"].append((end - float(match.group(3)), end))
             else:
-                counts["other"] += 1
-    return counts
+                mine["other"] += 1
+    return requests
+
+
+def where_the_round_trip_goes(requests, pings_accepted):
+    """Medians (ms) of the parts of a round trip under load, from the access log and the pings' timestamps:
+    - `to_bot`: from the homeserver accepting a ping to the end of its bot's first `/sync` after that (the ping
+      waits for the bot's next long poll, and for Synapse to answer it);
+    - `in_bot`: from the end of a `/sync` to the start of a reply's PUT (the latest sync before it): the bot's own
+      turnaround;
+    - `reply`: a reply's PUT, start to end, in Synapse;
+    - `between_polls`: from the end of a bot's `/sync` to the start of its next, while no long poll waits."""
+    to_bot, in_bot, reply, between = [], [], [], []
+    for bot, accepted in pings_accepted:
+        ends = [end for _, end in requests[bot]["sync"] if end >= accepted / 1000]
+        if ends:
+            to_bot.append(1000 * min(ends) - accepted)
+    for mine in requests.values():
+        syncs = sorted(mine["sync"])
+        for start, end in mine["send"]:
+            before = [e for _, e in syncs if e <= start]
+            if before:
+                in_bot.append(1000 * (start - max(before)))
+            reply.append(1000 * (end - start))
+        between += [1000 * (b[0] - a[1]) for a, b in zip(syncs, syncs[1:])]
+    parts = (("to_bot", to_bot), ("in_bot", in_bot), ("reply", reply), ("between_polls", between))
+    return {f"{name}_ms_median": statistics.median(values) if values else None for name, values in parts}
 
 
 def measured_load(synapse, person, side, args):
@@ -66,9 +92,11 @@ def measured_load(synapse, person, side, args):
     figures["bot_cpu_ms_per_pong"] = 1000 * (cpu_seconds(side["pid"]) - bot_before) / pongs
     # The access log is written as requests end: give the last ones a moment.
     time.sleep(1)
-    requests = requests_by_kind(synapse.log, bots, since, until)
+    requests = bot_requests(synapse.log, bots, since, until)
     for kind in ("sync", "send", "other"):
-        figures[f"{kind}_requests_per_pong"] = requests[kind] / pongs
+        count = sum(r[kind] if kind == "other" else len(r[kind]) for r in requests.values())
+        figures[f"{kind}_requests_per_pong"] = count / pongs
+    figures.update(where_the_round_trip_goes(requests, figures.pop("pings_accepted")))
     return figures
 
 
@@ -77,6 +105,10 @@ FIGURES = [
     ("round trip median (ms)", "round_trip_ms_median", False),
     ("round trip p95 (ms)", "round_trip_ms_p95", False),
     ("Synapse CPU per pong (ms)", "synapse_cpu_ms_per_pong", False),
+    ("... ping accepted to the end of its bot's next /sync (ms)", "to_bot_ms_median", False),
+    ("... end of that /sync to the start of a reply (ms)", "in_bot_ms_median", False),
+    ("... a reply's PUT in Synapse (ms)", "reply_ms_median", False),
+    ("end of a bot's /sync to the start of its next (ms)", "between_polls_ms_median", False),
     ("bot CPU per pong (ms)", "bot_cpu_ms_per_pong", False),
     ("bot /syncs per pong", "sync_requests_per_pong", False),
     ("bot sends per pong", "send_requests_per_pong", False),
