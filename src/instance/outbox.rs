@@ -35,9 +35,13 @@ use crate::state::Database;
 use crate::state::db::{OutboxEntry, now_unix};
 use crate::telemetry::scrub::scrubbed;
 
-/// Sends in flight at once, in all rooms together and in one room.
-const MAX_IN_FLIGHT: usize = 16;
-const MAX_IN_FLIGHT_PER_ROOM: usize = 8;
+/// Sends in flight at once, in all rooms together and in one room. Under load the homeserver is what is slow
+/// (Synapse took 150-250 ms per PUT with 8 clients sending at once): answers waiting here for a turn would only
+/// add to that (docs/benchmark.md, "Where a round trip goes under load"). A room keeps half, so others get turns.
+const MAX_IN_FLIGHT: usize = 64;
+const MAX_IN_FLIGHT_PER_ROOM: usize = 32;
+/// Files in flight at once: each is read whole into memory to be uploaded.
+const MAX_FILES_IN_FLIGHT: usize = 2;
 
 /// The `event_type` of an outbox entry that redacts: its content is `{"redacts": EVENT_ID, "reason": ...}`, and it
 /// goes out as `PUT /rooms/{room}/redact/{event}/{txn}` (with the same transaction-id deduplication as a send).
@@ -120,6 +124,8 @@ struct Queues {
     attempts: HashMap<i64, u32>,
     /// The room served last: the next turn goes to the room after it.
     cursor: Option<String>,
+    /// How many of the entries in flight post a file.
+    files_in_flight: usize,
     paused_until: Option<Instant>,
 }
 
@@ -142,12 +148,14 @@ impl Queues {
         let (room, index) = later.chain(earlier).find_map(|room| Some((room.clone(), self.ready_in(room, now)?)))?;
         let entry = self.rooms[&room][index].clone();
         self.busy.entry(room.clone()).or_default().insert(entry.seq);
+        self.files_in_flight += usize::from(entry.event_type == FILE);
         self.cursor = Some(room);
         Some(entry)
     }
 
     /// Where in `room`'s queue the first send is that may go now: not in flight, not backing off, with no
-    /// earlier send of the same room it must follow, the room below its share of sends in flight.
+    /// earlier send of the same room it must follow, the room below its share of sends in flight, and, for a
+    /// file, fewer than `MAX_FILES_IN_FLIGHT` files in flight.
     fn ready_in(&self, room: &str, now: Instant) -> Option<usize> {
         let busy = self.busy.get(room);
         if busy.is_some_and(|b| b.len() >= MAX_IN_FLIGHT_PER_ROOM) {
@@ -164,6 +172,7 @@ impl Queues {
             if !follows
                 && !busy.is_some_and(|b| b.contains(&entry.seq))
                 && self.not_before.get(&entry.seq).is_none_or(|at| *at <= now)
+                && (entry.event_type != FILE || self.files_in_flight < MAX_FILES_IN_FLIGHT)
             {
                 return Some(i);
             }
@@ -188,7 +197,9 @@ impl Queues {
     /// Marks a send no longer in flight.
     fn done_with(&mut self, entry: &OutboxEntry) {
         if let Some(busy) = self.busy.get_mut(&entry.room_id) {
-            busy.remove(&entry.seq);
+            if busy.remove(&entry.seq) && entry.event_type == FILE {
+                self.files_in_flight -= 1;
+            }
             if busy.is_empty() {
                 self.busy.remove(&entry.room_id);
             }
@@ -531,10 +542,38 @@ mod tests {
 
         // A room has at most its share in flight.
         let mut queues = Queues::default();
-        for seq in 0..20 {
+        for seq in 0..2 * MAX_IN_FLIGHT_PER_ROOM as i64 {
             queues.push(answering(seq, "!r:x", &format!("${seq}")));
         }
         assert_eq!(seqs(&mut queues).len(), MAX_IN_FLIGHT_PER_ROOM);
+    }
+
+    #[test]
+    fn at_most_two_files_are_in_flight_and_what_follows_a_waiting_file_waits_with_it() {
+        let mut queues = Queues::default();
+        let file = |seq, room, event| OutboxEntry { event_type: FILE.into(), ..answering(seq, room, event) };
+        queues.push(file(0, "!a:x", "$a"));
+        queues.push(file(1, "!a:x", "$b"));
+        queues.push(file(2, "!b:x", "$c"));
+        queues.push(answering(3, "!b:x", "$c"));
+        queues.push(answering(4, "!b:x", "$d"));
+        let now = Instant::now();
+        let mut sent = std::iter::from_fn(|| queues.next_send(now)).collect::<Vec<_>>();
+        assert_eq!(
+            sent.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![0, 2, 4],
+            "two files, then only what answers another event: $c's text follows its file"
+        );
+        let done = sent.remove(0);
+        queues.done_with(&done);
+        queues.finish(&done);
+        assert_eq!(queues.next_send(now).map(|e| e.seq), Some(1), "a file done lets the next one go");
+        assert_eq!(queues.next_send(now), None);
+        let file_in_b = sent.remove(0);
+        queues.done_with(&file_in_b);
+        queues.finish(&file_in_b);
+        assert_eq!(queues.next_send(now).map(|e| e.seq), Some(3));
+        assert_eq!(queues.files_in_flight, 1);
     }
 
     #[test]

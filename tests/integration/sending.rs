@@ -153,15 +153,18 @@ async fn answers_to_a_burst_go_out_several_at_once_and_syncs_name_the_filter_upl
     let mut daemon = env.spawn_run();
     person.wait_for_join(&room, &bot).await;
 
-    // Each send waits 400 ms at the homeserver's door: sent one at a time, 12 answers would take about 5 s.
-    *proxy.observed.send_delay.lock().unwrap() = Some(Duration::from_millis(400));
+    // Each send waits a second at the homeserver's door: sent one at a time, 12 answers would take 12 s, and
+    // all 12 pings are in before the first answer is through.
+    *proxy.observed.send_delay.lock().unwrap() = Some(Duration::from_secs(1));
     let mut pings = Vec::new();
     for _ in 0..12 {
         pings.push(person.send_text(&room, "!ping").await);
     }
     answered_once(&person, &room, &bot, &pings, Duration::from_secs(60)).await;
     let most = proxy.observed.most_sends_in_flight.load(Ordering::SeqCst);
-    assert!(most >= 4, "the answers went out at most {most} at a time");
+    // More than 8 at once: a room's answers are not held back behind a small share of sends in flight (under
+    // load they would wait in the bot for a turn instead of going to the homeserver).
+    assert!(most > 8, "the answers went out at most {most} at a time");
 
     // The first sync of `run` carries the filter (setup's own sync has none); from the upload on, every sync
     // names it by its id.
