@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod matrix_errors;
 pub mod memory;
 pub mod migration_backup;
+pub mod open_files;
 pub mod plugin;
 pub mod setup;
 pub mod state;

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
     }
     maubot::memory::limit_malloc_arenas();
     maubot::memory::tune_sqlite();
+    // If this fails, `run` warns when the limit in force is too low for its bots.
+    let _ = maubot::open_files::raise();
     let sources = Sources::from_process(cli.config, cli.overrides);
     let purpose = match cli.command {
         Command::Run => config::Purpose::Run,

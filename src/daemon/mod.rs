@@ -61,6 +61,7 @@ pub async fn run(
     let mut signals = Signals::install().map_err(RunError::Signals)?;
     let started = Instant::now();
     let mut config = Arc::new(loaded.config);
+    warn_if_too_few_open_files(config.instances.len());
     let layout = Layout::new(&config);
     let opened = state::open(&layout)?;
     let _host_lock = opened.lock;
@@ -268,4 +269,21 @@ async fn reload(
     }
     *auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(api::auth::Auth::from_config(&new, epoch.clone()));
     Some(new)
+}
+
+/// main raised the soft limit on open files to the hard one; if even that is too low for the configured bots,
+/// some would fail to open their stores with SQLite's "unable to open database file": say so up front.
+fn warn_if_too_few_open_files(bots: usize) {
+    let needed = crate::open_files::needed(bots);
+    match crate::open_files::current() {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            bots,
+            needed,
+            "the limit on open files is too low for this many bots: some will fail to open their stores (\"unable \
+             to open database file\"); raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn in a shell)"
+        ),
+        Ok(limit) => tracing::debug!(limit, bots, "limit on open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the limit on open files"),
+    }
 }

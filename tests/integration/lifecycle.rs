@@ -360,3 +360,36 @@ async fn a_reload_stops_removed_and_disabled_bots_and_restarts_only_changed_ones
     assert_eq!(api.instance("keep").await["state"], "running");
     assert_eq!(daemon.stop().code(), Some(0));
 }
+
+/// systemd starts services with a soft limit of 1024 open files and a hard one of 524288; about 75 bots use the
+/// 1024 up (each keeps its stores' SQLite files open), and SQLite then fails with "unable to open database file".
+/// Three bots under a soft limit of 32 stand for that: the daemon raises its soft limit to the hard one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_that_need_more_open_files_than_the_inherited_soft_limit_all_answer() {
+    let synapse = synapse();
+    let ids = ["files-a", "files-b", "files-c"];
+    let env = BotEnv::with_ping_bots(synapse, &ids).await;
+    env.setup();
+    let bots = ids.map(|id| env.user_id(id));
+    let mut daemon = env.spawn_run_with(|c| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getrlimit and setrlimit are async-signal-safe and change only the child.
+        unsafe {
+            c.pre_exec(|| {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = 32;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let person = TestUser::new(synapse, "files-").await;
+    all_answer(&person, &bots.iter().map(String::as_str).collect::<Vec<_>>(), false).await;
+    assert!(!daemon.log().contains("unable to open database file"), "{}", daemon.log());
+    assert_eq!(daemon.stop().code(), Some(0));
+}

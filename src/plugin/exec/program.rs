@@ -84,6 +84,12 @@ impl Program {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // SAFETY: restore_in_child makes only async-signal-safe calls (getrlimit, setrlimit).
+        unsafe {
+            // The soft limit on open files the daemon started with (it raised its own, see open_files): a
+            // program that uses select(2) gets what it would get without the daemon.
+            command.pre_exec(crate::open_files::restore_in_child);
+        }
         let mut child = command.spawn().map_err(|e| {
             let message = format!(
                 "cannot start the program {}: {e}. Set instances.{}.config.command to an executable file",

@@ -52,10 +52,13 @@ pub async fn run(program: &Path, args: &[&std::ffi::OsStr], dir: &Path, timeout:
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: umask and prctl are async-signal-safe and touch nothing but the child itself.
+    // SAFETY: umask, prctl, getrlimit and setrlimit are async-signal-safe and touch nothing but the child itself.
     unsafe {
         command.pre_exec(|| {
             libc::umask(0o077);
+            // The soft limit on open files the daemon started with (it raised its own): yt-dlp and ffmpeg get
+            // what they would get without it. Best effort.
+            let _ = crate::open_files::restore_in_child();
             // A daemon killed with SIGKILL takes its fetch along (under systemd the unit's cgroup would too).
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
