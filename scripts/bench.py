@@ -318,30 +318,46 @@ ACCESS_LINE = re.compile(r"^(\S+ \S+) - synapse\.access\.http\.\d+ - \d+ - INFO 
                          r"\{(.*?)\} Processed request: ([0-9.]+)sec.*?\"(\w+) (\S+) ")
 
 
-def access_log_turnarounds(log_path, user, since, until):
-    """The bot's own turnaround per reply, from Synapse's access log: from the end of the bot's `/sync` that
-    delivered a ping to the start of its reply's PUT (the latest sync that ended before the PUT started), in ms,
-    for requests between `since` and `until` (time.time())."""
-    syncs, puts = [], []
+def bot_requests(log_path, users, since, until, sends="/send/"):
+    """The requests `users` made that ended between `since` and `until` (time.time()), from Synapse's access log:
+    {user: {"sync": [(start, end)], "send": [(start, end)], "other": count}}, times in seconds; a PUT whose path
+    holds `sends` is a send."""
+    requests = {user: {"sync": [], "send": [], "other": 0} for user in users}
     with open(log_path, errors="replace") as f:
         for line in f:
             match = ACCESS_LINE.match(line)
-            if not match or match.group(2) != user:
+            if not match or match.group(2) not in users:
                 continue
             end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             if not since <= end <= until:
                 continue
-            method, path = match.group(4), match.group(5)
+            method, path, mine = match.group(4), match.group(5), requests[match.group(2)]
             if method == "GET" and "/sync" in path:
-                syncs.append(end)
-            elif method == "PUT" and "/send/m.room.message/" in path:
-                puts.append(end - float(match.group(3)))
-    turnarounds = []
-    for start in puts:
-        before = [end for end in syncs if end <= start]
+                mine["sync"].append((end - float(match.group(3)), end))
+            elif method == "PUT" and sends in path:
+                mine["send"].append((end - float(match.group(3)), end))
+            else:
+                mine["other"] += 1
+    return requests
+
+
+def turnarounds(syncs, sends):
+    """The bot's own turnaround per send, in ms: from the end of the latest of its `syncs` that ended before the
+    send started (the one that delivered what it answers) to the send's start; both lists of (start, end)."""
+    ends = [end for _, end in syncs]
+    found = []
+    for start, _ in sends:
+        before = [end for end in ends if end <= start]
         if before:
-            turnarounds.append(1000 * (start - max(before)))
-    return turnarounds
+            found.append(1000 * (start - max(before)))
+    return found
+
+
+def access_log_turnarounds(log_path, user, since, until):
+    """The bot's own turnaround per reply, from Synapse's access log: from the end of the bot's `/sync` that
+    delivered a ping to the start of its reply's PUT, in ms, for requests between `since` and `until`."""
+    mine = bot_requests(log_path, {user}, since, until, sends="/send/m.room.message/")[user]
+    return turnarounds(mine["sync"], mine["send"])
 
 
 def sequential_phase(synapse, person, room, bot, pid, pings):

@@ -16,7 +16,6 @@ Usage: python3 scripts/load-ab.py [--rounds 5] [--senders 8] [--load-pings 200] 
 Run it on an otherwise idle machine; it is not a test and asserts nothing.
 """
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -28,30 +27,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import (ACCESS_LINE, ROOT, Deployment, Person, Synapse, a_room_each,  # noqa: E402
-                   concurrent_load, cpu_seconds, free_port, print_side_by_side, ratio_text)
-
-
-def bot_requests(log_path, users, since, until):
-    """The requests `users` made that ended between `since` and `until` (time.time()), from Synapse's access log:
-    {user: {"sync": [(start, end)], "send": [(start, end)], "other": count}}, times in seconds."""
-    requests = {user: {"sync": [], "send": [], "other": 0} for user in users}
-    with open(log_path, errors="replace") as f:
-        for line in f:
-            match = ACCESS_LINE.match(line)
-            if not match or match.group(2) not in users:
-                continue
-            end = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if not since <= end <= until:
-                continue
-            method, path, mine = match.group(4), match.group(5), requests[match.group(2)]
-            if method == "GET" and "/sync" in path:
-                mine["sync"].append((end - float(match.group(3)), end))
-            elif method == "PUT" and "/send/" in path:
-                mine["send"].append((end - float(match.group(3)), end))
-            else:
-                mine["other"] += 1
-    return requests
+from bench import (ROOT, Deployment, Person, Synapse, a_room_each, bot_requests, concurrent_load,  # noqa: E402
+                   cpu_seconds, free_port, print_side_by_side, ratio_text, turnarounds)
 
 
 def where_the_round_trip_goes(requests, pings_accepted):
@@ -69,11 +46,8 @@ def where_the_round_trip_goes(requests, pings_accepted):
             to_bot.append(1000 * min(ends) - accepted)
     for mine in requests.values():
         syncs = sorted(mine["sync"])
-        for start, end in mine["send"]:
-            before = [e for _, e in syncs if e <= start]
-            if before:
-                in_bot.append(1000 * (start - max(before)))
-            reply.append(1000 * (end - start))
+        in_bot += turnarounds(syncs, mine["send"])
+        reply += [1000 * (end - start) for start, end in mine["send"]]
         between += [1000 * (b[0] - a[1]) for a, b in zip(syncs, syncs[1:])]
     parts = (("to_bot", to_bot), ("in_bot", in_bot), ("reply", reply), ("between_polls", between))
     return {f"{name}_ms_median": statistics.median(values) if values else None for name, values in parts}
