@@ -166,7 +166,11 @@ impl Supervisor {
             tracing::warn!(instance = %id, "state exists for an instance that is no longer configured; keeping it");
         }
         let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
-        Ok(Supervisor { shared, slots, views, stopped_tx, stopped_rx })
+        let supervisor = Supervisor { shared, slots, views, stopped_tx, stopped_rx };
+        // Readers see every configured bot from the start: `run` decides READY=1 on these views, and an empty
+        // list would read as "no bots enabled, all started" before `run` has spawned anything.
+        supervisor.publish();
+        Ok(supervisor)
     }
 
     /// Runs until `shutdown`; then stops every instance, waiting at most `grace`.
@@ -438,5 +442,72 @@ impl Supervisor {
 
     fn publish(&self) {
         self.views.send_replace(self.slots.values().map(Slot::view).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Purpose, Sources};
+    use crate::host::view::State;
+
+    #[tokio::test]
+    async fn the_views_list_every_configured_bot_before_the_supervisor_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let config_file = dir.path().join("config.yaml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "state_dir: {}\nhomeservers:\n  local:\n    url: http://127.0.0.1:1\ninstances:\n  \
+                 ready:\n    type: ping\n    user: \"@ready:example.org\"\n    password: {{credential: pw}}\n  \
+                 waiting:\n    type: ping\n    user: \"@waiting:example.org\"\n    password: {{credential: pw}}\n",
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        let sources = Sources {
+            config_files: vec![config_file],
+            override_files: vec![],
+            state_directory: None,
+            credentials_directory: None,
+            env: vec![],
+        };
+        let config = crate::config::load(&sources, Purpose::Run).unwrap().config;
+        let layout = Layout::new(&config);
+        let db = Database::create(&layout.database()).unwrap();
+        let record = InstanceRecord {
+            id: "ready".into(),
+            user_id: "@ready:example.org".into(),
+            device_id: "DEVICE".into(),
+            homeserver_url: "http://127.0.0.1:1".into(),
+            access_token: "token".into(),
+            refresh_token: None,
+            ed25519_key: None,
+            created_at: 0,
+            generated_password: None,
+        };
+        db.insert_instance(&record, None).await.unwrap();
+        let config = Arc::new(config);
+        let shared = Shared {
+            config: config.clone(),
+            layout,
+            db: Arc::new(db),
+            bot_users: Arc::new(RwLock::new(bot_users(&config))),
+            clients: Arc::default(),
+            changed: Arc::new(Notify::new()),
+            endpoints: Default::default(),
+            directory: Default::default(),
+        };
+        let (views_tx, views) = watch::channel(Vec::new());
+
+        let _supervisor = Supervisor::new(shared, views_tx).await.unwrap();
+
+        // Nothing has run yet, and `run`'s readiness check must already see one bot to wait for.
+        let views = views.borrow();
+        let states: Vec<(&str, State, bool)> =
+            views.iter().map(|v| (v.id.as_str(), v.state, v.first_sync_done)).collect();
+        assert_eq!(states, [("ready", State::Enabled, false), ("waiting", State::Created, false)]);
     }
 }
