@@ -10,6 +10,7 @@ use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use tokio::sync::{mpsc, watch};
 
 use super::Digest;
+use super::backlog::{Backlog, MAX_WAIT, MAX_WAITING};
 use crate::config::{NotificationLevel, model::NotificationsConfig};
 use crate::telemetry::scrub::scrubbed;
 use crate::telemetry::{Alert, Severity};
@@ -45,6 +46,7 @@ impl AlertSender {
 
     pub async fn run(self, mut alerts: mpsc::Receiver<Alert>, mut stop: watch::Receiver<bool>) {
         let mut digest = Digest::new(Duration::from_secs(self.config.dedupe_window_secs), self.config.max_per_minute);
+        let mut backlog = Backlog::default();
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
@@ -52,42 +54,80 @@ impl AlertSender {
                 alert = alerts.recv() => {
                     let Some(alert) = alert else { break };
                     if self.wanted(&alert) && let Some(out) = digest.offer(&alert, Instant::now()) {
-                        self.post(&out.body).await;
+                        self.queue(&mut backlog, out.body);
                     }
                 }
                 _ = tick.tick() => {
                     for out in digest.flush(Instant::now()) {
-                        self.post(&out.body).await;
+                        self.queue(&mut backlog, out.body);
                     }
                 }
+            }
+            self.deliver(&mut backlog).await;
+        }
+    }
+
+    fn queue(&self, backlog: &mut Backlog, body: String) {
+        if backlog.push(body, Instant::now()) > 0 {
+            tracing::warn!(
+                sender = %self.config.instance,
+                "admin-room notification dropped: {MAX_WAITING} are already waiting for the sending bot to run"
+            );
+        }
+    }
+
+    /// Posts what waits, in order, as long as the sending bot runs; what it cannot take yet stays queued.
+    async fn deliver(&self, backlog: &mut Backlog) {
+        let expired = backlog.expire(Instant::now());
+        if expired > 0 {
+            tracing::warn!(
+                sender = %self.config.instance,
+                count = expired,
+                "admin-room notifications dropped: the sending bot did not run within {} s (they are in the journal)",
+                MAX_WAIT.as_secs()
+            );
+        }
+        while let Some(body) = backlog.front().map(str::to_owned) {
+            match self.post(&body).await {
+                Posted::SenderNotRunning => break,
+                Posted::Sent | Posted::Failed => backlog.pop_front(),
             }
         }
     }
 
     /// Sends one notice, scrubbed with the scrubber `run` installed. Failures are logged at WARN: an ERROR here
     /// would become another alert.
-    async fn post(&self, body: &str) {
+    async fn post(&self, body: &str) -> Posted {
         let text = scrubbed(body);
         let client = self.clients.read().unwrap_or_else(|p| p.into_inner()).get(&self.config.instance).cloned();
-        let Some(client) = client else {
-            tracing::warn!(sender = %self.config.instance, "admin-room notification not sent: the sending bot is not running");
-            return;
-        };
-        let Ok(room_id) = OwnedRoomId::try_from(self.config.room.as_str()) else { return };
+        let Some(client) = client else { return Posted::SenderNotRunning };
+        let Ok(room_id) = OwnedRoomId::try_from(self.config.room.as_str()) else { return Posted::Failed };
         let room = match client.get_room(&room_id) {
             Some(room) if room.state() == matrix_sdk::RoomState::Joined => room,
             _ => match client.join_room_by_id(&room_id).await {
                 Ok(room) => room,
                 Err(e) => {
                     tracing::warn!(room_id = %room_id, error = %e, "admin-room notification not sent: cannot join the admin room");
-                    return;
+                    return Posted::Failed;
                 }
             },
         };
-        if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
-            tracing::warn!(room_id = %room_id, error = %e, "admin-room notification not sent");
+        match room.send(RoomMessageEventContent::notice_plain(text)).await {
+            Ok(_) => Posted::Sent,
+            Err(e) => {
+                tracing::warn!(room_id = %room_id, error = %e, "admin-room notification not sent");
+                Posted::Failed
+            }
         }
     }
+}
+
+enum Posted {
+    Sent,
+    /// The sending bot's client is not in the registry (not started yet, restarting, stopped): try again later.
+    SenderNotRunning,
+    /// Given up on (logged at WARN).
+    Failed,
 }
 
 #[cfg(test)]

@@ -278,9 +278,17 @@ async fn a_failing_instance_restarts_with_backoff_while_the_other_keeps_answerin
     proxy.set(Mode::BlockSync);
     let failed = api.wait_state("a", &["restarting"], Duration::from_secs(90)).await;
     assert!(failed["last_error"].as_str().unwrap_or_default().contains("sync failed"), "{failed}");
-    let (status, health) = api.get("/api/v1/health").await;
-    assert_eq!((status, health["status"].as_str()), (200, Some("degraded")), "{health}");
-    assert_eq!(health["failing"], json!(["a"]));
+    // Its first pause is about a second: read health until it catches a (or a later pause) in the act.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, health) = api.get("/api/v1/health").await;
+        assert_eq!((status, health["status"].as_str()), (200, Some("degraded")), "{health}");
+        if health["failing"] == json!(["a"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never listed as failing: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Meanwhile b answers.
     let ping = person.send_text(&room, "!ping").await;
@@ -381,6 +389,43 @@ async fn rate_limit_answers_from_the_homeserver_are_honoured() {
     assert!(during <= 5, "{during} sync requests in 7 s despite retry_after_ms = 2000");
     assert!(during >= 1, "the bot keeps trying");
     proxy.set(Mode::Pass);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_raised_while_the_host_starts_reach_the_admin_room_once_the_sending_bot_runs() {
+    let synapse = synapse();
+    let mut env = BotEnv::with_ping_bots(synapse, &["herald"]).await;
+    let admin = TestUser::new(synapse, "admin-").await;
+    let herald = env.user_id("herald");
+    let admin_room = admin.create_room(false, &[&herald]).await;
+    env.top_extra.push(format!("notifications:\n  room: \"{}\"\n  instance: herald", admin_room.room_id()));
+    env.write_config();
+    env.setup();
+    // A second bot is configured after setup: the host reports it (ERROR) as it starts, before herald's
+    // session is restored.
+    let late = BotEnv::with_ping_bots(synapse, &["late"]).await;
+    let password = std::fs::read_to_string(late.credentials_dir().join("late-password")).unwrap();
+    env.write_credential("late-password", &password);
+    env.instances.extend(late.instances);
+    env.write_config();
+
+    let mut daemon = env.spawn_run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let notice = loop {
+        let history = admin.room_history(&admin_room).await;
+        if let Some(notice) = history.into_iter().find(|m| m.sender.as_str() == herald) {
+            break notice.body;
+        }
+        assert!(Instant::now() < deadline, "no notice in the admin room; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(notice.starts_with("ERROR · late · "), "{notice}");
+    assert!(
+        notice.contains("configured but not set up") && notice.contains("maubot setup --add-instance late"),
+        "{notice}"
+    );
+    assert!(!daemon.log().contains("notification not sent"), "{}", daemon.log());
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
