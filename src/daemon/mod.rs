@@ -149,11 +149,14 @@ pub async fn run(
             asked = signals.next() => match asked {
                 Asked::Stop => break,
                 Asked::Reload => {
-                    notifier.reloading("reloading the configuration");
+                    // Before READY=1 systemd is still starting the unit: the READY=1 to come ends the start.
+                    if ready {
+                        notifier.reloading("reloading the configuration");
+                    }
                     if let Some(new) = reload(&sources, purpose, &config, &db, &commands, &auth, &epoch).await {
                         config = new;
                     }
-                    reloaded = true;
+                    reloaded = ready;
                 }
                 Asked::Nothing(name) => tracing::info!(signal = name, "ignoring the signal (SIGHUP reloads, SIGTERM stops)"),
             },

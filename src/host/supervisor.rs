@@ -290,10 +290,12 @@ impl Supervisor {
                 None
             }
         };
-        if let Some(reply) = reply {
-            let _ = reply.send(Ok(slot.view()));
-        }
+        // Published before the answer, so that a read of the instances right after it sees the change.
+        let answer = reply.map(|reply| (reply, slot.view()));
         self.publish();
+        if let Some((reply, view)) = answer {
+            let _ = reply.send(Ok(view));
+        }
     }
 
     /// A stop in progress finished.

@@ -98,8 +98,13 @@ impl NotifySocket {
 
     /// Collects messages until one satisfies `done` or the timeout passes; returns that message.
     pub fn wait_for(&mut self, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_for_after(0, timeout, done)
+    }
+
+    /// As [`NotifySocket::wait_for`], considering only messages after the first `skip` received.
+    pub fn wait_for_after(&mut self, skip: usize, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
-        if let Some(found) = self.received.iter().find(|m| done(m)) {
+        if let Some(found) = self.received.iter().skip(skip).find(|m| done(m)) {
             return Some(found.clone());
         }
         let mut buf = vec![0u8; 4096];
