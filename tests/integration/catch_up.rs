@@ -1,10 +1,13 @@
 //! Nothing sent while the bot was down is lost, and nothing is answered twice, even after a crash.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use matrix_sdk::Room;
 use matrix_sdk::ruma::OwnedEventId;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
 use crate::harness::bot::BotEnv;
 use crate::harness::client::TestUser;
@@ -92,8 +95,8 @@ async fn an_exec_bot_killed_in_the_middle_of_a_burst_answers_each_message_once()
     crash_in_the_middle_of_a_burst(env, "echo", 50, 50).await;
 }
 
-/// Sends `before` pings, kills the host (SIGKILL) once some are answered, sends `while_down` more, restarts it:
-/// every ping is answered exactly once.
+/// Sends `before` pings, kills the host (SIGKILL) once some are answered while the rest are still being sent,
+/// sends `while_down` more, restarts it: every ping is answered exactly once.
 async fn crash_in_the_middle_of_a_burst(env: BotEnv, id: &str, before: usize, while_down: usize) {
     let synapse = synapse();
     let bot = env.user_id(id);
@@ -103,13 +106,29 @@ async fn crash_in_the_middle_of_a_burst(env: BotEnv, id: &str, before: usize, wh
     let mut daemon = env.spawn_run();
     person.wait_for_join(&room, &bot).await;
 
-    let mut pings = Vec::new();
-    for _ in 0..before {
-        pings.push(person.send_text(&room, "!ping").await);
+    // The burst is sent from its own task: the crash lands while it is still going on, not after a bot that
+    // keeps pace with the sender has answered all of it.
+    let sending_room = room.clone();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let sending = tokio::spawn(async move {
+        let mut pings = Vec::new();
+        for _ in 0..before {
+            let response = sending_room.send(RoomMessageEventContent::text_plain("!ping")).await.unwrap();
+            pings.push(response.response.event_id);
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        pings
+    });
+    // Crash once half the burst is sent and part of it answered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent.load(Ordering::SeqCst) < before / 2 {
+        assert!(Instant::now() < deadline, "half the burst was not sent within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Crash once part of the burst is answered.
     daemon.wait_for_log("answered", Duration::from_secs(60));
     daemon.crash();
+    let mut pings = sending.await.unwrap();
     let answered_before = reply_counts(&person, &room, &bot, &pings).await.values().filter(|c| **c > 0).count();
     for _ in 0..while_down {
         pings.push(person.send_text(&room, "!ping").await);

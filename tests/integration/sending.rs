@@ -153,9 +153,9 @@ async fn answers_to_a_burst_go_out_several_at_once_and_syncs_name_the_filter_upl
     let mut daemon = env.spawn_run();
     person.wait_for_join(&room, &bot).await;
 
-    // Each send waits a second at the homeserver's door: sent one at a time, 12 answers would take 12 s, and
-    // all 12 pings are in before the first answer is through.
-    *proxy.observed.send_delay.lock().unwrap() = Some(Duration::from_secs(1));
+    // Each send waits 4 s at the homeserver's door: sent one at a time, 12 answers would take 48 s, and all 12
+    // pings are in before the first answer is through (even at Synapse's slowest, ~300 ms a send).
+    *proxy.observed.send_delay.lock().unwrap() = Some(Duration::from_secs(4));
     let mut pings = Vec::new();
     for _ in 0..12 {
         pings.push(person.send_text(&room, "!ping").await);
