@@ -15,16 +15,15 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// Queues `body` behind what already waits (notices keep their order). Returns how many were dropped to make
-    /// room (0 or 1).
-    pub fn push(&mut self, body: String, now: Instant) -> usize {
-        let mut dropped = 0;
-        if self.waiting.len() >= MAX_WAITING {
+    /// Queues `body` behind what already waits (notices keep their order). Returns whether the oldest was dropped
+    /// to make room.
+    pub fn push(&mut self, body: String, now: Instant) -> bool {
+        let full = self.waiting.len() >= MAX_WAITING;
+        if full {
             self.waiting.pop_front();
-            dropped = 1;
         }
         self.waiting.push_back((body, now));
-        dropped
+        full
     }
 
     /// Drops the notices that waited longer than [`MAX_WAIT`]; returns how many.
@@ -41,10 +40,6 @@ impl Backlog {
     pub fn pop_front(&mut self) {
         self.waiting.pop_front();
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -56,15 +51,15 @@ mod tests {
         let start = Instant::now();
         let mut backlog = Backlog::default();
         for n in 0..MAX_WAITING {
-            assert_eq!(backlog.push(format!("n{n}"), start), 0);
+            assert!(!backlog.push(format!("n{n}"), start));
         }
-        assert_eq!(backlog.push("late".into(), start + Duration::from_secs(300)), 1);
+        assert!(backlog.push("late".into(), start + Duration::from_secs(300)));
         assert_eq!(backlog.front(), Some("n1"), "the oldest made room");
 
         assert_eq!(backlog.expire(start + MAX_WAIT), 0, "exactly MAX_WAIT old is still kept");
         assert_eq!(backlog.expire(start + MAX_WAIT + Duration::from_secs(1)), MAX_WAITING - 1);
         assert_eq!(backlog.front(), Some("late"));
         backlog.pop_front();
-        assert!(backlog.is_empty());
+        assert_eq!(backlog.front(), None);
     }
 }

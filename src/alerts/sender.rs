@@ -68,7 +68,7 @@ impl AlertSender {
     }
 
     fn queue(&self, backlog: &mut Backlog, body: String) {
-        if backlog.push(body, Instant::now()) > 0 {
+        if backlog.push(body, Instant::now()) {
             tracing::warn!(
                 sender = %self.config.instance,
                 "admin-room notification dropped: {MAX_WAITING} are already waiting for the sending bot to run"

@@ -479,18 +479,7 @@ mod tests {
         let config = crate::config::load(&sources, Purpose::Run).unwrap().config;
         let layout = Layout::new(&config);
         let db = Database::create(&layout.database()).unwrap();
-        let record = InstanceRecord {
-            id: "ready".into(),
-            user_id: "@ready:example.org".into(),
-            device_id: "DEVICE".into(),
-            homeserver_url: "http://127.0.0.1:1".into(),
-            access_token: "token".into(),
-            refresh_token: None,
-            ed25519_key: None,
-            created_at: 0,
-            generated_password: None,
-        };
-        db.insert_instance(&record, None).await.unwrap();
+        db.insert_instance(&crate::state::db::record("ready"), None).await.unwrap();
         let config = Arc::new(config);
         let shared = Shared {
             config: config.clone(),

@@ -404,11 +404,7 @@ async fn errors_raised_while_the_host_starts_reach_the_admin_room_once_the_sendi
     env.setup();
     // A second bot is configured after setup: the host reports it (ERROR) as it starts, before herald's
     // session is restored.
-    let late = BotEnv::with_ping_bots(synapse, &["late"]).await;
-    let password = std::fs::read_to_string(late.credentials_dir().join("late-password")).unwrap();
-    env.write_credential("late-password", &password);
-    env.instances.extend(late.instances);
-    env.write_config();
+    env.configure_ping_bot_not_set_up(synapse, "late").await;
 
     let mut daemon = env.spawn_run();
     let deadline = Instant::now() + Duration::from_secs(60);

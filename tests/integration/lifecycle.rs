@@ -183,11 +183,7 @@ async fn a_bot_without_state_waits_while_the_others_run_and_joins_them_after_set
     let first_device = env.device_id("first");
 
     // A second bot is configured (as a `nixos-rebuild switch` would), but not set up.
-    let second_env = BotEnv::with_ping_bots(synapse, &["second"]).await;
-    let password = std::fs::read_to_string(second_env.credentials_dir().join("second-password")).unwrap();
-    env.write_credential("second-password", &password);
-    env.instances.extend(second_env.instances);
-    env.write_config();
+    env.configure_ping_bot_not_set_up(synapse, "second").await;
     let second = env.user_id("second");
 
     let mut notify = NotifySocket::bind(env.dir.path());

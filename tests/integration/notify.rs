@@ -87,7 +87,7 @@ async fn a_reload_before_ready_is_applied_and_the_start_ends_with_one_ready_once
     daemon.wait_for_log("retrying", Duration::from_secs(30));
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_log("configuration reloaded", Duration::from_secs(30));
-    socket.wait_for(Duration::from_millis(500), |_| false);
+    socket.collect_for(Duration::from_millis(500));
     assert!(
         !socket.received.iter().any(|m| m.contains("READY=1") || m.contains("RELOADING=1")),
         "a reload during the start neither ends it nor starts a reload systemd would wait on: {:?}",
@@ -100,7 +100,7 @@ async fn a_reload_before_ready_is_applied_and_the_start_ends_with_one_ready_once
         .unwrap_or_else(|| panic!("no READY=1; got {:?}; log:\n{}", socket.received, daemon.log()));
     assert!(ready.contains("1/1 bots syncing"), "{ready}");
     assert_eq!(daemon.stop().code(), Some(0));
-    socket.wait_for(Duration::from_millis(500), |_| false);
+    socket.collect_for(Duration::from_millis(500));
     let readies = socket.received.iter().filter(|m| m.contains("READY=1")).count();
     assert_eq!(readies, 1, "{:?}", socket.received);
 }

@@ -152,11 +152,7 @@ async fn a_newly_configured_instance_is_added_without_touching_the_others() {
     let first_devices = synapse.devices(&first).await;
 
     // Configure a second bot.
-    let second = BotEnv::with_ping_bots(synapse, &["second"]).await;
-    let password = std::fs::read_to_string(second.credentials_dir().join("second-password")).unwrap();
-    env.write_credential("second-password", &password);
-    env.instances.extend(second.instances);
-    env.write_config();
+    env.configure_ping_bot_not_set_up(synapse, "second").await;
     let second_user = env.user_id("second");
 
     let output = env.output(&["setup", "--add-instance", "second"]);

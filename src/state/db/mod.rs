@@ -17,6 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params};
 
 pub use self::events::{OutboxEntry, PendingEvent};
+/// A sample instance record, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) use self::instances::tests::record;
 pub use self::instances::{InstanceRecord, Override};
 pub use self::jobs::{JobRecord, NewJob};
 pub use self::schema::{COMPAT_VERSION, SCHEMA_VERSION};

@@ -67,6 +67,17 @@ impl BotEnv {
         env
     }
 
+    /// Configures one more ping bot `id` after setup (as a `nixos-rebuild switch` would): its user registered,
+    /// its password a credential, but no state for it until setup runs again.
+    pub async fn configure_ping_bot_not_set_up(&mut self, synapse: &Synapse, id: &str) {
+        let other = BotEnv::with_ping_bots(synapse, &[id]).await;
+        let name = format!("{id}-password");
+        let password = std::fs::read_to_string(other.credentials_dir().join(&name)).unwrap();
+        self.write_credential(&name, &password);
+        self.instances.extend(other.instances);
+        self.write_config();
+    }
+
     /// As [`BotEnv::with_ping_bots`], the bots talking to the homeserver through `proxy`.
     pub async fn with_ping_bots_behind(synapse: &Synapse, proxy: &super::proxy::Proxy, ids: &[&str]) -> BotEnv {
         let mut env = BotEnv::with_ping_bots(synapse, ids).await;

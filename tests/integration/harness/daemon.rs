@@ -101,6 +101,11 @@ impl NotifySocket {
         self.wait_for_after(0, timeout, done)
     }
 
+    /// Collects whatever messages come within `duration` (to check what was not sent).
+    pub fn collect_for(&mut self, duration: Duration) {
+        self.wait_for(duration, |_| false);
+    }
+
     /// As [`NotifySocket::wait_for`], considering only messages after the first `skip` received.
     pub fn wait_for_after(&mut self, skip: usize, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
